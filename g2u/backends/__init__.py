@@ -1,0 +1,77 @@
+"""Backend discovery: find which backend a checkpoint is for, and load it.
+
+A checkpoint is a local folder in the real on-disk layout or a hub id (where a hub is reachable):
+- ``qwen_image_edit``: a diffusers folder whose model_index.json names QwenImageEditPipeline;
+- ``decoupled``: a folder with ``g2u_backend.json`` naming an editor and an answerer, or both given
+  explicitly (``editor=``/``answerer=``: any diffusers edit pipeline + any image-text-to-text model);
+- no checkpoint at all: the embedded demo checkpoints, built offline on first use.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from g2u.backends.base import Backend, BackendInfo
+from g2u.errors import CheckpointError
+
+BACKENDS = ("qwen_image_edit", "decoupled")
+_QWEN_EDIT_CLASSES = ("QwenImageEditPipeline",)
+
+__all__ = ["BACKENDS", "Backend", "BackendInfo", "detect_backend", "load_backend"]
+
+
+def detect_backend(checkpoint: str) -> str:
+    """The backend a checkpoint folder is for, read from its layout."""
+    folder = Path(checkpoint)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint {checkpoint!r} is not a local folder: pass backend= for a hub id")
+    if (folder / "g2u_backend.json").is_file():
+        backend = json.loads((folder / "g2u_backend.json").read_text()).get("backend")
+        if backend not in BACKENDS:
+            raise CheckpointError(f"{folder}/g2u_backend.json names unknown backend {backend!r}")
+        return backend
+    if (folder / "model_index.json").is_file():
+        cls = json.loads((folder / "model_index.json").read_text()).get("_class_name")
+        if cls in _QWEN_EDIT_CLASSES:
+            return "qwen_image_edit"
+        raise CheckpointError(f"{folder} is a {cls} pipeline: use backend='decoupled' with editor= and answerer=")
+    if (folder / "ema.safetensors").is_file() and (folder / "llm_config.json").is_file():
+        raise CheckpointError(f"{folder} is a BAGEL checkpoint; the bagel backend is not available yet")
+    raise CheckpointError(f"{folder} has no layout g2u knows (model_index.json or g2u_backend.json)")
+
+
+def ensure_demo_checkpoint(name: str = "qwen_image_edit", seed: int = 0) -> Path:
+    """The embedded default: a demo checkpoint under G2U_HOME, built offline the first time."""
+    from g2u.demo import DEMO_BACKENDS, build_demo_checkpoints, default_demo_root, read_demo_marker
+
+    if name not in DEMO_BACKENDS:
+        raise CheckpointError(f"no demo checkpoint named {name!r}; choose one of {DEMO_BACKENDS}")
+    folder = default_demo_root() / name
+    if read_demo_marker(folder) is None:
+        build_demo_checkpoints(default_demo_root(), seed=seed, backends=(name,))
+    return folder
+
+
+def load_backend(checkpoint: str | None = None, backend: str | None = None, *, editor: str | None = None,
+                 answerer: str | None = None, device: str | None = None, dtype: str | None = None) -> Backend:
+    """Load the backend for ``checkpoint`` (detected from its layout unless ``backend`` is given)."""
+    if backend is not None and backend not in BACKENDS:
+        raise CheckpointError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if editor or answerer:
+        if not (editor and answerer):
+            raise CheckpointError("the decoupled backend needs both editor= and answerer=")
+        from g2u.backends.decoupled import DecoupledBackend
+
+        return DecoupledBackend.from_pretrained(editor, answerer, device=device, dtype=dtype)
+    if checkpoint is None:
+        checkpoint = str(ensure_demo_checkpoint(backend or "qwen_image_edit"))
+    if backend is None:
+        backend = detect_backend(checkpoint)
+    if backend == "qwen_image_edit":
+        from g2u.backends.qwen_image_edit import QwenImageEditBackend
+
+        return QwenImageEditBackend.from_pretrained(checkpoint, device=device, dtype=dtype)
+    from g2u.backends.decoupled import load_decoupled_dir
+
+    return load_decoupled_dir(checkpoint, device=device, dtype=dtype)

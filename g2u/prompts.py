@@ -1,0 +1,150 @@
+"""The edit-prompt library (named, versioned data) and the leak guard.
+
+Prompts live in ``g2u/data/edit_prompts.yaml`` (or a file the user points at); code refers to them by
+name or family. The leak guard keeps an edit prompt from carrying the question's options or answer: a
+visual thought must help the model see, never tell it what to say.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from g2u.errors import InputError
+from g2u.types import FAMILIES
+
+MAX_PROMPT_CHARS = 1000
+
+# Phrases that announce an answer rather than describe an edit.
+_ANSWER_PHRASES = re.compile(
+    r"\b(the\s+(correct\s+|right\s+)?answer|correct\s+(option|choice)|answer\s+is|"
+    r"(option|choice)\s+\(?[a-h]\)?(?![a-z])|choose\s+\(?[a-h]\)?(?![a-z]))",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class EditPrompt:
+    name: str | None
+    family: str | None
+    text: str
+    purpose: str = ""
+    suits: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PromptLibrary:
+    version: str
+    prompts: dict[str, EditPrompt]
+    family_defaults: dict[str, str]
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> PromptLibrary:
+        """Load and validate a library file (default: the one shipped with g2u)."""
+        if path is None:
+            text = resources.files("g2u.data").joinpath("edit_prompts.yaml").read_text()
+            source = "g2u/data/edit_prompts.yaml"
+        else:
+            text, source = Path(path).read_text(), str(path)
+        return cls.from_dict(yaml.safe_load(text), source)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<dict>") -> PromptLibrary:
+        def bad(reason: str) -> ValueError:
+            return ValueError(f"prompt library {source}: {reason}")
+
+        if not isinstance(data, dict) or "prompts" not in data or "families" not in data:
+            raise bad("needs top-level 'version', 'families' and 'prompts'")
+        prompts: dict[str, EditPrompt] = {}
+        for entry in data["prompts"]:
+            name, family, text = entry.get("name"), entry.get("family"), entry.get("text", "")
+            if not name or not re.fullmatch(r"[a-z0-9_]+", name):
+                raise bad(f"prompt name {name!r} must be lower_snake_case")
+            if name in prompts:
+                raise bad(f"duplicate prompt name {name!r}")
+            if family not in FAMILIES:
+                raise bad(f"prompt {name!r}: family {family!r} is not one of {FAMILIES}")
+            if not text.strip() or len(text) > MAX_PROMPT_CHARS:
+                raise bad(f"prompt {name!r}: text must be 1..{MAX_PROMPT_CHARS} characters")
+            if _ANSWER_PHRASES.search(text):
+                raise bad(f"prompt {name!r}: text contains answer-like phrasing")
+            prompts[name] = EditPrompt(name, family, text.strip(), entry.get("purpose", ""),
+                                       tuple(entry.get("suits", ())))
+        defaults = {}
+        for family in FAMILIES:
+            default = (data["families"].get(family) or {}).get("default")
+            if default not in prompts or prompts[default].family != family:
+                raise bad(f"family {family!r} needs a default naming one of its own prompts")
+            defaults[family] = default
+        return cls(str(data.get("version", "0")), prompts, defaults)
+
+    def names(self, family: str | None = None) -> list[str]:
+        return [n for n, p in self.prompts.items() if family is None or p.family == family]
+
+    def get(self, name: str) -> EditPrompt:
+        if name not in self.prompts:
+            raise InputError("prompt_name", f"unknown prompt {name!r}; known: {', '.join(self.prompts)}")
+        return self.prompts[name]
+
+    def default(self, family: str) -> EditPrompt:
+        if family not in self.family_defaults:
+            raise InputError("family", f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+        return self.prompts[self.family_defaults[family]]
+
+    def resolve(self, prompt: str | None = None, prompt_name: str | None = None,
+                family: str | None = None) -> EditPrompt:
+        """The edit prompt a request asks for: free text, a named prompt, or a family's default
+        (the enhancement default when nothing is given)."""
+        if prompt is not None and prompt_name is not None:
+            raise InputError("prompt", "give either 'prompt' or 'prompt_name', not both")
+        if family is not None and family not in FAMILIES:
+            raise InputError("family", f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+        if prompt is not None:
+            if not prompt.strip():
+                raise InputError("prompt", "is empty")
+            if len(prompt) > MAX_PROMPT_CHARS:
+                raise InputError("prompt", f"is longer than {MAX_PROMPT_CHARS} characters")
+            return EditPrompt(None, family, prompt.strip())
+        if prompt_name is not None:
+            chosen = self.get(prompt_name)
+            if family is not None and chosen.family != family:
+                raise InputError("family", f"prompt {prompt_name!r} belongs to {chosen.family!r}, not {family!r}")
+            return chosen
+        return self.default(family or "enhancement")
+
+
+@lru_cache(maxsize=1)
+def default_library() -> PromptLibrary:
+    return PromptLibrary.load()
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[\w']+", text.lower())
+
+
+def find_leak(prompt: str, options: Sequence[str] | None = None, answer: str | None = None) -> str | None:
+    """Why ``prompt`` leaks the answer, or None when it is clean.
+
+    A prompt leaks when it contains an option's text or the answer (as whole words, case-insensitive),
+    or answer-like phrasing ("the answer is", "option B"). Single-letter options and answers are only
+    caught through such phrasing, since letters occur everywhere in plain text.
+    """
+    match = _ANSWER_PHRASES.search(prompt)
+    if match:
+        return f"contains answer-like phrasing {match.group(0)!r}"
+    words = _words(prompt)
+    joined = " " + " ".join(words) + " "
+    for kind, candidates in (("an option", options or ()), ("the answer", [answer] if answer else ())):
+        for candidate in candidates:
+            cand_words = _words(str(candidate))
+            if not cand_words or (len(cand_words) == 1 and len(cand_words[0]) < 2):
+                continue
+            if " " + " ".join(cand_words) + " " in joined:
+                return f"contains {kind} ({str(candidate)!r})"
+    return None
