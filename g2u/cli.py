@@ -15,16 +15,19 @@ def _predict(args: argparse.Namespace) -> int:
     from g2u.images import load_image
     from g2u.pipeline import G2UPipeline
     from g2u.requests import parse_request
+    from g2u.types import ALL_MODES
 
     fields = {"question": args.question, "mode": args.mode, "prompt": args.prompt, "prompt_name": args.prompt_name,
               "family": args.family, "writer": args.writer, "steps": args.steps, "text_cfg": args.text_cfg,
               "image_cfg": args.image_cfg, "seed": args.seed, "edit_size": args.edit_size,
               "max_new_tokens": args.max_new_tokens, "order": args.order, "options": args.options}
     fields = {k: v for k, v in fields.items() if v is not None}
+    # Validate the input before paying for a model load; the backend checks its own modes after.
+    request = parse_request(fields, modes=ALL_MODES, image=load_image(args.image))
     start = time.perf_counter()
     pipe = G2UPipeline.from_checkpoint(args.checkpoint, args.backend, device=args.device, dtype=args.dtype)
     load_s = time.perf_counter() - start
-    request = parse_request(fields, modes=pipe.modes, image=load_image(args.image))
+    pipe.check(request)
     start = time.perf_counter()
     [result] = pipe([request])
     out = result.to_dict()

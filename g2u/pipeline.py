@@ -135,7 +135,7 @@ class G2UPipeline:
             return
         if req.writer == "library":
             self._library_prompt(req)
-        self._edit_size(req)
+        self.backend.validate_edit(replace(req.edit, size=self._edit_size(req)))
 
     def _library_prompt(self, req: G2URequest):
         chosen = self.library.resolve(req.prompt, req.prompt_name, req.family)

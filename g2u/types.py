@@ -8,6 +8,8 @@ from PIL import Image
 
 MODES = ("baseline", "g2u", "replace", "textual_cot")
 """Modes every backend supports; a backend may add its own (BAGEL: ``vae_concat``)."""
+ALL_MODES = (*MODES, "vae_concat")
+"""Every mode some backend knows; each backend accepts MODES plus its ``extra_modes``."""
 
 FAMILIES = ("enhancement", "extension")
 

@@ -43,6 +43,11 @@ class Backend(Protocol):
         working size ``params[i].size`` (already resolved by the caller, never ``None``)."""
         ...
 
+    def validate_edit(self, params: EditParams) -> None:
+        """Raise InputError for edit parameters this backend cannot honour (``params.size`` resolved).
+        Called per request before any batched call."""
+        ...
+
     def answer(self, contents: Sequence[Sequence[ContentPart]], params: AnswerParams) -> list[str]:
         """Stage II: one text per request, each from its interleaved images and text parts."""
         ...

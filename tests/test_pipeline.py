@@ -1,0 +1,161 @@
+"""The G→U loop on the demo checkpoints: modes see exactly the parts they should, batching works,
+seeds reproduce, and every result carries its edit record, fidelity, timings and demo flag."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from g2u.backends import load_backend
+from g2u.errors import InputError
+from g2u.pipeline import G2UPipeline
+from g2u.requests import G2URequest
+from g2u.types import EditParams
+
+
+class SpyBackend:
+    """Wraps a real backend and records what each stage was given."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.edit_calls: list[tuple] = []
+        self.answer_calls: list[list[list]] = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def edit(self, images, prompts, params):
+        self.edit_calls.append((list(images), list(prompts), list(params)))
+        return self.inner.edit(images, prompts, params)
+
+    def answer(self, contents, params):
+        self.answer_calls.append([list(c) for c in contents])
+        return self.inner.answer(contents, params)
+
+
+@pytest.fixture(scope="module", params=["qwen_image_edit", "decoupled"])
+def backend(request, demo_root):
+    return load_backend(str(demo_root / request.param))
+
+
+@pytest.fixture
+def spy(backend):
+    return SpyBackend(backend)
+
+
+def _req(image, mode="g2u", **kw) -> G2URequest:
+    return G2URequest(image=image, question="What shape is in the middle?", mode=mode,
+                      edit=EditParams(steps=2, seed=kw.pop("seed", 0)), **kw)
+
+
+def _contains(parts, img) -> bool:
+    return any(p is img for p in parts)
+
+
+def test_baseline_never_runs_stage_one(spy, rgb_image):
+    [result] = G2UPipeline(spy)([_req(rgb_image, "baseline")])
+    assert spy.edit_calls == []
+    [[parts]] = spy.answer_calls
+    assert _contains(parts, rgb_image) and sum(isinstance(p, Image.Image) for p in parts) == 1
+    assert result.thought is None and result.to_dict()["edit"] is None and isinstance(result.answer, str)
+
+
+def test_replace_never_passes_the_original(spy, rgb_image):
+    [result] = G2UPipeline(spy)([_req(rgb_image, "replace")])
+    assert len(spy.edit_calls) == 1
+    [[parts]] = spy.answer_calls
+    assert not _contains(parts, rgb_image)
+    assert _contains(parts, result.thought.image)
+
+
+def test_g2u_answers_from_image_question_thought_in_order(spy, rgb_image):
+    [result] = G2UPipeline(spy)([_req(rgb_image)])
+    [[parts]] = spy.answer_calls
+    assert parts[0] is rgb_image and isinstance(parts[1], str) and parts[2] is result.thought.image
+    spy.answer_calls.clear()
+    G2UPipeline(spy)([_req(rgb_image, order=("I", "T", "q"))])
+    [[parts]] = spy.answer_calls
+    assert parts[0] is rgb_image and isinstance(parts[1], Image.Image) and isinstance(parts[2], str)
+
+
+def test_textual_cot_reasons_then_answers_without_an_image(spy, rgb_image):
+    [result] = G2UPipeline(spy)([_req(rgb_image, "textual_cot")])
+    assert spy.edit_calls == []
+    assert len(spy.answer_calls) == 2
+    assert result.reasoning is not None and f"Reasoning: {result.reasoning}" in spy.answer_calls[1][0][1]
+
+
+def test_result_schema(backend, rgb_image):
+    [result] = G2UPipeline(backend)([_req(rgb_image, options=["circle", "square"])])
+    out = result.to_dict()
+    assert out["mode"] == "g2u" and isinstance(out["answer"], str)
+    edit = out["edit"]
+    assert edit["family"] == "enhancement" and edit["prompt_name"] == "sharpen_details" and edit["writer"] == "library"
+    assert (edit["steps"], edit["text_cfg"], edit["image_cfg"], edit["seed"]) == (2, 4.0, 1.0, 0)
+    assert edit["size"] == list(result.thought.image.size)
+    assert set(out["fidelity"]) == {"ssim", "psnr"} and -1 <= out["fidelity"]["ssim"] <= 1
+    assert {"edit", "understand", "fidelity", "write_prompt", "total"} <= set(out["timings_ms"])
+    assert out["model"]["demo"] is True and "meaningless" in out["model"]["note"]
+
+
+def test_batch_of_two_sizes(spy, rgb_image):
+    tall = Image.new("RGB", (40, 120), (10, 200, 30))
+    results = G2UPipeline(spy)([_req(rgb_image), _req(tall, seed=3)])
+    wide_size, tall_size = (r.thought.image.size for r in results)
+    assert wide_size[0] > wide_size[1] and tall_size[1] > tall_size[0]
+    assert all(side % spy.size_multiple == 0 for side in wide_size + tall_size)
+    assert len(spy.edit_calls) == 1 and len(spy.edit_calls[0][0]) == 2  # one batched stage-I call
+    assert len(spy.answer_calls) == 1 and len(spy.answer_calls[0]) == 2  # one batched stage-II call
+
+
+def test_explicit_edit_size_is_used(backend, rgb_image):
+    m = backend.size_multiple
+    req = _req(rgb_image)
+    req.edit.size = (4 * m, 2 * m)
+    [result] = G2UPipeline(backend)([req])
+    assert result.thought.image.size == (4 * m, 2 * m)
+    assert req.edit.size == (4 * m, 2 * m)  # the caller's request is not mutated into something else
+
+
+def test_same_seed_same_outputs_across_loads(demo_root, rgb_image):
+    def run(seed):
+        pipe = G2UPipeline(load_backend(str(demo_root / "qwen_image_edit")))
+        [r] = pipe([_req(rgb_image, seed=seed)])
+        return np.asarray(r.thought.image), r.answer
+
+    (t1, a1), (t2, a2), (t3, _) = run(5), run(5), run(6)
+    assert np.array_equal(t1, t2) and a1 == a2
+    assert not np.array_equal(t1, t3)
+
+
+def test_leaking_free_prompt_is_rejected(backend, rgb_image):
+    req = _req(rgb_image, options=["a red circle", "a blue square"], prompt="Draw a red circle bigger")
+    with pytest.raises(InputError) as err:
+        G2UPipeline(backend)([req])
+    assert err.value.field == "prompt" and "option" in err.value.reason
+
+
+def test_unknown_mode_rejected_by_pipeline(backend, rgb_image):
+    with pytest.raises(InputError) as err:
+        G2UPipeline(backend).check(_req(rgb_image, "vae_concat"))
+    assert err.value.field == "mode"
+
+
+def test_misaligned_edit_size_rejected(backend, rgb_image):
+    req = _req(rgb_image)
+    req.edit.size = (backend.size_multiple * 4 + 3, backend.size_multiple * 4)
+    with pytest.raises(InputError) as err:
+        G2UPipeline(backend).check(req)
+    assert err.value.field == "edit_size"
+
+
+def test_backend_specific_edit_params_rejected_before_batching(demo_root, rgb_image):
+    pipe = G2UPipeline(load_backend(str(demo_root / "decoupled_kontext")))
+    req = _req(rgb_image)
+    req.edit.image_cfg = 1.5  # FLUX.1 Kontext has no image-CFG branch
+    with pytest.raises(InputError) as err:
+        pipe.check(req)
+    assert err.value.field == "image_cfg"
+    req.mode = "baseline"  # no stage I: edit parameters are irrelevant
+    pipe.check(req)
