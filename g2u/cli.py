@@ -20,7 +20,8 @@ def _predict(args: argparse.Namespace) -> int:
     fields = {"question": args.question, "mode": args.mode, "prompt": args.prompt, "prompt_name": args.prompt_name,
               "family": args.family, "writer": args.writer, "steps": args.steps, "text_cfg": args.text_cfg,
               "image_cfg": args.image_cfg, "seed": args.seed, "edit_size": args.edit_size,
-              "max_new_tokens": args.max_new_tokens, "order": args.order, "options": args.options}
+              "max_new_tokens": args.max_new_tokens, "order": args.order, "options": args.options,
+              "think": args.think}
     fields = {k: v for k, v in fields.items() if v is not None}
     # Validate the input before paying for a model load; the backend checks its own modes after.
     request = parse_request(fields, modes=ALL_MODES, image=load_image(args.image))
@@ -68,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="answer one question about one image, printing JSON")
     p.add_argument("--checkpoint", help="checkpoint folder or hub id (default: the embedded demo checkpoint)")
-    p.add_argument("--backend", choices=["qwen_image_edit", "decoupled"], help="default: detected from the folder")
+    p.add_argument("--backend", choices=["qwen_image_edit", "decoupled", "bagel"],
+                   help="default: detected from the folder")
     p.add_argument("--image", required=True)
     p.add_argument("--question", required=True)
     p.add_argument("--options", help='JSON list of options, e.g. \'["red", "blue"]\'')
@@ -84,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--edit-size", dest="edit_size", help="WIDTHxHEIGHT (default: input aspect at ~512² area)")
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
+    p.add_argument("--think", action="store_true", default=None, help="BAGEL: plan in text before editing")
     p.add_argument("--order", help="answer-prompt order for g2u, e.g. 'I,q,T' (the paper's) or 'I,T,q'")
     p.add_argument("--device")
     p.add_argument("--dtype")

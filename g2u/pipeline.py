@@ -115,6 +115,9 @@ class G2UPipeline:
         start = time.perf_counter()
         images = self.backend.edit([requests[i].image for i in todo], [r.prompt for r in records], params)
         edit_ms = (time.perf_counter() - start) * 1000
+        plans = getattr(self.backend, "last_plans", None) or [None] * len(todo)
+        for rec, plan in zip(records, plans):
+            rec.plan = plan
 
         # 3. Fidelity of each Î against its I.
         for k, i in enumerate(todo):
@@ -161,7 +164,7 @@ class G2UPipeline:
         e = req.edit
         return EditRecord(prompt=chosen.text, prompt_name=chosen.name, family=chosen.family, writer=writer,
                           steps=e.steps, text_cfg=e.text_cfg, image_cfg=e.image_cfg, seed=e.seed, size=size,
-                          writer_fallback=fallback, writer_fallback_reason=reason)
+                          writer_fallback=fallback, writer_fallback_reason=reason, think=e.think)
 
     def _writer(self, name: str):
         if name not in self._writers:
@@ -219,6 +222,8 @@ class G2UPipeline:
         if req.mode == "replace":
             return [thought.image, question]
         parts: dict[str, ContentPart] = {"I": req.image, "q": question, "T": thought.image}
+        if req.mode == "vae_concat":  # BAGEL ablation: the thought enters as VAE features
+            parts["T"] = self.backend.vae_thought(thought.image)
         return [parts[k] for k in req.order]
 
     def _answer_grouped(self, contents: list[list[ContentPart]], params: list[AnswerParams]) -> list[str]:

@@ -168,7 +168,7 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
 
 KNOWN_FIELDS = {
     "image", "question", "options", "mode", "prompt", "prompt_name", "family", "writer", "steps",
-    "text_cfg", "image_cfg", "seed", "edit_size", "return_thought", "max_new_tokens", "order", "id",
+    "text_cfg", "image_cfg", "seed", "edit_size", "return_thought", "max_new_tokens", "order", "id", "think",
 }
 
 
@@ -217,6 +217,8 @@ def parse_request(fields: dict[str, Any], *, modes: tuple[str, ...] = MODES,
         if fields.get(name) not in (None, ""):
             setattr(edit, name, _float(name, fields[name]))
     edit.size = _size(fields.get("edit_size"))
+    if fields.get("think") not in (None, ""):
+        edit.think = _bool("think", fields["think"])
     req.edit = edit
     if fields.get("max_new_tokens") not in (None, ""):
         req.answer = AnswerParams(max_new_tokens=_int("max_new_tokens", fields["max_new_tokens"]))

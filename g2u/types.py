@@ -33,10 +33,12 @@ class EditParams:
     size: tuple[int, int] | None = None
     area: int | None = None
     negative_prompt: str = " "
+    think: bool = False
+    """BAGEL only: decode a textual plan before generating the thought (ignored by other backends)."""
 
     def batch_key(self) -> tuple:
         """Items whose keys match can share one batched edit call (per-item seeds stay per item)."""
-        return (self.steps, self.text_cfg, self.image_cfg, self.size, self.negative_prompt)
+        return (self.steps, self.text_cfg, self.image_cfg, self.size, self.negative_prompt, self.think)
 
 
 @dataclass
@@ -62,6 +64,9 @@ class EditRecord:
     size: tuple[int, int]
     writer_fallback: bool = False
     writer_fallback_reason: str | None = None
+    think: bool = False
+    plan: str | None = None
+    """The textual plan decoded before generation (BAGEL ``think``)."""
 
     def to_dict(self) -> dict:
         out = asdict(self)

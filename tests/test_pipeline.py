@@ -34,7 +34,7 @@ class SpyBackend:
         return self.inner.answer(contents, params)
 
 
-@pytest.fixture(scope="module", params=["qwen_image_edit", "decoupled"])
+@pytest.fixture(scope="module", params=["qwen_image_edit", "decoupled", "bagel"])
 def backend(request, demo_root):
     return load_backend(str(demo_root / request.param))
 
@@ -136,9 +136,13 @@ def test_leaking_free_prompt_is_rejected(backend, rgb_image):
     assert err.value.field == "prompt" and "option" in err.value.reason
 
 
-def test_unknown_mode_rejected_by_pipeline(backend, rgb_image):
+def test_backend_only_modes_are_checked_per_backend(backend, rgb_image):
+    pipe = G2UPipeline(backend)
+    if "vae_concat" in backend.extra_modes:
+        pipe.check(_req(rgb_image, "vae_concat"))
+        return
     with pytest.raises(InputError) as err:
-        G2UPipeline(backend).check(_req(rgb_image, "vae_concat"))
+        pipe.check(_req(rgb_image, "vae_concat"))
     assert err.value.field == "mode"
 
 
@@ -159,3 +163,16 @@ def test_backend_specific_edit_params_rejected_before_batching(demo_root, rgb_im
     assert err.value.field == "image_cfg"
     req.mode = "baseline"  # no stage I: edit parameters are irrelevant
     pipe.check(req)
+
+
+def test_bagel_vae_concat_and_think(demo_root, rgb_image):
+    spy = SpyBackend(load_backend(str(demo_root / "bagel")))
+    pipe = G2UPipeline(spy)
+    assert "vae_concat" in pipe.modes
+    req = _req(rgb_image, "vae_concat")
+    req.edit.think = True
+    [result] = pipe([req])
+    [[parts]] = spy.answer_calls
+    assert parts[0] is rgb_image and not any(p is result.thought.image for p in parts)
+    assert not isinstance(parts[2], (str, Image.Image))  # the thought enters as VAE features
+    assert result.thought.edit.think is True and isinstance(result.thought.edit.plan, str)

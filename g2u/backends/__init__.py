@@ -2,6 +2,7 @@
 
 A checkpoint is a local folder in the real on-disk layout or a hub id (where a hub is reachable):
 - ``qwen_image_edit``: a diffusers folder whose model_index.json names QwenImageEditPipeline;
+- ``bagel``: the released BAGEL-7B-MoT layout (``ema.safetensors``, ``ae.safetensors``, ``llm_config.json``...);
 - ``decoupled``: a folder with ``g2u_backend.json`` naming an editor and an answerer, or both given
   explicitly (``editor=``/``answerer=``: any diffusers edit pipeline + any image-text-to-text model);
 - no checkpoint at all: the embedded demo checkpoints, built offline on first use.
@@ -15,7 +16,7 @@ from pathlib import Path
 from g2u.backends.base import Backend, BackendInfo
 from g2u.errors import CheckpointError
 
-BACKENDS = ("qwen_image_edit", "decoupled")
+BACKENDS = ("qwen_image_edit", "decoupled", "bagel")
 _QWEN_EDIT_CLASSES = ("QwenImageEditPipeline",)
 
 __all__ = ["BACKENDS", "Backend", "BackendInfo", "detect_backend", "load_backend"]
@@ -37,7 +38,7 @@ def detect_backend(checkpoint: str) -> str:
             return "qwen_image_edit"
         raise CheckpointError(f"{folder} is a {cls} pipeline: use backend='decoupled' with editor= and answerer=")
     if (folder / "ema.safetensors").is_file() and (folder / "llm_config.json").is_file():
-        raise CheckpointError(f"{folder} is a BAGEL checkpoint; the bagel backend is not available yet")
+        return "bagel"
     raise CheckpointError(f"{folder} has no layout g2u knows (model_index.json or g2u_backend.json)")
 
 
@@ -72,6 +73,10 @@ def load_backend(checkpoint: str | None = None, backend: str | None = None, *, e
         from g2u.backends.qwen_image_edit import QwenImageEditBackend
 
         return QwenImageEditBackend.from_pretrained(checkpoint, device=device, dtype=dtype)
+    if backend == "bagel":
+        from g2u.backends.bagel import BagelBackend
+
+        return BagelBackend.from_pretrained(checkpoint, device=device, dtype=dtype)
     from g2u.backends.decoupled import load_decoupled_dir
 
     return load_decoupled_dir(checkpoint, device=device, dtype=dtype)

@@ -1,0 +1,226 @@
+"""The ``bagel`` backend: BAGEL-7B-MoT does both G→U stages with one set of weights.
+
+Stage I (edit) follows BAGEL's image editing: context ``[image as VAE latents + ViT features, prompt]``
+prefilled once into a KV cache; the text-free (``[image]``) and image-free (``[prompt]``) CFG contexts
+forked from it only when their scale is > 1; then the flow-matching sampler, all CFG branches of all
+requests of a group in one forward per step. With ``think`` a textual plan is decoded first (BAGEL's
+planning system prompt) and appended to the conditional context.
+
+Stage II (answer) uses BAGEL's chat layout: each image and each text part becomes its own segment in
+order, and the answer is decoded from ``<|im_start|>`` until ``<|im_end|>``, greedy by default.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from g2u.backends.bagel.cache import KVCache
+from g2u.backends.bagel.config import check_layout
+from g2u.backends.bagel.layout import fit_size, patchify, unpatchify
+from g2u.backends.bagel.loading import load_model, load_tokenizer, load_vae
+from g2u.backends.bagel.model import BagelModel, LatentSegment, Segment, TextSegment, VitSegment
+from g2u.backends.bagel.params import GEN_THINK_SYSTEM_PROMPT, VaeImage, bagel_options, sampler_settings
+from g2u.backends.bagel.sampler import RENORM_TYPES, SamplerSettings, denoise
+from g2u.backends.bagel.vae import decode_latents, encode_latents
+from g2u.backends.bagel.vision import to_unit_tensor
+from g2u.backends.base import BackendInfo
+from g2u.demo import read_demo_marker
+from g2u.devices import dtype_name, resolve_device, resolve_dtype
+from g2u.errors import InputError
+from g2u.types import AnswerParams, ContentPart, EditParams
+
+REAL_DEFAULT_EDIT_AREA = 512 * 512
+VAE_MAX_SIDE = 1024
+VAE_MIN_SIDE = 512
+"""BAGEL's generation-side transform (``ImageTransform(1024, 512, 16)``), for VAE images in answers."""
+
+
+class BagelBackend:
+    """BAGEL-MoT for both stages. ``edit``/``answer`` implement the ``Backend`` protocol; answer parts
+    may also be ``VaeImage`` (the ``vae_concat`` mode)."""
+
+    extra_modes: tuple[str, ...] = ("vae_concat",)
+
+    def __init__(self, model: BagelModel, vae, tokenizer, info: BackendInfo, default_edit_area: int):
+        self.model = model
+        self.vae = vae
+        self.tokenizer = tokenizer
+        self.info = info
+        self.default_edit_area = default_edit_area
+        self.size_multiple = model.dims.size_multiple
+        self.last_plans: list[str | None] = []
+        """The ``think`` plans of the last ``edit`` call (``None`` for items edited without think)."""
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None,
+                        dtype: str | torch.dtype | None = None, demo: bool | None = None,
+                        default_edit_area: int | None = None) -> BagelBackend:
+        """Load a local folder in the released layout (``ema.safetensors``, ``ae.safetensors``,
+        ``llm_config.json``, ``vit_config.json``, tokenizer files). ``demo``/``default_edit_area`` default
+        to the folder's demo marker; a real checkpoint has none (``demo=False``, 512² working area)."""
+        folder = Path(path)
+        check_layout(folder)
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, dev)
+        marker = read_demo_marker(folder)
+        if demo is None:
+            demo = bool(marker and marker.get("demo"))
+        if default_edit_area is None:
+            default_edit_area = int(marker["default_edit_area"]) if demo and marker else REAL_DEFAULT_EDIT_AREA
+        tokenizer, special = load_tokenizer(folder)
+        model = load_model(folder, special, dev, torch_dtype)
+        vae = load_vae(folder, dev, torch_dtype)
+        info = BackendInfo(backend="bagel", checkpoint=str(path), demo=bool(demo), device=str(dev),
+                           dtype=dtype_name(torch_dtype))
+        return cls(model, vae, tokenizer, info, default_edit_area)
+
+    # ------------------------------------------------------------------ text
+    def encode_text(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def decode_text(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+    # ------------------------------------------------------------------ stage I
+    def validate_edit(self, params: EditParams) -> None:
+        """Reject what BAGEL cannot honour, per request, before any batched call."""
+        if params.size is None:
+            raise InputError("edit_size", "the working size must be resolved before edit()")
+        width, height = params.size
+        m, limit = self.size_multiple, self.model.dims.max_edit_side
+        if width <= 0 or height <= 0 or width % m or height % m:
+            raise InputError("edit_size", f"{width}x{height} is not a multiple of {m}")
+        if max(width, height) > limit:
+            raise InputError("edit_size", f"{width}x{height} exceeds BAGEL's latent grid ({limit} px a side)")
+        if params.steps < 2:
+            raise InputError("steps", f"BAGEL's sampler needs >= 2 timesteps (steps − 1 model evaluations), "
+                                      f"got {params.steps}")
+        if params.negative_prompt.strip():
+            raise InputError("negative_prompt", "BAGEL's text CFG drops the prompt; a negative prompt is not supported")
+        think, max_think, _, interval, renorm_type, renorm_min = bagel_options(params)
+        if renorm_type not in RENORM_TYPES:
+            raise InputError("cfg_renorm_type", f"must be one of {', '.join(RENORM_TYPES)}, got {renorm_type!r}")
+        if len(interval) != 2 or not 0.0 <= interval[0] <= interval[1] <= 1.0:
+            raise InputError("cfg_interval", f"must be (low, high) with 0 <= low <= high <= 1, got {interval}")
+        if not 0.0 <= renorm_min <= 1.0:
+            raise InputError("cfg_renorm_min", f"must be in [0, 1], got {renorm_min}")
+        if think and max_think < 1:
+            raise InputError("max_think_tokens", f"must be >= 1, got {max_think}")
+
+    @torch.inference_mode()
+    def edit(self, images: Sequence[Image.Image], prompts: Sequence[str],
+             params: Sequence[EditParams]) -> list[Image.Image]:
+        """Stage I. Items with the same size and sampler settings run as one batch; each keeps its own
+        seed (posterior sample and initial noise), so its thought does not depend on its batch-mates."""
+        if not (len(images) == len(prompts) == len(params)):
+            raise InputError("images", "images, prompts and params must have the same length")
+        for p in params:
+            self.validate_edit(p)
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, p in enumerate(params):
+            groups[(p.size, sampler_settings(p), bagel_options(p)[:2])].append(i)
+        out: list[Image.Image | None] = [None] * len(images)
+        plans: list[str | None] = [None] * len(images)
+        for (size, settings, (think, max_think)), idx in groups.items():
+            result, group_plans = self._edit_group([images[i] for i in idx], [prompts[i] for i in idx],
+                                                   [params[i].seed for i in idx], size, settings,
+                                                   max_think if think else 0)
+            for k, i in enumerate(idx):
+                out[i], plans[i] = result[k], group_plans[k]
+        self.last_plans = plans
+        return out  # type: ignore[return-value]
+
+    def _edit_group(self, images: list[Image.Image], prompts: list[str], seeds: list[int], size: tuple[int, int],
+                    settings: SamplerSettings, think_tokens: int) -> tuple[list[Image.Image], list[str | None]]:
+        model = self.model
+        width, height = size
+        patch = model.dims.latent_patch
+        grid = (height // self.size_multiple, width // self.size_multiple)
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        pixels = torch.stack([to_unit_tensor(img, size) for img in images]).to(model.device)
+        latents = encode_latents(self.vae, pixels, generators).float().cpu()
+        context = [patchify(z, patch) for z in latents]
+        noise = torch.stack([torch.randn(c.shape, generator=g) for c, g in zip(context, generators)])
+
+        cache, plans = self.edit_contexts(images, prompts, context, grid, settings, think_tokens)
+        clean = denoise(model, cache, noise, grid, settings).cpu()
+        z = torch.stack([unpatchify(x, *grid, patch) for x in clean])
+        decoded = decode_latents(self.vae, z.to(model.device)).float().cpu()
+        return [_to_image(x) for x in decoded], plans
+
+    def edit_contexts(self, images: list[Image.Image], prompts: list[str], latents: list[torch.Tensor],
+                      grid: tuple[int, int], settings: SamplerSettings,
+                      think_tokens: int = 0) -> tuple[KVCache, list[str | None]]:
+        """The prefilled KV cache of a group: conditional rows, then the text-free and image-free CFG
+        rows when their branch is needed. Each context is computed once; CFG contexts fork from it."""
+        model = self.model
+        rows = len(images)
+        has_text, has_img = settings.branches
+        prompt_ids = [self.encode_text(p) for p in prompts]
+        cond = model.new_cache(rows)
+        if think_tokens:
+            model.extend(cond, [[TextSegment(self.encode_text(GEN_THINK_SYSTEM_PROMPT))]] * rows)
+        image_free = cond.clone() if has_img else None
+        model.extend(cond, [[LatentSegment(lat, grid), VitSegment(img)] for lat, img in zip(latents, images)])
+        text_free = cond.clone() if has_text else None
+        model.extend(cond, [[TextSegment(ids)] for ids in prompt_ids])
+        if image_free is not None:
+            model.extend(image_free, [[TextSegment(ids)] for ids in prompt_ids])
+        plans: list[str | None] = [None] * rows
+        if think_tokens:
+            plan_ids = model.decode(cond.clone(), think_tokens)
+            # Kept verbatim (special tokens, whitespace) as the reference re-reads its plan.
+            plans = [self.tokenizer.decode(ids, skip_special_tokens=False) for ids in plan_ids]
+            model.extend(cond, [[TextSegment(self.encode_text(plan))] for plan in plans])
+        parts = [c for c in (cond, text_free, image_free) if c is not None]
+        return (KVCache.cat(parts) if len(parts) > 1 else cond), plans
+
+    # ------------------------------------------------------------------ stage II
+    @torch.inference_mode()
+    def answer(self, contents: Sequence[Sequence[ContentPart | VaeImage]], params: AnswerParams) -> list[str]:
+        """Stage II: one answer per request from its interleaved parts, all requests in one batch."""
+        if not contents:
+            return []
+        cache = self.answer_context(contents)
+        ids = self.model.decode(cache, params.max_new_tokens, params.temperature)
+        return [self.decode_text(x) for x in ids]
+
+    def vae_thought(self, image: Image.Image) -> VaeImage:
+        """The answer-prompt part for a thought in ``vae_concat`` mode: the pipeline puts this where the
+        thought image would go, and ``answer`` lays it out as VAE latents instead of ViT features."""
+        return VaeImage(image)
+
+    def answer_context(self, contents: Sequence[Sequence[ContentPart | VaeImage]]) -> KVCache:
+        """The prefilled cache of answer prompts (one row per request)."""
+        rows = [[self._segment(part) for part in parts] for parts in contents]
+        cache = self.model.new_cache(len(rows))
+        self.model.extend(cache, rows)
+        return cache
+
+    def _segment(self, part: ContentPart | VaeImage) -> Segment:
+        if isinstance(part, str):
+            return TextSegment(self.encode_text(part))
+        if isinstance(part, VaeImage):
+            return self._vae_segment(part.image)
+        if isinstance(part, Image.Image):
+            return VitSegment(part)
+        raise InputError("contents", f"parts must be images, VaeImage or text, got {type(part).__name__}")
+
+    def _vae_segment(self, image: Image.Image) -> LatentSegment:
+        """An image as clean VAE latents (posterior mean: answers stay deterministic)."""
+        m, limit = self.size_multiple, self.model.dims.max_edit_side
+        size = fit_size(*image.size, min(VAE_MAX_SIDE, limit), min(VAE_MIN_SIDE, limit), m)
+        pixels = to_unit_tensor(image, size)[None].to(self.model.device)
+        z = encode_latents(self.vae, pixels, None).float().cpu()[0]
+        return LatentSegment(patchify(z, self.model.dims.latent_patch), (size[1] // m, size[0] // m))
+
+
+def _to_image(x: torch.Tensor) -> Image.Image:
+    """``[3, H, W]`` in [-1, 1] → RGB."""
+    arr = ((x * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(arr, "RGB")
