@@ -31,3 +31,39 @@ demo: install
 
 clean:
 	rm -rf demo_checkpoints outputs .pytest_cache
+
+# ---------------------------------------------------------------- evaluation and load (MLflow, locust)
+LOADTEST_HOST ?= http://127.0.0.1:8080
+LOADTEST_USERS ?= 4
+LOADTEST_DURATION ?= 60s
+
+.PHONY: evaluate ablation register loadtest
+
+evaluate: install
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/mlflow run . --env-manager local -e evaluate $(MLFLOW_ARGS)
+
+ablation: install
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/mlflow run . --env-manager local -e ablation $(MLFLOW_ARGS)
+
+register: install
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/mlflow run . --env-manager local -e register $(MLFLOW_ARGS)
+
+# Needs a running server (`make serve`); reads the token from TorchServe's key_file.json.
+loadtest: install
+	$(PY) load_tests/run_loadtest.py --host $(LOADTEST_HOST) --users $(LOADTEST_USERS) \
+		--duration $(LOADTEST_DURATION) --key-file $${G2U_KEY_FILE:-key_file.json} --mlflow
+
+# ---------------------------------------------------------------- serving (TorchServe)
+# `make serve` serves the demo checkpoint packed in the .mar; a real checkpoint is referenced by path:
+#   G2U_CHECKPOINT=/models/Qwen-Image-Edit make serve      (G2U_BACKEND picks the backend if needed)
+# G2U_SERVE_TIMEOUT bounds the wait for the model READY (seconds, default 300).
+.PHONY: archive serve stop
+
+archive: install
+	$(PY) -m handler.archive
+
+serve: archive
+	$(PY) -m handler.serve up
+
+stop:
+	$(PY) -m handler.serve stop
