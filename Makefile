@@ -37,7 +37,7 @@ LOADTEST_HOST ?= http://127.0.0.1:8080
 LOADTEST_USERS ?= 4
 LOADTEST_DURATION ?= 60s
 
-.PHONY: evaluate ablation register loadtest
+.PHONY: evaluate ablation register loadtest reliability
 
 evaluate: install
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/mlflow run . --env-manager local -e evaluate $(MLFLOW_ARGS)
@@ -52,6 +52,12 @@ register: install
 loadtest: install
 	$(PY) load_tests/run_loadtest.py --host $(LOADTEST_HOST) --users $(LOADTEST_USERS) \
 		--duration $(LOADTEST_DURATION) --key-file $${G2U_KEY_FILE:-key_file.json} --mlflow
+
+# Starts its own TorchServe on free ports: sustained load, worker kill, hostile input, writer faults,
+# security; writes outputs/reliability/report.{md,json} and logs them to MLflow.
+RELIABILITY_DURATION ?= 180s
+reliability: install
+	$(PY) -m load_tests.reliability --users $(LOADTEST_USERS) --duration $(RELIABILITY_DURATION) --mlflow
 
 # ---------------------------------------------------------------- serving (TorchServe)
 # `make serve` serves the demo checkpoint packed in the .mar; a real checkpoint is referenced by path:

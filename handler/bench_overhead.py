@@ -86,15 +86,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="g2u-bench-") as tmp:
         home = Path(tmp)
-        archive.build_archive(home / "store", demo_dir=home / "demo",
-                              overrides={"maxBatchDelay": args.max_batch_delay})
+        srv = tsctl.serve_demo(home, overrides={"maxBatchDelay": args.max_batch_delay}, ready_timeout=300)
         checkpoint = home / "demo" / archive.DEFAULT_DEMO
-        config = tsctl.render_config(home / "config.properties", ports=tsctl.Ports.free(),
-                                     model_store=home / "store", models="g2u=g2u.mar")
-        srv = tsctl.Server(home=home, config=config, logs=home / "logs")
-        srv.start()
         try:
-            desc = srv.wait_ready(300)
+            desc = srv.wait_ready(10)
             url = f"{srv.url('inference')}/predictions/g2u"
             results = measure(checkpoint, url, srv.keys()["inference"], image, fields, args.reps)
         finally:

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -130,6 +130,8 @@ class Server:
     model_name: str = "g2u"
     logs: Path | None = None
     """Where logs/ and the temp dir (pid file, worker sockets, extracted .mar) go; default home/logs."""
+    extra_env: dict[str, str] = field(default_factory=dict)
+    """Environment for the frontend and its workers on top of this process's (e.g. the writer's settings)."""
 
     @property
     def props(self) -> dict[str, str]:
@@ -166,6 +168,7 @@ class Server:
         env.update({"LOG_LOCATION": str(self.log_dir), "METRICS_LOCATION": str(self.log_dir),
                     "TEMP": str(self.tmp_dir), "TMPDIR": str(self.tmp_dir), "HF_HUB_OFFLINE": "1",
                     "TRANSFORMERS_OFFLINE": "1"})
+        env.update(self.extra_env)
         return env
 
     def pid(self) -> int | None:
@@ -282,3 +285,24 @@ class Server:
             time.sleep(0.2)
         self.pid_file.unlink(missing_ok=True)
         self.key_file.unlink(missing_ok=True)
+
+
+def serve_demo(home: Path, *, model_name: str = "g2u", overrides: dict | None = None,
+               extra_env: dict[str, str] | None = None, ready_timeout: float = 180) -> Server:
+    """Archive the demo checkpoint and serve it from ``home`` on free loopback ports, READY when returned
+    (tests, benchmarks and the reliability report). On failure the server is stopped and the error carries
+    the model log's tail."""
+    from handler import archive
+
+    archive.build_archive(home / "store", model_name=model_name, demo_dir=home / "demo", overrides=overrides or {})
+    config = render_config(home / "config.properties", ports=Ports.free(), model_store=home / "store",
+                           models=f"{model_name}={model_name}.mar")
+    srv = Server(home=home, config=config, model_name=model_name, logs=home / "logs", extra_env=extra_env or {})
+    srv.start()
+    try:
+        srv.wait_ready(ready_timeout)
+    except Exception as exc:
+        tail = srv.log_tail()
+        srv.stop()
+        raise RuntimeError(f"TorchServe did not get the model READY: {exc}\n{tail}") from exc
+    return srv

@@ -66,19 +66,11 @@ class Client:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> tsctl.Server:
-    home = tmp_path_factory.mktemp("torchserve")
-    archive.build_archive(home / "store", model_name=MODEL, demo_dir=home / "demo",
-                          overrides={"maxBatchDelay": BATCH_DELAY_MS})
-    config = tsctl.render_config(home / "config.properties", ports=tsctl.Ports.free(), model_store=home / "store",
-                                 models=f"{MODEL}={MODEL}.mar")
-    srv = tsctl.Server(home=home, config=config, model_name=MODEL, logs=home / "logs")
-    srv.start()
     try:
-        srv.wait_ready(READY_TIMEOUT_S)
-    except Exception as exc:
-        tail = srv.log_tail()
-        srv.stop()
-        pytest.fail(f"TorchServe did not get the model READY: {exc}\n{tail}")
+        srv = tsctl.serve_demo(tmp_path_factory.mktemp("torchserve"), model_name=MODEL,
+                               overrides={"maxBatchDelay": BATCH_DELAY_MS}, ready_timeout=READY_TIMEOUT_S)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     yield srv
     srv.stop()  # no-op when test_stop_leaves_no_process_or_port already stopped it
 

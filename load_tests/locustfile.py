@@ -1,0 +1,151 @@
+"""Locust users for a deployed g2u endpoint: realistic G→U traffic plus a share of bad requests.
+
+Configured by environment variables (so the headless runner, CI and a person at the web UI agree):
+  G2U_TOKEN / G2U_KEY_FILE   inference token, or TorchServe's key_file.json to read it from
+  G2U_MODEL                  model name in /predictions/NAME (default g2u)
+  G2U_MODE_MIX               weights per mode, e.g. "g2u:4,baseline:2,replace:1,textual_cot:1"
+  G2U_BAD_SHARE              share of deliberately bad requests that must get a 4xx (default 0.05)
+  G2U_IMAGE_DIR              folder of images to send (default ../shared/data when present, else generated)
+  G2U_STEPS                  edit steps per request (default: the server's)
+Run it through `make loadtest` / load_tests/run_loadtest.py, which adds thresholds and reports.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import random
+from pathlib import Path
+
+from locust import HttpUser, between, task
+from PIL import Image
+
+MODEL = os.environ.get("G2U_MODEL", "g2u")
+BAD_SHARE = float(os.environ.get("G2U_BAD_SHARE", "0.05"))
+STEPS = os.environ.get("G2U_STEPS")
+FAMILIES = ("enhancement", "extension")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _mode_mix() -> tuple[list[str], list[float]]:
+    spec = os.environ.get("G2U_MODE_MIX", "g2u:4,baseline:2,replace:1,textual_cot:1")
+    modes, weights = [], []
+    for part in spec.split(","):
+        name, _, weight = part.partition(":")
+        modes.append(name.strip())
+        weights.append(float(weight or 1))
+    return modes, weights
+
+
+def _token() -> str | None:
+    if os.environ.get("G2U_TOKEN"):
+        return os.environ["G2U_TOKEN"]
+    key_file = os.environ.get("G2U_KEY_FILE")
+    if key_file and Path(key_file).is_file():
+        return json.loads(Path(key_file).read_text())["inference"]["key"]
+    return None
+
+
+def _load_images() -> list[tuple[str, bytes, str]]:
+    """(filename, bytes, content type) of several sizes and formats."""
+    folder = Path(os.environ.get("G2U_IMAGE_DIR", SHARED))
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[:40]
+    out = []
+    for path in files:
+        kind = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
+        out.append((path.name, path.read_bytes(), kind))
+    if not out:  # no data here: generate PNG and JPEG images of several sizes
+        rng = random.Random(0)
+        for i, (w, h) in enumerate([(64, 48), (320, 240), (640, 480), (512, 512), (1024, 256)]):
+            img = Image.effect_noise((w, h), 40 + i * 10).convert("RGB")
+            img.paste((rng.randrange(256), 80, 160), (w // 4, h // 4, w // 2, h // 2))
+            buf = io.BytesIO()
+            fmt = "PNG" if i % 2 == 0 else "JPEG"
+            img.save(buf, format=fmt)
+            out.append((f"gen{i}.{fmt.lower()}", buf.getvalue(), f"image/{fmt.lower()}"))
+    return out
+
+
+IMAGES = _load_images()
+MODES, WEIGHTS = _mode_mix()
+QUESTIONS = [
+    ("Which option completes the pattern?", ["A", "B", "C"]),
+    ("What colour is the largest object?", ["red", "green", "blue", "yellow"]),
+    ("Is there a square in the image?", None),
+    ("How many shapes are there?", None),
+]
+BAD_REQUESTS = [
+    ("empty question", lambda img: {"image": img, "question": ""}),
+    ("unknown mode", lambda img: {"image": img, "question": "q?", "mode": "dream"}),
+    ("steps out of range", lambda img: {"image": img, "question": "q?", "steps": 100000}),
+    ("invalid base64", lambda img: {"image": "@@not-base64@@", "question": "q?"}),
+    ("not an image", lambda img: {"image": base64.b64encode(b"hello").decode(), "question": "q?"}),
+    ("wrong type", lambda img: {"image": img, "question": ["a", "list"]}),
+    ("nan cfg", lambda img: {"image": img, "question": "q?", "text_cfg": "nan"}),
+]
+
+
+class G2UUser(HttpUser):
+    wait_time = between(0.2, 1.0)
+
+    def on_start(self) -> None:
+        token = _token()
+        if token:
+            self.client.headers["Authorization"] = f"Bearer {token}"
+
+    def _fields(self) -> dict:
+        question, options = random.choice(QUESTIONS)
+        mode = random.choices(MODES, WEIGHTS)[0]
+        fields: dict = {"question": question, "mode": mode}
+        if options:
+            fields["options"] = options
+        if mode in ("g2u", "replace"):
+            fields["family"] = random.choice(FAMILIES)
+        if STEPS:
+            fields["steps"] = int(STEPS)
+        return fields
+
+    @task(10)
+    def predict(self) -> None:
+        if random.random() < BAD_SHARE:
+            return self.bad_request()
+        name, data, kind = random.choice(IMAGES)
+        fields = self._fields()
+        label = f"{fields['mode']}"
+        if random.random() < 0.5:  # multipart upload
+            form = {k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in fields.items()}
+            with self.client.post(f"/predictions/{MODEL}", files={"image": (name, data, kind)}, data=form,
+                                  name=f"multipart {label}", catch_response=True) as resp:
+                self._check_ok(resp)
+        else:
+            payload = {**fields, "image": base64.b64encode(data).decode()}
+            with self.client.post(f"/predictions/{MODEL}", json=payload, name=f"json {label}",
+                                  catch_response=True) as resp:
+                self._check_ok(resp)
+
+    def bad_request(self) -> None:
+        kind, make = random.choice(BAD_REQUESTS)
+        img = base64.b64encode(random.choice(IMAGES)[1]).decode()
+        with self.client.post(f"/predictions/{MODEL}", json=make(img), name="bad input (expect 4xx)",
+                              catch_response=True) as resp:
+            if 400 <= resp.status_code < 500:
+                resp.success()
+            else:
+                resp.failure(f"{kind}: expected 4xx, got {resp.status_code}")
+
+    @staticmethod
+    def _check_ok(resp) -> None:
+        if resp.status_code != 200:
+            resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
+            return
+        try:
+            body = resp.json()
+        except ValueError:
+            resp.failure("response is not JSON")
+            return
+        if "answer" not in body or "timings_ms" not in body:
+            resp.failure(f"response lacks answer/timings_ms: {sorted(body)[:8]}")
+        else:
+            resp.success()

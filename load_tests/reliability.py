@@ -1,0 +1,479 @@
+"""Reliability checks against a real TorchServe: sustained load, a worker killed under load, hostile input,
+the prompt writer's endpoint down or hanging, and the security settings.
+
+Each check is a function taking a READY ``handler.tsctl.Server`` and returning a JSON-able dict; the tests
+(tests/test_reliability.py) call them with short durations and assert on the dicts, ``make reliability``
+runs them all at report length and writes outputs/reliability/report.{json,md} (``--mlflow`` logs both).
+
+    python -m load_tests.reliability [--users 4] [--duration 180s] [--mlflow]
+
+Requests here use ``requests`` in threads; the locust load runs as its own process (load_tests/run_loadtest.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import psutil
+import requests
+from PIL import Image
+
+from handler import tsctl
+
+HERE = Path(__file__).resolve().parent
+MODEL = "g2u"
+FAST = {"steps": 2}
+SECRET_KEY = "sk-g2u-reliability-secret-0123456789"
+"""The writer API key given to the server: it must never show in a response or a log line."""
+
+
+# ---------------------------------------------------------------- inputs
+def image_bytes(size: tuple[int, int] = (96, 64), fmt: str = "PNG", seed: int = 0) -> bytes:
+    img = Image.effect_noise(size, 30 + seed).convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def bomb_png() -> bytes:
+    """A 20000×20000 1-bit PNG: ~50 kB on the wire, 400 MP (1.2 GB as RGB) once decoded."""
+    buf = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@dataclass
+class Hostile:
+    """One hostile request and what must come back: a status and the field the error names."""
+
+    name: str
+    send: Callable[[Client], requests.Response]
+    status: int
+    field: str | None
+
+
+class Client:
+    """POSTs to the model with the server's inference key."""
+
+    def __init__(self, server: tsctl.Server, timeout: float = 120):
+        self.server = server
+        self.url = f"{server.url('inference')}/predictions/{server.model_name}"
+        self.key = server.keys()["inference"]
+        self.timeout = timeout
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def json(self, body: dict) -> requests.Response:
+        return requests.post(self.url, headers=self.auth, json=body, timeout=self.timeout)
+
+    def raw(self, data: bytes, content_type: str) -> requests.Response:
+        return requests.post(self.url, headers={**self.auth, "Content-Type": content_type}, data=data,
+                             timeout=self.timeout)
+
+    def form(self, image: bytes, filename: str = "img.png", content_type: str = "image/png",
+             **fields: str) -> requests.Response:
+        return requests.post(self.url, headers=self.auth, data=fields,
+                             files={"image": (filename, image, content_type)}, timeout=self.timeout)
+
+    def good(self, question: str = "What is shown?", **fields) -> requests.Response:
+        return self.json({"image": b64(image_bytes()), "question": question, **FAST, **fields})
+
+
+def _json_case(name: str, field: str, **fields) -> Hostile:
+    body = {"image": b64(image_bytes()), "question": "What is shown?", **FAST, **fields}
+    return Hostile(name, lambda c: c.json(body), 400, field)
+
+
+def hostile_cases() -> list[Hostile]:
+    png = image_bytes()
+    jpeg = image_bytes(fmt="JPEG")
+    return [
+        Hostile("decompression bomb", lambda c: c.json({"image": b64(bomb_png()), "question": "q?"}), 413, "image"),
+        Hostile("body over the size limit", lambda c: c.raw(b"\0" * (21 * 1024 * 1024), "application/octet-stream"),
+                413, None),
+        Hostile("truncated PNG", lambda c: c.form(png[: len(png) // 2], question="q?"), 400, "image"),
+        Hostile("truncated JPEG", lambda c: c.form(jpeg[: len(jpeg) // 2], "a.jpg", "image/jpeg", question="q?"),
+                400, "image"),
+        Hostile("wrong content type (text body)", lambda c: c.raw(b"question=what", "text/plain"), 400, "body"),
+        Hostile("wrong content type (HTML as the image)",
+                lambda c: c.form(b"<html><body>hi</body></html>", "a.html", "text/html", question="q?"), 400, "image"),
+        Hostile("invalid base64", lambda c: c.json({"image": "%%%not base64%%%", "question": "q?"}), 400, "image"),
+        _json_case("question of wrong type", "question", question=["a", "list"]),
+        _json_case("steps of wrong type", "steps", steps={"n": 3}),
+        _json_case("options of wrong type", "options", options="A or B"),
+        _json_case("option of wrong type", "options", options=[1, {"x": 2}]),
+        _json_case("return_thought of wrong type", "return_thought", return_thought="maybe"),
+        _json_case("control characters in the question", "question", question="what\x00is\x07this?"),
+        Hostile("NaN text_cfg", lambda c: c.raw(
+            f'{{"image": "{b64(png)}", "question": "q?", "text_cfg": NaN}}'.encode(), "application/json"),
+            400, "text_cfg"),
+        _json_case("huge steps", "steps", steps=10**12),
+        _json_case("negative seed", "seed", seed=-1),
+        _json_case("negative edit size", "edit_size", edit_size="-64x64"),
+        _json_case("huge max_new_tokens", "max_new_tokens", max_new_tokens=10**9),
+        _json_case("a local path as the image", "image", image="/etc/passwd"),
+        _json_case("a file URL as the image", "image", image="file:///etc/passwd"),
+        _json_case("a server-side field", "checkpoint", checkpoint="/etc"),
+    ]
+
+
+# ---------------------------------------------------------------- checks
+def worker_processes(server: tsctl.Server) -> list[psutil.Process]:
+    return [p for p in server.processes() if "model_service_worker" in " ".join(p.cmdline())]
+
+
+def worker_rss_mb(server: tsctl.Server) -> float:
+    total = 0.0
+    for proc in worker_processes(server):
+        try:
+            total += proc.memory_info().rss / 2**20
+        except psutil.Error:
+            pass
+    return total
+
+
+def wait_worker_ready(server: tsctl.Server, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            server.wait_ready(5)
+            return
+        except TimeoutError:
+            continue
+    raise TimeoutError("the worker did not come back READY")
+
+
+def check_hostile(server: tsctl.Server) -> dict:
+    """Every hostile request gets its expected status naming the field; two good requests sent at the same
+    moment (so they share batches with the hostile ones) still succeed; the worker is never restarted."""
+    client = Client(server)
+    pids = {p.pid for p in worker_processes(server)}
+    cases = hostile_cases()
+    barrier = threading.Barrier(len(cases) + 2)
+
+    def send(job: Hostile | None) -> requests.Response:
+        barrier.wait()
+        return client.good("Am I unaffected?") if job is None else job.send(client)
+
+    with ThreadPoolExecutor(len(cases) + 2) as pool:
+        responses = list(pool.map(send, [*cases, None, None]))
+    rows = []
+    for case, resp in zip(cases, responses):
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {"raw": resp.text[:200]}
+        named = body.get("field") if isinstance(body, dict) else None
+        ok = resp.status_code == case.status and (case.field is None or named == case.field
+                                                  or str(named).startswith(f"{case.field}["))
+        rows.append({"case": case.name, "status": resp.status_code, "expected": case.status, "field": named,
+                     "expected_field": case.field, "ok": ok, "reason": body.get("reason") or body.get("message")})
+    unicode = client.good("Qu'est-ce que c'est ? 这是什么？ 🙂 — ¿qué es?")
+    mates = [r.status_code for r in responses[len(cases):]]
+    return {"cases": rows, "all_ok": all(r["ok"] for r in rows), "batch_mates": mates,
+            "unicode_question_status": unicode.status_code,
+            "worker_restarted": {p.pid for p in worker_processes(server)} != pids}
+
+
+def check_sustained(server: tsctl.Server, users: int, duration: str, out: Path) -> dict:
+    """Locust (its own process) for ``duration`` while the worker's RSS is sampled every second."""
+    samples: list[tuple[float, float]] = []
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append((round(time.monotonic() - start, 1), round(worker_rss_mb(server), 1)))
+            stop.wait(1.0)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    env = {**os.environ, "G2U_STEPS": str(FAST["steps"]), "G2U_BAD_SHARE": "0.1"}
+    cmd = [sys.executable, str(HERE / "run_loadtest.py"), "--host", server.url("inference"), "--users", str(users),
+           "--spawn-rate", str(users), "--duration", duration, "--key-file", str(server.key_file),
+           "--out", str(out), "--max-failure-ratio", "0"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    stop.set()
+    sampler.join()
+    stats_file = out / "stats.json"
+    stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
+    agg = stats.get("aggregated", {})
+    rss = [mb for _, mb in samples]
+    # Growth from the first sample after warm-up (10% of the run) to the last: the first requests allocate
+    # caches (tokenizer, attention buffers) that are not a leak.
+    warm = rss[max(1, len(rss) // 10)] if len(rss) > 1 else (rss[0] if rss else 0.0)
+    return {"users": users, "duration": duration, "exit_code": proc.returncode, "requests": agg.get("requests", 0),
+            "failures": agg.get("failures", -1), "rps": agg.get("rps"), "p50_ms": agg.get("p50_ms"),
+            "p95_ms": agg.get("p95_ms"), "per_endpoint": stats.get("endpoints", {}),
+            "rss_mb_start": rss[0] if rss else None, "rss_mb_after_warmup": warm,
+            "rss_mb_end": rss[-1] if rss else None, "rss_mb_max": max(rss) if rss else None,
+            "rss_growth_mb": round(rss[-1] - warm, 1) if rss else None, "rss_samples": samples,
+            "locust_tail": (proc.stdout + proc.stderr)[-2000:] if proc.returncode else ""}
+
+
+def check_worker_kill(server: tsctl.Server, clients: int = 2, after_s: float = 3.0, settle: int = 5,
+                      request_timeout: float = 60) -> dict:
+    """Kill the worker (SIGKILL) while ``clients`` threads send requests back to back; TorchServe starts a new
+    one. The recovery window runs from the kill to the first success of a request sent after it. In-flight
+    requests normally get TorchServe's 507 "Worker died."; now and then one is never answered (the frontend
+    loses it) and only the client's timeout ends it: those count as ``hung``."""
+    client = Client(server, timeout=request_timeout)
+    old = {p.pid for p in worker_processes(server)}
+    log: list[tuple[float, float, int]] = []
+    stop = threading.Event()
+
+    def loop(i: int) -> None:
+        n = 0
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                status = client.good(f"load {i}-{n}?").status_code
+            except requests.RequestException:
+                status = -1
+            log.append((t0, time.monotonic(), status))
+            n += 1
+
+    threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(after_s)
+    killed_at = time.monotonic()
+    for proc in worker_processes(server):
+        proc.kill()
+    deadline = killed_at + 180
+    while time.monotonic() < deadline and not any(s == 200 and t0 > killed_at for t0, _, s in log):
+        time.sleep(0.2)
+    stop.set()
+    for t in threads:
+        t.join(timeout=300)
+    recovered = [end for t0, end, s in log if s == 200 and t0 > killed_at]
+    failures = [(round(t0 - killed_at, 2), s) for t0, _, s in log if s != 200]
+    after = [client.good(f"after recovery {i}?").status_code for i in range(settle)]
+    new = {p.pid for p in worker_processes(server)}
+    return {"requests_before_kill": sum(1 for t0, _, _ in log if t0 < killed_at),
+            "failed_requests": len(failures), "failures": failures, "hung": sum(1 for _, s in failures if s == -1),
+            "recovery_window_s": round(min(recovered) - killed_at, 2) if recovered else None,
+            "new_worker": bool(new) and not (new & old), "after_recovery": after}
+
+
+class FakeWriterEndpoint:
+    """An OpenAI-compatible endpoint that hangs on every request (the writer's 'hanging' fault); ``close``
+    turns it into a refused connection (the 'down' fault). Counts requests and the keys it was sent."""
+
+    def __init__(self, hang_s: float = 60):
+        outer = self
+        self.requests = 0
+        self.authorizations: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server API
+                outer.requests += 1
+                outer.authorizations.append(self.headers.get("Authorization", ""))
+                time.sleep(hang_s)
+                self.send_response(504)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def writer_env(endpoint: FakeWriterEndpoint, budget_s: float) -> dict[str, str]:
+    """The server's environment for the openai writer: the fake endpoint, a secret key, a short budget."""
+    return {"OPENAI_BASE_URL": endpoint.base_url, "OPENAI_API_KEY": SECRET_KEY,
+            "G2U_WRITER_TIMEOUT_S": str(budget_s / 2), "G2U_WRITER_BUDGET_S": str(budget_s)}
+
+
+def check_writer_faults(server: tsctl.Server, endpoint: FakeWriterEndpoint, budget_s: float) -> dict:
+    """With the writer's endpoint hanging, then down, answers still arrive with the library fallback."""
+    client = Client(server)
+    out = {}
+    for phase in ("hanging", "down"):
+        if phase == "down":
+            endpoint.close()
+        t0 = time.monotonic()
+        r = client.good(f"Which way does the arrow point ({phase})?", writer="openai", family="extension")
+        body = r.json()
+        edit = body.get("edit") or {}
+        out[phase] = {"status": r.status_code, "seconds": round(time.monotonic() - t0, 2),
+                      "write_prompt_ms": body.get("timings_ms", {}).get("write_prompt"),
+                      "writer": edit.get("writer"), "fallback": edit.get("writer_fallback"),
+                      "reason": edit.get("writer_fallback_reason"), "prompt_name": edit.get("prompt_name"),
+                      "response_has_key": SECRET_KEY in r.text}
+    out["endpoint_requests"] = endpoint.requests
+    out["key_sent_to_endpoint"] = any(SECRET_KEY in a for a in endpoint.authorizations)
+    return out
+
+
+def check_security(server: tsctl.Server) -> dict:
+    """Token required, loopback only, model API off, no path/URL fetching, no key in the logs."""
+    client = Client(server)
+    inference, management = server.url("inference"), server.url("management")
+    no_token = requests.post(client.url, json={"question": "q?"}, timeout=30).status_code
+    wrong = requests.post(client.url, json={"question": "q?"}, headers={"Authorization": "Bearer nope"},
+                          timeout=30).status_code
+    register = requests.post(f"{management}/models", params={"url": "https://example.com/x.mar"},
+                             headers={"Authorization": f"Bearer {server.keys()['management']}"}, timeout=30)
+    listening = set()
+    for proc in server.processes():
+        try:
+            for conn in proc.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    listening.add(f"{conn.laddr.ip}:{conn.laddr.port}")
+        except psutil.Error:
+            pass
+    probe = _Probe()
+    try:
+        url_status = client.json({"image": f"{probe.url}/x.png", "question": "q?"}).status_code
+        fields_status = client.json({"image": b64(image_bytes()), "question": "q?", "url": probe.url}).status_code
+    finally:
+        probe.close()
+    leaked = [str(p) for p in server.log_dir.rglob("*") if p.is_file() and SECRET_KEY in p.read_text(errors="ignore")]
+    return {"no_token_status": no_token, "wrong_token_status": wrong, "register_model_status": register.status_code,
+            "listening": sorted(listening),
+            "all_loopback": bool(listening) and all(_loopback(a) for a in listening),
+            "url_as_image_status": url_status, "url_field_status": fields_status, "probe_hits": probe.hits,
+            "key_in_logs": leaked, "inference_address": inference}
+
+
+def _loopback(address: str) -> bool:
+    """Java reports IPv4 sockets as IPv4-mapped IPv6 (``::ffff:127.0.0.1``)."""
+    host = address.rsplit(":", 1)[0].removeprefix("::ffff:")
+    return host in ("127.0.0.1", "::1")
+
+
+class _Probe:
+    """A loopback HTTP server that counts hits: the server must never fetch a URL a request names."""
+
+    def __init__(self):
+        outer = self
+        self.hits = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                outer.hits += 1
+                self.send_response(404)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+# ---------------------------------------------------------------- the report
+def markdown(report: dict) -> str:
+    s, k, h, w, sec = (report[x] for x in ("sustained", "worker_kill", "hostile", "writer", "security"))
+    lines = [
+        "# g2u-serve reliability report", "",
+        f"Demo checkpoint on CPU, {report['cpus']} cores, edit steps {FAST['steps']}.", "",
+        "## Sustained load (locust)", "",
+        f"{s['users']} users for {s['duration']}: {s['requests']} requests, {s['failures']} failures, "
+        f"{s['rps']:.2f} req/s, p50 {s['p50_ms']} ms, p95 {s['p95_ms']} ms.",
+        f"Worker RSS: {s['rss_mb_start']} MB at start, {s['rss_mb_after_warmup']} MB after warm-up, "
+        f"{s['rss_mb_end']} MB at the end (growth {s['rss_growth_mb']} MB, max {s['rss_mb_max']} MB).", "",
+        "| endpoint | requests | failures | req/s | p50 ms | p95 ms |", "|---|---|---|---|---|---|",
+        *(f"| {name} | {e['requests']} | {e['failures']} | {e['rps']:.2f} | {e['p50_ms']} | {e['p95_ms']} |"
+          for name, e in s["per_endpoint"].items()), "",
+        "## Worker killed under load", "",
+        f"Recovery window {k['recovery_window_s']} s (kill → first success of a request sent after it); "
+        f"{k['failed_requests']} failed requests; new worker: {k['new_worker']}; after recovery: "
+        f"{k['after_recovery']}.", "",
+        "## Hostile input", "", "| case | status | field |", "|---|---|---|",
+        *(f"| {r['case']} | {r['status']} (want {r['expected']}) | {r['field']} |" for r in h["cases"]), "",
+        f"Batch-mates: {h['batch_mates']}; unicode question: {h['unicode_question_status']}; "
+        f"worker restarted: {h['worker_restarted']}.", "",
+        "## Prompt-writer endpoint faults", "",
+        *(f"- {phase}: HTTP {w[phase]['status']} in {w[phase]['seconds']} s, fallback {w[phase]['fallback']} "
+          f"({w[phase]['reason']})" for phase in ("hanging", "down")), "",
+        "## Security", "",
+        f"- no token → {sec['no_token_status']}, wrong token → {sec['wrong_token_status']}",
+        f"- listening: {', '.join(sec['listening'])} (loopback only: {sec['all_loopback']})",
+        f"- model registration → {sec['register_model_status']}",
+        f"- URL as image → {sec['url_as_image_status']}, URL field → {sec['url_field_status']}, "
+        f"probe hits {sec['probe_hits']}",
+        f"- API key in logs: {sec['key_in_logs'] or 'none'}; in responses: "
+        f"{w['hanging']['response_has_key'] or w['down']['response_has_key']}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--users", type=int, default=4)
+    p.add_argument("--duration", default="180s")
+    p.add_argument("--writer-budget", type=float, default=4.0)
+    p.add_argument("--out", type=Path, default=Path("outputs/reliability"))
+    p.add_argument("--mlflow", action="store_true")
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    endpoint = FakeWriterEndpoint()
+    with tempfile.TemporaryDirectory(prefix="g2u-reliability-") as tmp:
+        server = tsctl.serve_demo(Path(tmp), extra_env=writer_env(endpoint, args.writer_budget))
+        try:
+            report = {"cpus": os.cpu_count(),
+                      "hostile": check_hostile(server),
+                      "sustained": check_sustained(server, args.users, args.duration, args.out / "locust"),
+                      "writer": check_writer_faults(server, endpoint, args.writer_budget),
+                      "security": check_security(server),
+                      "worker_kill": check_worker_kill(server)}
+        finally:
+            server.stop()
+    (args.out / "report.json").write_text(json.dumps(report, indent=2))
+    (args.out / "report.md").write_text(markdown(report))
+    print(markdown(report))
+    if args.mlflow:
+        import mlflow
+
+        from mlflow_project.common import setup_tracking
+
+        setup_tracking()
+        with mlflow.start_run(run_name="reliability"):
+            s, k = report["sustained"], report["worker_kill"]
+            mlflow.log_metrics({k2: float(v) for k2, v in {
+                "sustained.requests": s["requests"], "sustained.failures": s["failures"], "sustained.rps": s["rps"],
+                "sustained.p95_ms": s["p95_ms"], "rss_growth_mb": s["rss_growth_mb"],
+                "worker_kill.recovery_window_s": k["recovery_window_s"],
+                "worker_kill.failed_requests": k["failed_requests"]}.items() if v is not None})
+            mlflow.log_artifact(str(args.out / "report.json"))
+            mlflow.log_artifact(str(args.out / "report.md"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

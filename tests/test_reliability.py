@@ -1,0 +1,106 @@
+"""Reliability against the real TorchServe (load_tests/reliability.py): hostile input, the writer's endpoint
+hanging then down, the security settings, sustained locust load with the worker's RSS sampled, the load
+runner's thresholds, and a worker killed under load (kept last: it replaces the worker).
+
+`make reliability` runs the same checks at report length and prints the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from handler import tsctl  # noqa: E402
+from load_tests import reliability as rel  # noqa: E402
+
+WRITER_BUDGET_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    ep = rel.FakeWriterEndpoint(hang_s=30)
+    yield ep
+    ep.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, endpoint) -> tsctl.Server:
+    try:
+        srv = tsctl.serve_demo(tmp_path_factory.mktemp("reliability"),
+                               extra_env=rel.writer_env(endpoint, WRITER_BUDGET_S))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield srv
+    srv.stop()
+
+
+def test_hostile_input_gets_4xx_naming_the_field_and_spares_batch_mates(server):
+    report = rel.check_hostile(server)
+    bad = [row for row in report["cases"] if not row["ok"]]
+    assert not bad, json.dumps(bad, indent=1)
+    assert len(report["cases"]) >= 20
+    assert report["batch_mates"] == [200, 200]
+    assert report["unicode_question_status"] == 200
+    assert report["worker_restarted"] is False
+
+
+def test_writer_endpoint_hanging_or_down_still_answers_with_library_fallback(server, endpoint):
+    report = rel.check_writer_faults(server, endpoint, WRITER_BUDGET_S)
+    for phase in ("hanging", "down"):
+        got = report[phase]
+        assert got["status"] == 200, got
+        assert got["writer"] == "openai" and got["fallback"] is True and got["reason"], got
+        assert got["prompt_name"], got  # the library prompt of the family replaced the missing one
+        assert got["write_prompt_ms"] <= (WRITER_BUDGET_S + 1.0) * 1000, got
+        assert got["response_has_key"] is False
+    assert report["endpoint_requests"] >= 1  # the hanging endpoint was really asked
+    assert report["key_sent_to_endpoint"] is True  # the key goes to the endpoint, and only there
+
+
+def test_security_token_loopback_no_fetching_no_key_in_logs(server):
+    report = rel.check_security(server)
+    assert report["no_token_status"] in (400, 401, 403)
+    assert report["wrong_token_status"] in (400, 401, 403)
+    assert report["register_model_status"] == 405
+    assert report["all_loopback"], report["listening"]
+    assert report["url_as_image_status"] == 400 and report["url_field_status"] == 400
+    assert report["probe_hits"] == 0
+    assert report["key_in_logs"] == []
+
+
+def test_sustained_load_has_no_unexpected_failures(server, tmp_path):
+    report = rel.check_sustained(server, users=3, duration="20s", out=tmp_path / "locust")
+    assert report["exit_code"] == 0, report["locust_tail"]
+    assert report["requests"] >= 20 and report["failures"] == 0, report["per_endpoint"]
+    assert any(name.endswith("bad input (expect 4xx)") for name in report["per_endpoint"])
+    assert len(report["rss_samples"]) >= 10 and report["rss_mb_start"] > 50
+    # A gross leak (every request keeping its images) would add hundreds of MB in 20 s.
+    assert report["rss_growth_mb"] < 300, report["rss_samples"]
+    for name in ("stats.json", "locust_stats.csv", "report.html"):
+        assert (tmp_path / "locust" / name).is_file()
+
+
+def test_load_runner_exits_nonzero_when_a_threshold_is_missed(server, tmp_path):
+    cmd = [sys.executable, str(ROOT / "load_tests" / "run_loadtest.py"), "--host", server.url("inference"),
+           "--users", "1", "--duration", "4s", "--key-file", str(server.key_file), "--out", str(tmp_path),
+           "--max-p95-ms", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**rel.os.environ, "G2U_STEPS": "2"})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["passed"] is False and stats["aggregated"]["p95_ms"] > 1
+
+
+def test_worker_killed_under_load_is_restarted_and_serves_again(server):
+    report = rel.check_worker_kill(server, clients=2, after_s=2.0, request_timeout=60)
+    assert report["requests_before_kill"] > 0
+    assert report["new_worker"] is True
+    assert report["recovery_window_s"] is not None and report["recovery_window_s"] < 120, report
+    assert report["after_recovery"] == [200] * 5
