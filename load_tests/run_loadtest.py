@@ -85,11 +85,11 @@ def log_to_mlflow(stats: dict, out: Path, args: argparse.Namespace) -> None:
     import mlflow
 
     sys.path.insert(0, str(HERE.parent))
-    from mlflow_project.common import setup_tracking
+    from mlflow_project.common import log_params, setup_tracking
 
     setup_tracking()
     with mlflow.start_run(run_name="loadtest"):
-        mlflow.log_params({"host": args.host, "users": args.users, "duration": args.duration,
+        log_params({"host": args.host, "users": args.users, "duration": args.duration,
                            "max_failure_ratio": args.max_failure_ratio, "max_p95_ms": args.max_p95_ms,
                            "mode_mix": os.environ.get("G2U_MODE_MIX", "default"),
                            "bad_share": os.environ.get("G2U_BAD_SHARE", "0.05")})

@@ -1,0 +1,265 @@
+"""Benchmarks as lists of ``Sample``: the user points at a file or folder and the format is detected.
+
+Formats: the JSONL manifests of ../shared/data (``id, image, question, options, answer, category``),
+VLMEvalKit TSVs (MMBench, MME, HallusionBench... with base64 ``image`` or ``image_path``), MM-Vet JSON,
+and the ``easy-vqa`` PyPI package (it ships its images, so CI can evaluate offline). ``sample`` is a
+few easy-vqa questions: what plain ``mlflow run .`` evaluates.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+YES_NO = ("yes", "no")
+BUILTIN_SAMPLE = 8
+CIRCULAR_OFFSET = 1_000_000
+"""MMBench circular eval: the shifted copies of question i have indices i + k·1e6."""
+
+
+@dataclass
+class Sample:
+    """One benchmark question. MCQ gold answers are letters; yes/no answers are "yes"/"no"."""
+
+    id: str
+    question: str
+    options: list[str] | None
+    answer: str
+    category: str
+    answer_kind: str
+    """"mcq", "yesno" or "open" (MM-Vet ``<AND>``/``<OR>`` answers are open)."""
+    image_path: str | None = None
+    image_b64: str | None = None
+    group: str | None = None
+    """Questions scored together: MMBench circular copies, the questions of one MME image."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def load_image(self) -> Image.Image:
+        try:
+            if self.image_path is not None:
+                img = Image.open(self.image_path)
+            elif self.image_b64 is not None:
+                img = Image.open(io.BytesIO(base64.b64decode(self.image_b64, validate=False)))
+            else:
+                raise ValueError("has no image")
+            return img.convert("RGB")
+        except (OSError, UnidentifiedImageError, binascii.Error, ValueError) as exc:
+            raise ValueError(f"sample {self.id!r}: cannot read its image ({exc})") from exc
+
+
+def load_dataset(source: str | Path, limit: int | None = None) -> list[Sample]:
+    """Load a benchmark from a path (file or folder) or a built-in name; ``limit`` keeps the first N."""
+    samples = _load(str(source))
+    if not samples:
+        raise ValueError(f"benchmark {source!r} has no samples")
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"benchmark {source!r}: sample id {dup!r} appears more than once")
+    return samples[:limit] if limit else samples
+
+
+def _load(source: str) -> list[Sample]:
+    if source in ("sample", "builtin"):
+        return load_easy_vqa("test")[:BUILTIN_SAMPLE]
+    if source.startswith("easy-vqa"):
+        split = source.partition(":")[2] or "test"
+        if split not in ("train", "test"):
+            raise ValueError(f"benchmark {source!r}: the easy-vqa split must be 'train' or 'test'")
+        return load_easy_vqa(split)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        manifests = sorted(path.glob("*.jsonl")) + sorted(path.glob("*.tsv")) + sorted(path.glob("*.json"))
+        if len(manifests) != 1:
+            raise ValueError(f"benchmark folder {path} must hold exactly one .jsonl/.tsv/.json file, "
+                             f"found {[m.name for m in manifests]}")
+        path = manifests[0]
+    if not path.is_file():
+        raise ValueError(f"benchmark {source!r}: no such file or folder (or a name: sample, easy-vqa)")
+    loaders = {".jsonl": load_jsonl, ".tsv": load_tsv, ".json": load_mmvet}
+    if path.suffix not in loaders:
+        raise ValueError(f"benchmark {path}: unknown format {path.suffix!r} (want .jsonl, .tsv or .json)")
+    return loaders[path.suffix](path)
+
+
+# ---------------------------------------------------------------- shared rules
+def _kind(options: list[str] | None, answer: str) -> str:
+    if options:
+        return "mcq"
+    return "yesno" if answer.strip().lower() in YES_NO else "open"
+
+
+def gold_letter(answer: str, options: list[str], where: str) -> str:
+    """MCQ gold as a letter: a valid letter stays; an option's text becomes its letter (PuzzleVQA)."""
+    letters = LETTERS[: len(options)]
+    answer = answer.strip()
+    if len(answer) == 1 and answer.upper() in letters:
+        return answer.upper()
+    matches = [i for i, opt in enumerate(options) if opt.strip().lower() == answer.lower()]
+    if len(matches) == 1:
+        return letters[matches[0]]
+    raise ValueError(f"{where}: field 'answer' {answer!r} is neither a letter {letters[0]}-{letters[-1]} "
+                     f"nor exactly one option's text")
+
+
+def _options(value: Any, where: str) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(o, (str, int, float)) for o in value) or len(value) < 2:
+        raise ValueError(f"{where}: field 'options' must be a list of at least 2 strings or null")
+    return [str(o) for o in value]
+
+
+# ---------------------------------------------------------------- JSONL manifests
+def load_jsonl(path: Path) -> list[Sample]:
+    """One JSON object a line: id, image (relative to the file's folder), question, options, answer,
+    category; every other field is kept in ``extra``."""
+    samples = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: not valid JSON ({exc.msg})") from exc
+        for key in ("id", "image", "question", "answer"):
+            if row.get(key) in (None, ""):
+                raise ValueError(f"{where}: field {key!r} is missing")
+        options = _options(row.get("options"), where)
+        answer = str(row["answer"])
+        if options:
+            answer = gold_letter(answer, options, where)
+        image = (path.parent / row["image"]).resolve()
+        known = {"id", "image", "question", "options", "answer", "category"}
+        samples.append(Sample(id=str(row["id"]), question=str(row["question"]), options=options, answer=answer,
+                              category=str(row.get("category") or ""), answer_kind=_kind(options, answer),
+                              image_path=str(image), extra={k: v for k, v in row.items() if k not in known}))
+    return samples
+
+
+# ---------------------------------------------------------------- VLMEvalKit TSV
+def _cell(value: Any) -> str | None:
+    """A TSV cell as text; pandas reads empty cells as NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = str(value)
+    return text if text.strip() else None
+
+
+def load_tsv(path: Path) -> list[Sample]:
+    """VLMEvalKit layout: index, question, [hint], A.., answer, [category, l2-category], and the image as
+    base64 in ``image`` (a short value there names the row whose image it shares, as in MMBench) or a
+    path in ``image_path``. MMBench circular copies (index ≥ 1e6) share ``group = index % 1e6``; yes/no
+    questions of one image share a group (MME acc+); HallusionBench's set/figure/question ids are kept
+    for fAcc/qAcc."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=True)
+    for key in ("index", "question", "answer"):
+        if key not in frame.columns:
+            raise ValueError(f"{path}: column {key!r} is missing (VLMEvalKit TSV)")
+    if "image" not in frame.columns and "image_path" not in frame.columns:
+        raise ValueError(f"{path}: needs an 'image' (base64) or 'image_path' column")
+    rows = frame.to_dict("records")
+    images = {str(r["index"]): r.get("image") for r in rows}
+    circular = any(int(float(r["index"])) >= CIRCULAR_OFFSET for r in rows)
+    samples = []
+    for n, row in enumerate(rows, 2):  # line 1 is the header
+        where = f"{path}:{n}"
+        index = str(row["index"])
+        question, answer = _cell(row["question"]), _cell(row["answer"])
+        if question is None or answer is None:
+            raise ValueError(f"{where}: field {'question' if question is None else 'answer'!r} is empty")
+        options = [o for o in (_cell(row.get(c)) for c in LETTERS[:8]) if o is not None] or None
+        if options:
+            answer = gold_letter(answer, options, where)
+        hint = _cell(row.get("hint"))
+        if hint:
+            question = f"Hint: {hint}\nQuestion: {question}"
+        image_b64 = _cell(row.get("image"))
+        image_owner = index  # the row whose image this is: questions on one image form an MME group
+        if image_b64 is not None and len(image_b64) <= 64:  # a reference to another row's image
+            image_owner, image_b64 = image_b64, _cell(images.get(image_b64))
+        image_path = _cell(row.get("image_path"))
+        if image_b64 is None and image_path is None:
+            raise ValueError(f"{where}: field 'image' is empty and there is no 'image_path'")
+        if image_b64 is None and image_path is not None and not Path(image_path).is_absolute():
+            image_path = str((path.parent / image_path).resolve())
+        kind = _kind(options, answer)
+        if kind == "yesno":
+            answer = answer.strip().lower()
+        extra = {k: v for k, v in ((c, _cell(row.get(c))) for c in ("l2-category", "hint", "split", "source"))
+                 if v is not None}
+        if all(_cell(row.get(c)) for c in ("set_id", "figure_id", "question_id")):
+            cat = _cell(row.get("category")) or ""
+            extra["figure_group"] = f"{cat}/{row['set_id']}/{row['figure_id']}"
+            extra["question_group"] = f"{cat}/{row['set_id']}/{row['question_id']}"
+        group = None
+        if circular and options:
+            group = str(int(float(index)) % CIRCULAR_OFFSET)
+        elif kind == "yesno":
+            group = _cell(row.get("image_path")) or f"img:{image_owner}"
+        samples.append(Sample(id=index, question=question, options=options, answer=answer,
+                              category=_cell(row.get("category")) or "", answer_kind=kind,
+                              image_path=None if image_b64 else image_path, image_b64=image_b64,
+                              group=group, extra=extra))
+    return samples
+
+
+# ---------------------------------------------------------------- MM-Vet
+def load_mmvet(path: Path) -> list[Sample]:
+    """MM-Vet: {id: {imagename, question, answer, capability: [...]}} with images in ``images/`` beside
+    the file. Answers are open (``<AND>``/``<OR>`` kept for scoring); category = the capabilities."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: want an object of id → {{imagename, question, answer, capability}}")
+    samples = []
+    for sid, row in data.items():
+        where = f"{path} [{sid!r}]"
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: must be an object")
+        for key in ("imagename", "question", "answer"):
+            if not row.get(key):
+                raise ValueError(f"{where}: field {key!r} is missing")
+        caps = row.get("capability") or []
+        answer = str(row["answer"])
+        samples.append(Sample(id=str(sid), question=str(row["question"]), options=None, answer=answer,
+                              category=",".join(sorted(caps)), answer_kind=_kind(None, answer),
+                              image_path=str((path.parent / "images" / row["imagename"]).resolve()),
+                              extra={"capability": caps}))
+    return samples
+
+
+# ---------------------------------------------------------------- easy-vqa
+def load_easy_vqa(split: str = "test") -> list[Sample]:
+    """The easy-vqa package (shapes and colours, images shipped in the wheel). Category: the answer type
+    (shape, color or yes/no), so per-category accuracy reads as per question type."""
+    import easy_vqa
+
+    if split == "test":
+        questions, answers, image_ids = easy_vqa.get_test_questions()
+        paths = easy_vqa.get_test_image_paths()
+    else:
+        questions, answers, image_ids = easy_vqa.get_train_questions()
+        paths = easy_vqa.get_train_image_paths()
+    shapes = {"circle", "rectangle", "triangle"}
+    samples = []
+    for n, (question, answer, image_id) in enumerate(zip(questions, answers, image_ids)):
+        category = "yes/no" if answer in YES_NO else "shape" if answer in shapes else "color"
+        samples.append(Sample(id=f"easy-vqa-{split}-{n:05d}", question=question, options=None, answer=answer,
+                              category=category, answer_kind=_kind(None, answer), image_path=paths[image_id],
+                              group=f"img:{image_id}" if answer in YES_NO else None))
+    return samples

@@ -1,0 +1,160 @@
+"""Where evaluation predictions come from: the G→U pipeline in this process, or a running TorchServe
+endpoint (how one evaluation spreads over many GPUs and hosts: point it at a load balancer)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import requests as http
+from PIL import Image
+
+from g2u.errors import InputError
+from g2u.eval.datasets import Sample
+from g2u.eval.runner import THOUGHT_MODES, EvalConfig
+from g2u.images import png_bytes
+from g2u.pipeline import G2UPipeline
+from g2u.requests import G2URequest, parse_request
+from g2u.types import ALL_MODES, EditRecord, Thought
+
+
+def _thought_name(sample_id: str, config: EvalConfig) -> str:
+    """One file per (sample, thought settings): runs with other prompts can share an output folder."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", sample_id)[:120]
+    return f"{safe}-{config.thought_key()[:8]}.png"
+
+
+def _error_record(sample: Sample, mode: str, exc: InputError) -> dict:
+    return {"id": sample.id, "mode": mode, "prediction": "", "error": exc.to_dict()}
+
+
+class LocalPredictor:
+    """Runs the pipeline in-process. Several modes of one sample share one thought (stage I runs once
+    per sample), and a thought saved by an earlier run is reloaded instead of recomputed."""
+
+    def __init__(self, pipeline: G2UPipeline):
+        self.pipeline = pipeline
+        info = pipeline.backend.info
+        self.label = f"{info.backend}:{info.checkpoint}"
+
+    def predict(self, samples: Sequence[Sample], modes: Sequence[Sequence[str]], config: EvalConfig,
+                thought_dir: Path, reuse: dict[str, dict]) -> list[dict]:
+        records: list[dict] = []
+        jobs: list[tuple[Sample, G2URequest]] = []
+        for sample, sample_modes in zip(samples, modes):
+            image = sample.load_image()
+            for mode in sample_modes:
+                try:
+                    req = parse_request({"question": sample.question, "options": sample.options,
+                                         **config.request_fields(mode)}, modes=ALL_MODES, image=image)
+                    req.id, req.gold_answer = sample.id, sample.answer
+                    self.pipeline.check(req)
+                    jobs.append((sample, req))
+                except InputError as exc:
+                    records.append(_error_record(sample, mode, exc))
+
+        # 1. One thought per sample: reused from disk when an earlier run made it, else stage I (batched).
+        thoughts: dict[str, Thought] = {}
+        need = {s.id: req for s, req in jobs if req.mode in THOUGHT_MODES}
+        for sid in list(need):
+            earlier = reuse.get(sid)
+            if earlier and (thought_dir / Path(earlier["thought_path"]).name).is_file():
+                thoughts[sid] = _thought_from_record(earlier, thought_dir)
+                del need[sid]
+        if need:
+            for sid, thought in zip(need, self.pipeline.imagine(list(need.values()))):
+                thought.image.save(thought_dir / _thought_name(sid, config))
+                thoughts[sid] = thought
+
+        # 2. Stage II for every (sample, mode), batched.
+        reqs = [req for _, req in jobs]
+        results = self.pipeline.understand(reqs, [thoughts.get(req.id) if req.mode in THOUGHT_MODES else None
+                                                  for req in reqs])
+        for (sample, req), result in zip(jobs, results):
+            out = result.to_dict()
+            record = {"id": sample.id, "mode": req.mode, "prediction": result.answer,
+                      "edit": out["edit"], "fidelity": out["fidelity"], "timings_ms": out["timings_ms"],
+                      "reasoning": result.reasoning, "model": out["model"]}
+            if result.thought is not None:
+                record["thought_path"] = f"thoughts/{_thought_name(sample.id, config)}"
+            records.append(record)
+        return records
+
+
+def _thought_from_record(record: dict, thought_dir: Path) -> Thought:
+    edit = dict(record["edit"])
+    edit["size"] = tuple(edit["size"])
+    image = Image.open(thought_dir / Path(record["thought_path"]).name).convert("RGB")
+    return Thought(image=image, edit=EditRecord(**edit), fidelity=record.get("fidelity") or {},
+                   timings_ms={"edit": 0.0, "reused": 1.0})
+
+
+class EndpointPredictor:
+    """Sends each (sample, mode) to a TorchServe predictions URL, a batch's requests concurrently so the
+    server can batch them. Input errors (4xx) become error records; server errors are retried, then
+    raised, so the run stops and a rerun resumes from the last appended prediction."""
+
+    def __init__(self, url: str, token: str | None = None, timeout_s: float = 600.0, retries: int = 3):
+        self.url = url
+        self.label = f"endpoint:{url}"
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.session = http.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def _post(self, payload: dict[str, Any]) -> tuple[int, dict]:
+        for attempt in range(self.retries + 1):
+            try:
+                resp = self.session.post(self.url, json=payload, timeout=self.timeout_s)
+            except http.ConnectionError:
+                if attempt == self.retries:
+                    raise
+                time.sleep(2**attempt)
+                continue
+            if resp.status_code < 500 or attempt == self.retries:
+                break
+            time.sleep(2**attempt)
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {"error": "non_json_response", "reason": resp.text[:500]}
+        if resp.status_code >= 500:
+            raise RuntimeError(f"{self.url} answered {resp.status_code}: {body}")
+        return resp.status_code, body
+
+    def predict(self, samples: Sequence[Sample], modes: Sequence[Sequence[str]], config: EvalConfig,
+                thought_dir: Path, reuse: dict[str, dict]) -> list[dict]:
+        jobs = []
+        for sample, sample_modes in zip(samples, modes):
+            image_b64 = base64.b64encode(png_bytes(sample.load_image())).decode()
+            for mode in sample_modes:
+                payload = {"image": image_b64, "question": sample.question, **config.request_fields(mode),
+                           "return_thought": mode in THOUGHT_MODES}
+                if sample.options:
+                    payload["options"] = sample.options
+                jobs.append((sample, mode, payload))
+        with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
+            replies = list(pool.map(lambda job: self._post(job[2]), jobs))
+        records = []
+        for (sample, mode, _), (status, body) in zip(jobs, replies):
+            if status >= 400:
+                err = InputError(body.get("field", "request"), body.get("reason", str(body)), status)
+                records.append(_error_record(sample, mode, err))
+                continue
+            record = {"id": sample.id, "mode": mode, "prediction": body.get("answer", ""),
+                      "edit": body.get("edit"), "fidelity": body.get("fidelity"),
+                      "timings_ms": body.get("timings_ms"), "reasoning": body.get("reasoning"),
+                      "model": body.get("model")}
+            if body.get("thought"):
+                name = _thought_name(sample.id, config)
+                Image.open(io.BytesIO(base64.b64decode(body["thought"]))).save(thought_dir / name)
+                record["thought_path"] = f"thoughts/{name}"
+            records.append(record)
+        return records

@@ -1,0 +1,158 @@
+"""Crash-safe evaluation: run G→U modes over a benchmark, append every prediction as it comes, and
+resume where a previous run stopped without recomputing anything.
+
+The runner knows nothing of MLflow (``mlflow_project/`` logs what it returns). Predictions come from a
+``Predictor``: the pipeline in this process, or a running TorchServe endpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from tqdm.auto import tqdm
+
+from g2u.eval.datasets import Sample
+from g2u.eval.scoring import score_sample
+
+THOUGHT_MODES = ("g2u", "replace")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Everything that decides a prediction. Its ``key`` tags each record, so a rerun with the same
+    settings resumes and a run with other settings never mixes with it."""
+
+    modes: tuple[str, ...] = ("baseline", "g2u")
+    writer: str = "library"
+    prompt: str | None = None
+    prompt_name: str | None = None
+    family: str | None = None
+    steps: int = 30
+    text_cfg: float = 4.0
+    image_cfg: float = 1.0
+    seed: int = 0
+    edit_size: str | None = None
+    max_new_tokens: int = 32
+    model: str = ""
+    """Backend + checkpoint (or endpoint) label: predictions of another model never count as done."""
+
+    def key(self, mode: str) -> str:
+        fields = asdict(self)
+        fields.pop("modes")
+        if mode not in THOUGHT_MODES:  # the answer of a mode without a thought ignores the edit settings
+            for name in ("writer", "prompt", "prompt_name", "family", "steps", "text_cfg", "image_cfg", "edit_size"):
+                fields.pop(name)
+        fields["mode"] = mode
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+    def thought_key(self) -> str:
+        """Settings that decide a thought (shared by the g2u and replace modes of one config)."""
+        return self.key("g2u")
+
+    def request_fields(self, mode: str) -> dict[str, Any]:
+        """The request fields (as REST/``parse_request`` take them) for one mode."""
+        out = {"mode": mode, "writer": self.writer, "steps": self.steps, "text_cfg": self.text_cfg,
+               "image_cfg": self.image_cfg, "seed": self.seed, "max_new_tokens": self.max_new_tokens,
+               "prompt": self.prompt, "prompt_name": self.prompt_name, "family": self.family,
+               "edit_size": self.edit_size}
+        return {k: v for k, v in out.items() if v is not None}
+
+
+class Predictor(Protocol):
+    label: str
+
+    def predict(self, samples: Sequence[Sample], modes: Sequence[Sequence[str]], config: EvalConfig,
+                thought_dir: Path, reuse: dict[str, dict]) -> list[dict]:
+        """One record per (sample, mode) asked for. ``reuse`` maps sample id → an earlier record whose
+        thought (PNG in ``thought_dir``) may be reused instead of recomputed."""
+        ...
+
+
+@dataclass
+class EvalResult:
+    records: list[dict]
+    out_dir: Path
+    computed: int
+    reused: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def read_records(path: Path) -> list[dict]:
+    """Records of a predictions.jsonl; a torn last line (crash mid-write) is ignored."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def _end_torn_line(path: Path) -> None:
+    """A run killed mid-write leaves a last line without its newline: close it, so the next record starts
+    on a line of its own (the torn one is skipped by ``read_records``)."""
+    if path.is_file() and path.stat().st_size:
+        with path.open("rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+
+
+def evaluate(samples: Sequence[Sample], predictor: Predictor, config: EvalConfig, out_dir: str | Path,
+             batch_size: int = 4, progress: bool = True) -> EvalResult:
+    """Predict every (sample, mode) not already in ``out_dir/predictions.jsonl``; append as they come."""
+    out = Path(out_dir)
+    (out / "thoughts").mkdir(parents=True, exist_ok=True)
+    path = out / "predictions.jsonl"
+    config = replace(config, model=config.model or predictor.label)
+    existing = [r for r in read_records(path) if r.get("config_key") == config.key(r.get("mode", ""))]
+    done = {(r["id"], r["mode"]) for r in existing}
+    reuse = {r["id"]: r for r in existing if r.get("thought_path")}
+
+    todo = [(s, [m for m in config.modes if (s.id, m) not in done]) for s in samples]
+    todo = [(s, modes) for s, modes in todo if modes]
+    computed = 0
+    bar = tqdm(total=sum(len(m) for _, m in todo), desc="evaluate", unit="pred", disable=not progress)
+    _end_torn_line(path)
+    with path.open("a") as sink:
+        for chunk in _chunks(todo, batch_size):
+            records = predictor.predict([s for s, _ in chunk], [m for _, m in chunk], config, out / "thoughts", reuse)
+            by_id = {s.id: s for s, _ in chunk}
+            for record in records:
+                sample = by_id[record["id"]]
+                edit = record.get("edit") or {}
+                record.update(_sample_fields(sample), config_key=config.key(record["mode"]),
+                              edit_prompt=edit.get("prompt"), family=edit.get("family"), writer=edit.get("writer"))
+                record["correct"] = bool(score_sample(sample, record["prediction"]))
+                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+                if record.get("thought_path"):
+                    reuse[record["id"]] = record
+            sink.flush()
+            os.fsync(sink.fileno())
+            computed += len(records)
+            bar.update(len(records))
+    bar.close()
+    ids = {s.id for s in samples}
+    wanted = set(config.modes)
+    records = [r for r in read_records(path)
+               if r.get("config_key") == config.key(r.get("mode", "")) and r["id"] in ids and r["mode"] in wanted]
+    return EvalResult(records=records, out_dir=out, computed=computed, reused=len(existing))
+
+
+def _sample_fields(sample: Sample) -> dict[str, Any]:
+    return {"question": sample.question, "options": sample.options, "answer": sample.answer,
+            "category": sample.category, "answer_kind": sample.answer_kind, "group": sample.group,
+            **{k: sample.extra[k] for k in ("figure_group", "question_group") if k in sample.extra}}

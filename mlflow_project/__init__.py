@@ -1,0 +1,1 @@
+"""MLflow entry points (see MLproject): evaluate, ablation, register. Only this package imports MLflow."""

@@ -1,0 +1,107 @@
+"""`mlflow run . -e ablation`: the paper's ablation grid as nested MLflow runs, ending with one table.
+
+Rows: baseline, textual CoT, replace, G→U with the library prompt of each family, G→U self-prompt,
+G→U with the OpenAI-compatible few-shot writer. All rows share one output folder, so the baseline
+answers are computed once and a rerun resumes every row where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+from mlflow_project.common import OUTPUT_DIR, log_params, opt, setup_tracking
+from mlflow_project.evaluate import build_parser as evaluate_parser
+from mlflow_project.evaluate import run as run_evaluation
+
+# (row label, overrides of the evaluate arguments)
+GRID: list[tuple[str, dict[str, str]]] = [
+    ("baseline", {"modes": "baseline"}),
+    ("textual_cot", {"modes": "baseline,textual_cot"}),
+    ("replace (P_E)", {"modes": "baseline,replace", "writer": "library", "family": "enhancement"}),
+    ("g2u P_E (library)", {"modes": "baseline,g2u", "writer": "library", "family": "enhancement"}),
+    ("g2u P_X (library)", {"modes": "baseline,g2u", "writer": "library", "family": "extension"}),
+    ("g2u self-prompt", {"modes": "baseline,g2u", "writer": "self", "family": ""}),
+    ("g2u openai writer", {"modes": "baseline,g2u", "writer": "openai", "family": ""}),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = evaluate_parser()
+    p.description = __doc__
+    p.add_argument("--rows", default="", help="comma list of row labels to run (default: all)")
+    return p
+
+
+def _row_mode(overrides: dict[str, str]) -> str:
+    modes = overrides["modes"].split(",")
+    return modes[-1]
+
+
+def table_rows(results: list[tuple[str, dict[str, str], dict]]) -> list[dict]:
+    rows = []
+    for label, overrides, flat in results:
+        mode = _row_mode(overrides)
+        rows.append({
+            "setting": label,
+            "mode": mode,
+            "accuracy": flat.get(f"acc/{mode}/overall"),
+            "delta_vs_baseline": None if mode == "baseline" else flat.get(f"delta/{mode}/overall"),
+            "fidelity_gain_r2": flat.get(f"fidelity_gain/{mode}/r2"),
+            "n": flat.get("n_records"),
+        })
+    return rows
+
+
+def to_markdown(rows: list[dict]) -> str:
+    def fmt(v):
+        return "—" if v is None or v != v else (f"{100 * v:+.1f}" if isinstance(v, float) and abs(v) <= 1 else str(v))
+
+    lines = ["| setting | mode | accuracy (%) | Δ vs baseline (pts) | R²(fidelity→gain) |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        acc = "—" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}"
+        r2 = "—" if r["fidelity_gain_r2"] is None or r["fidelity_gain_r2"] != r["fidelity_gain_r2"] \
+            else f"{r['fidelity_gain_r2']:.3f}"
+        lines.append(f"| {r['setting']} | {r['mode']} | {acc} | {fmt(r['delta_vs_baseline'])} | {r2} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import mlflow
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    setup_tracking()
+    wanted = {r.strip() for r in args.rows.split(",") if r.strip()}
+    grid = [(label, o) for label, o in GRID if not wanted or label in wanted]
+    out_dir = Path(opt(args.out_dir) or OUTPUT_DIR / "ablation" / Path(args.benchmark.rstrip("/")).stem)
+    results = []
+    with mlflow.start_run(run_name=opt(args.run_name) or "ablation") as parent:
+        log_params({"benchmark": args.benchmark, "rows": ",".join(label for label, _ in grid),
+                           "checkpoint": args.checkpoint, "endpoint": args.endpoint, "steps": args.steps})
+        for label, overrides in grid:
+            row_args = argparse.Namespace(**{**vars(args), "prompt": "", "prompt_name": "", **overrides,
+                                             "out_dir": str(out_dir), "run_name": label})
+            results.append((label, overrides, run_evaluation(row_args, nested=True)))
+        rows = table_rows(results)
+        markdown = to_markdown(rows)
+        (out_dir / "ablation.md").write_text(markdown)
+        with (out_dir / "ablation.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        mlflow.log_artifact(str(out_dir / "ablation.md"))
+        mlflow.log_artifact(str(out_dir / "ablation.csv"))
+        mlflow.set_tag("mlflow.note.content", markdown)
+        print(markdown)
+        print(json.dumps({"parent_run_id": parent.info.run_id}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
