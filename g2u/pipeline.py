@@ -158,7 +158,8 @@ class G2UPipeline:
         if req.writer == "library":
             chosen = self._library_prompt(req)
         else:
-            written = self._writer(req.writer).write(req.image, req.question, req.options, req.family)
+            written = self._writer(req.writer).write(req.image, req.question, req.options, req.family,
+                                                     answer=req.gold_answer)
             chosen, fallback, reason = written.prompt, written.fallback, written.fallback_reason
         size = self._edit_size(req)
         e = req.edit
