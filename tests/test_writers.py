@@ -160,8 +160,9 @@ def test_persistent_500_falls_back_after_bounded_retries(server):
 ])
 def test_malformed_output_falls_back(server, content, reason):
     server.script = [{"content": content}]
-    out = writer(server, max_retries=0).write(IMAGE, "q?", None, None)
+    out = writer(server, max_retries=2).write(IMAGE, "q?", None, None)
     assert out.fallback and out.fallback_reason.startswith("malformed output") and reason in out.fallback_reason
+    assert len(server.requests) == 1  # temperature 0: asking again would get the same reply
 
 
 @pytest.mark.parametrize("prompt, options, answer", [

@@ -127,8 +127,8 @@ class OpenAIWriter:
                 reason = f"HTTP {exc.status_code}"
                 if exc.status_code < 500:  # 400/401/403/404: retrying cannot help
                     raise _GiveUp(reason) from None
-            except MalformedOutput as exc:
-                reason = f"malformed output: {exc}"
+            except MalformedOutput as exc:  # greedy decoding: asking again gives the same reply
+                raise _GiveUp(f"malformed output: {exc}") from None
             if attempt < self.config.max_retries:
                 time.sleep(max(0.0, min(wait, deadline - time.monotonic())))
         raise _GiveUp(f"{reason} (after {self.config.max_retries + 1} attempts)")
