@@ -1,6 +1,6 @@
-"""Self-prompting: the backend's own understanding pathway writes its edit prompt from the same exemplars
-(as text). The paper finds it valid but poorly task-aligned: models can imagine but do not know what to
-imagine. Same parsing, validation and leak guard as the OpenAI writer."""
+"""Self-prompting: the backend's own understanding pathway writes its edit prompt, from the same exemplars
+given as text. The paper finds it valid but poorly task-aligned (models can imagine but do not know what
+to imagine); it is here to measure that. Same contract, validation and leak guard as the OpenAI writer."""
 
 from __future__ import annotations
 
@@ -11,39 +11,43 @@ from PIL import Image
 
 from g2u.prompts import PromptLibrary
 from g2u.types import AnswerParams
-from g2u.writers.base import (
-    SYSTEM_PROMPT,
-    MalformedOutput,
-    WriterConfig,
-    WrittenPrompt,
-    exemplar_reply,
-    fallback,
-    guarded,
-    load_exemplars,
-    parse_reply,
-)
+from g2u.writers.config import WriterConfig
+from g2u.writers.exemplars import ExemplarSet, load_exemplars
+from g2u.writers.guard import WrittenPrompt, fallback, guarded
+from g2u.writers.reply import SYSTEM_PROMPT, MalformedOutput, exemplar_reply, parse_reply, request_text
 
 MAX_NEW_TOKENS = 96
 
 
+def fewshot_text(exemplars: ExemplarSet) -> str:
+    """The instruction and the K exemplars as one text (the backend reads one interleaved prompt)."""
+    shots = "\n\n".join(f"Image: {ex.description}\n{request_text(ex.question)}\n"
+                        f"Reply: {exemplar_reply(ex.prompt, ex.family)}" for ex in exemplars.exemplars)
+    return f"{SYSTEM_PROMPT}\n\nExamples:\n\n{shots}\n\nNow the attached image.\n"
+
+
 class SelfWriter:
+    """``write`` asks ``backend.answer`` for the prompt; a reply that is not one valid instruction (random
+    demo weights always give one) or a backend error ends in the library prompt, with the reason."""
+
     name = "self"
 
     def __init__(self, backend, library: PromptLibrary, config: WriterConfig | None = None):
         self.backend = backend
         self.library = library
-        self.exemplars = load_exemplars((config or WriterConfig.from_env()).exemplars)
-        shots = "\n\n".join(f"Image: {ex.description}\nQuestion: {ex.question}\nReply: {exemplar_reply(ex)}"
-                            for ex in self.exemplars.exemplars)
-        self.instruction = f"{SYSTEM_PROMPT}\n\nExamples:\n\n{shots}\n\nNow for the attached image.\n"
+        exemplars_path = config.exemplars if config is not None else WriterConfig.from_env().exemplars
+        self.instruction = fewshot_text(load_exemplars(exemplars_path))
 
     def write(self, image: Image.Image, question: str, options: Sequence[str] | None = None,
               family: str | None = None, answer: str | None = None) -> WrittenPrompt:
         start = time.monotonic()
-        text = f"{self.instruction}Question: {question}\nReply:"
+        text = f"{self.instruction}Image: (attached)\n{request_text(question, None, family)}\nReply:"
         try:
             [reply] = self.backend.answer([[image, text]], AnswerParams(max_new_tokens=MAX_NEW_TOKENS))
-            prompt, written_family = parse_reply(reply, family)
+        except Exception as exc:  # the writer must not fail the prediction; stage II will surface a real fault
+            return fallback(self.library, self.name, family, f"backend error: {type(exc).__name__}: {exc}", start)
+        try:
+            prompt, written_family = parse_reply(reply, family, plain_ok=True)
         except MalformedOutput as exc:
             return fallback(self.library, self.name, family, f"malformed output: {exc}", start)
-        return guarded(self.library, self.name, prompt, written_family, options, answer, start, family)
+        return guarded(self.library, self.name, prompt, written_family, options, answer, start)
