@@ -70,16 +70,18 @@ class G2UPipeline:
     """Runs G→U requests on one backend. The TorchServe handler, the CLI and the evaluation all call
     ``imagine`` and ``understand`` (or ``__call__``, which is both)."""
 
-    def __init__(self, backend: Backend, library: PromptLibrary | None = None):
+    def __init__(self, backend: Backend, library: PromptLibrary | None = None, writer_config: Any = None):
         self.backend = backend
         self.library = library or default_library()
+        self.writer_config = writer_config
+        """``g2u.writers.WriterConfig`` for the openai/self writers (None: read from the environment)."""
         self.modes = MODES + tuple(backend.extra_modes)
         self._writers: dict[str, Any] = {}
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | None = None, backend: str | None = None, **kwargs) -> G2UPipeline:
-        library = kwargs.pop("library", None)
-        return cls(load_backend(checkpoint, backend, **kwargs), library=library)
+        library, writer_config = kwargs.pop("library", None), kwargs.pop("writer_config", None)
+        return cls(load_backend(checkpoint, backend, **kwargs), library=library, writer_config=writer_config)
 
     @property
     def model_info(self) -> dict[str, Any]:
@@ -171,7 +173,8 @@ class G2UPipeline:
         if name not in self._writers:
             from g2u.writers import make_writer
 
-            self._writers[name] = make_writer(name, backend=self.backend, library=self.library)
+            self._writers[name] = make_writer(name, backend=self.backend, library=self.library,
+                                              config=self.writer_config)
         return self._writers[name]
 
     # ------------------------------------------------------------------ stage II

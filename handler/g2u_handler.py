@@ -31,6 +31,7 @@ from g2u.images import DEFAULT_MAX_PIXELS, png_bytes
 from g2u.pipeline import G2UPipeline, G2UResult
 from g2u.requests import KNOWN_FIELDS, G2URequest, parse_request
 from g2u.types import Thought
+from g2u.writers import WriterConfig
 
 logger = logging.getLogger(__name__)
 
@@ -134,8 +135,12 @@ class G2UHandler(BaseHandler):
             # checkpoint on this machine, never copied into the archive.
             checkpoint = str(path if path.is_absolute() else Path(props.get("model_dir", ".")) / path)
         dtype = cfg.get("dtype")
+        # The writers' settings come from the environment (OPENAI_*, G2U_WRITER_*): a bad value stops the
+        # model from loading, with its name in the model log, instead of failing every writer request.
+        writer_config = WriterConfig.from_env()
         self.pipeline = G2UPipeline.from_checkpoint(checkpoint, cfg.get("backend") or None, device=device,
-                                                    dtype=None if dtype in (None, "auto") else dtype)
+                                                    dtype=None if dtype in (None, "auto") else dtype,
+                                                    writer_config=writer_config)
         defaults = dict(cfg.get("defaults") or {})
         unknown = sorted(set(defaults) - KNOWN_FIELDS)
         if unknown:

@@ -348,3 +348,13 @@ def test_stop_leaves_no_process_or_port(server):
     assert not [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not [p for p in ports if tsctl.port_in_use(p)]
     assert server.pid() is None
+
+
+def test_a_model_that_fails_to_load_is_reported_not_waited_on_forever(tmp_path):
+    """initialize() raising leaves /ping Healthy; the READY wait must fail fast with the model log's tail."""
+    start = time.monotonic()
+    with pytest.raises(RuntimeError) as info:
+        tsctl.serve_demo(tmp_path, model_name=MODEL, extra_env={"G2U_WRITER_BUDGET_S": "soon"}, ready_timeout=150)
+    assert "G2U_WRITER_BUDGET_S must be a number" in str(info.value)  # the cause, from the model log
+    assert time.monotonic() - start < 150
+    assert not list(tmp_path.glob("logs/tmp/.model_server.pid"))  # stopped again
