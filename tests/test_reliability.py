@@ -8,6 +8,7 @@ runner's thresholds, and a worker killed under load (kept last: it replaces the 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -92,10 +93,27 @@ def test_load_runner_exits_nonzero_when_a_threshold_is_missed(server, tmp_path):
     cmd = [sys.executable, str(ROOT / "load_tests" / "run_loadtest.py"), "--host", server.url("inference"),
            "--users", "1", "--duration", "4s", "--key-file", str(server.key_file), "--out", str(tmp_path),
            "--max-p95-ms", "1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**rel.os.environ, "G2U_STEPS": "2"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "G2U_STEPS": "2"})
     assert proc.returncode == 1, proc.stdout + proc.stderr
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["passed"] is False and stats["aggregated"]["p95_ms"] > 1
+
+
+def test_mlflow_loadtest_entry_point_logs_stats_and_reports(server, tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "--env-manager", "local", "-e", "loadtest",
+           "-P", f"host={server.url('inference')}", "-P", f"key_file={server.key_file}", "-P", "users=2",
+           "-P", "duration=6s", "-P", "steps=2"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    mlflow.set_tracking_uri(uri)
+    [run] = mlflow.search_runs(experiment_names=["Default"], output_format="list")
+    assert run.data.metrics["aggregated.requests"] > 0 and run.data.metrics["passed"] == 1.0
+    names = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"stats.json", "report.html", "locust_stats.csv"} <= names
 
 
 def test_worker_killed_under_load_is_restarted_and_serves_again(server):
