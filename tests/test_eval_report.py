@@ -60,9 +60,31 @@ def test_correlation_undefined_without_variation():
     assert math.isnan(fidelity_gain_correlation(same)["r2"])
 
 
-def test_gallery_escapes_and_links(tmp_path):
+def test_gallery_escapes_text_and_embeds_its_images(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "thoughts").mkdir()
+    (tmp_path / "originals").mkdir()
+    Image.new("RGB", (600, 300), (10, 200, 30)).save(tmp_path / "thoughts" / "1.png")
+    Image.new("RGB", (64, 64), (200, 10, 30)).save(tmp_path / "originals" / "1.jpg")
     recs = [dict(r, question="<script>alert(1)</script>", answer="A", options=["x", "y"]) for r in RECORDS]
     recs[1]["thought_path"] = "thoughts/1.png"
     page = write_gallery(recs, {"1": "originals/1.jpg"}, tmp_path / "gallery.html").read_text()
     assert "<script>alert" not in page and "&lt;script&gt;" in page
-    assert "thoughts/1.png" in page and "originals/1.jpg" in page
+    # both pictures are inside the page (MLflow shows HTML artifacts from a blob URL: no relative links)
+    assert page.count("src='data:image/jpeg;base64,") == 2 and "src='thoughts/" not in page
+
+
+def test_compute_metrics_adds_the_harness_aggregates_where_records_carry_groups():
+    recs = [  # MMBench circular: question 7 has two copies, one wrong
+        {"id": "7", "group": "7", "mode": "g2u", "answer_kind": "mcq", "correct": True, "category": "c"},
+        {"id": "1000007", "group": "7", "mode": "g2u", "answer_kind": "mcq", "correct": False, "category": "c"},
+        {"id": "8", "group": "8", "mode": "g2u", "answer_kind": "mcq", "correct": True, "category": "c"},
+        # MME: two questions on one image, both right
+        {"id": "m1", "group": "img", "mode": "g2u", "answer_kind": "yesno", "correct": True, "category": "color"},
+        {"id": "m2", "group": "img", "mode": "g2u", "answer_kind": "yesno", "correct": True, "category": "color"},
+    ]
+    flat = compute_metrics(recs)["flat"]
+    assert flat["circular/g2u/acc"] == 0.5
+    assert flat["mme/g2u/score"] == 200.0 and flat["mme/g2u/acc_plus"] == 1.0
+    assert flat["acc/g2u/overall"] == 0.8 and flat["acc/g2u/category/color"] == 1.0

@@ -3,13 +3,16 @@ category, per prompt family), the fidelity→gain correlation, plots and an HTML
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from scipy import stats
 
 from g2u.eval.scoring import circular_accuracy, hallusionbench_scores, mme_scores
@@ -173,13 +176,31 @@ def plot_fidelity_gain(metrics: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
+def _embedded(folder: Path, relative: str | None, side: int = 256) -> str | None:
+    """A small JPEG data URI of an image beside the gallery: MLflow's artifact view shows HTML from a blob
+    URL, where relative image links do not resolve, so the pictures travel inside the page."""
+    if not relative or not (folder / relative).is_file():
+        return None
+    img = Image.open(folder / relative).convert("RGB")
+    img.thumbnail((side, side))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
 def write_gallery(records: Sequence[dict], originals: dict[str, str], path: Path, limit: int = 200) -> Path:
-    """An HTML page: original | thought | question | baseline vs G→U answers, per sample. Image paths are
-    relative to ``path``'s folder, so the page opens from the MLflow artifact view."""
+    """An HTML page: original | thought | question | answers of every mode, per sample (the first
+    ``limit``). ``originals`` and the records' thought paths are relative to ``path``'s folder; the images
+    are embedded, so the page is complete on its own and opens from the MLflow UI."""
     by_id: dict[str, dict[str, dict]] = defaultdict(dict)
     for r in records:
         by_id[r["id"]][r["mode"]] = r
     esc = html.escape
+
+    def picture(relative: str | None) -> str:
+        uri = _embedded(path.parent, relative)
+        return f"<img src='{uri}' width='256' title='{esc(relative or '')}'>" if uri else "—"
+
     rows = []
     for sid, modes in list(by_id.items())[:limit]:
         any_rec = next(iter(modes.values()))
@@ -191,9 +212,8 @@ def write_gallery(records: Sequence[dict], originals: dict[str, str], path: Path
         opts = any_rec.get("options") or []
         rows.append(
             "<tr>"
-            f"<td><img src='{esc(originals.get(sid, ''))}' width='256'></td>"
-            f"<td>{f'<img src={chr(39)}{esc(thought)}{chr(39)} width=256>' if thought else '—'}"
-            f"<br><small>{esc(edit.get('prompt', ''))}</small></td>"
+            f"<td>{picture(originals.get(sid))}</td>"
+            f"<td>{picture(thought)}<br><small>{esc(edit.get('prompt', ''))}</small></td>"
             f"<td><b>{esc(sid)}</b><br>{esc(any_rec.get('question', ''))}"
             f"<br><small>{esc(' | '.join(map(str, opts)))}</small>"
             f"<br>gold: <b>{esc(str(any_rec.get('answer', '')))}</b></td>"
