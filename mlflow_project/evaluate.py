@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default="", help="inference token for --endpoint (default: $G2U_TOKEN)")
     p.add_argument("--out-dir", dest="out_dir", default="", help="default: outputs/eval/<benchmark>-<settings>")
     p.add_argument("--run-name", dest="run_name", default="")
+    p.add_argument("--judge", default="", choices=["", "none", "openai"],
+                   help="openai: rescore open answers with an LLM judge (OPENAI_BASE_URL/OPENAI_API_KEY, "
+                        "model $G2U_JUDGE_MODEL or gpt-4o-mini); without a key the normalised match stands")
     return p
 
 
@@ -90,6 +93,7 @@ def run(args: argparse.Namespace, nested: bool = False) -> dict:
     from g2u.eval.datasets import load_dataset
     from g2u.eval.report import compute_metrics, plot_deltas, plot_fidelity_gain, write_gallery
     from g2u.eval.runner import evaluate
+    from g2u.eval.scoring import llm_judge
 
     config = config_from_args(args)
     samples = load_dataset(args.benchmark, limit=opt_int(args.limit))
@@ -102,8 +106,10 @@ def run(args: argparse.Namespace, nested: bool = False) -> dict:
                            "steps": config.steps, "text_cfg": config.text_cfg, "image_cfg": config.image_cfg,
                            "seed": config.seed, "edit_size": config.edit_size, "limit": opt_int(args.limit),
                            "batch_size": int(float(args.batch_size)), "model": predictor.label,
-                           "endpoint": opt(args.endpoint), "n_samples": len(samples), "out_dir": str(out_dir)})
-        result = evaluate(samples, predictor, config, out_dir, batch_size=int(float(args.batch_size)))
+                           "endpoint": opt(args.endpoint), "n_samples": len(samples), "out_dir": str(out_dir),
+                    "judge": opt(args.judge) or "none"})
+        judge = llm_judge if opt(args.judge) == "openai" else None
+        result = evaluate(samples, predictor, config, out_dir, batch_size=int(float(args.batch_size)), judge=judge)
         metrics = compute_metrics(result.records)
         flat = {k: v for k, v in metrics["flat"].items() if isinstance(v, (int, float)) and v == v}
         mlflow.log_metrics({metric_name(k): v for k, v in flat.items()} |

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -112,8 +112,10 @@ def _end_torn_line(path: Path) -> None:
 
 
 def evaluate(samples: Sequence[Sample], predictor: Predictor, config: EvalConfig, out_dir: str | Path,
-             batch_size: int = 4, progress: bool = True) -> EvalResult:
-    """Predict every (sample, mode) not already in ``out_dir/predictions.jsonl``; append as they come."""
+             batch_size: int = 4, progress: bool = True,
+             judge: Callable[[str, str, str], bool | None] | None = None) -> EvalResult:
+    """Predict every (sample, mode) not already in ``out_dir/predictions.jsonl``; append as they come.
+    ``judge(question, answer, prediction)`` (e.g. ``scoring.llm_judge``) rescores open answers."""
     out = Path(out_dir)
     (out / "thoughts").mkdir(parents=True, exist_ok=True)
     path = out / "predictions.jsonl"
@@ -137,6 +139,11 @@ def evaluate(samples: Sequence[Sample], predictor: Predictor, config: EvalConfig
                 record.update(_sample_fields(sample), config_key=config.key(record["mode"]),
                               edit_prompt=edit.get("prompt"), family=edit.get("family"), writer=edit.get("writer"))
                 record["correct"] = bool(score_sample(sample, record["prediction"]))
+                if judge is not None and sample.answer_kind == "open" and not record.get("error"):
+                    verdict = judge(sample.question, sample.answer, record["prediction"])
+                    record["judge"] = verdict  # None: the judge could not answer; the match score stands
+                    if verdict is not None:
+                        record["correct"] = verdict
                 sink.write(json.dumps(record, ensure_ascii=False) + "\n")
                 if record.get("thought_path"):
                     reuse[record["id"]] = record
