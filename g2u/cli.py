@@ -8,36 +8,37 @@ import sys
 import time
 from pathlib import Path
 
+from g2u.backends import BACKENDS
 from g2u.errors import CheckpointError, InputError
+from g2u.schema import add_request_arguments
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from g2u.batch import RawItem, run_batch
     from g2u.images import load_image
     from g2u.pipeline import G2UPipeline
-    from g2u.requests import parse_request
-    from g2u.types import ALL_MODES
+    from g2u.schema import FIELD_NAMES, validate_fields
 
-    fields = {"question": args.question, "mode": args.mode, "prompt": args.prompt, "prompt_name": args.prompt_name,
-              "family": args.family, "writer": args.writer, "steps": args.steps, "text_cfg": args.text_cfg,
-              "image_cfg": args.image_cfg, "seed": args.seed, "edit_size": args.edit_size,
-              "max_new_tokens": args.max_new_tokens, "order": args.order, "options": args.options,
-              "think": args.think}
-    fields = {k: v for k, v in fields.items() if v is not None}
+    fields = {name: getattr(args, name) for name in FIELD_NAMES if getattr(args, name, None) is not None}
+    image = load_image(args.image)
     # Validate the input before paying for a model load; the backend checks its own modes after.
-    request = parse_request(fields, modes=ALL_MODES, image=load_image(args.image))
+    validate_fields({k: v for k, v in fields.items() if k != "image"})
     start = time.perf_counter()
     pipe = G2UPipeline.from_checkpoint(args.checkpoint, args.backend, device=args.device, dtype=args.dtype)
     load_s = time.perf_counter() - start
-    pipe.check(request)
     start = time.perf_counter()
-    [result] = pipe([request])
+    [outcome] = run_batch(pipe, [RawItem(fields, image)])
+    if not outcome.ok:
+        print(json.dumps(outcome.error), file=sys.stderr)
+        return 2 if outcome.status < 500 else 1
+    result = outcome.result
     out = result.to_dict()
     out["timings_ms"]["load_model"] = round(load_s * 1000, 2)
     out["timings_ms"]["predict_wall"] = round((time.perf_counter() - start) * 1000, 2)
     if result.thought is not None:
         out_dir = Path(args.out)
         out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"thought-{Path(args.image).stem}-{result.mode}-seed{request.edit.seed}.png"
+        path = out_dir / f"thought-{Path(args.image).stem}-{result.mode}-seed{result.thought.edit.seed}.png"
         result.thought.image.save(path)
         out["thought_path"] = str(path)
     print(json.dumps(out, indent=2, ensure_ascii=False))
@@ -67,29 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="g2u", description="Generation-to-Understanding inference")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("predict", help="answer one question about one image, printing JSON")
+    p = sub.add_parser("predict", help="answer one question about one image, printing JSON",
+                       description="Every request field of the REST API is an option here (g2u.schema).")
+    p.add_argument("--image", required=True, help="path of the input picture")
+    add_request_arguments(p, exclude=("image", "return_thought"), required=("question",))
     p.add_argument("--checkpoint", help="checkpoint folder or hub id (default: the embedded demo checkpoint)")
-    p.add_argument("--backend", choices=["qwen_image_edit", "decoupled", "bagel"],
-                   help="default: detected from the folder")
-    p.add_argument("--image", required=True)
-    p.add_argument("--question", required=True)
-    p.add_argument("--options", help='JSON list of options, e.g. \'["red", "blue"]\'')
-    p.add_argument("--mode", default="g2u")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--prompt-name", dest="prompt_name")
-    group.add_argument("--prompt")
-    p.add_argument("--family", choices=["enhancement", "extension"])
-    p.add_argument("--writer", default="library", choices=["library", "openai", "self"])
-    p.add_argument("--steps", type=int)
-    p.add_argument("--text-cfg", dest="text_cfg", type=float)
-    p.add_argument("--image-cfg", dest="image_cfg", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--edit-size", dest="edit_size", help="WIDTHxHEIGHT (default: input aspect at ~512² area)")
-    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
-    p.add_argument("--think", action="store_true", default=None, help="BAGEL: plan in text before editing")
-    p.add_argument("--order", help="answer-prompt order for g2u, e.g. 'I,q,T' (the paper's) or 'I,T,q'")
-    p.add_argument("--device")
-    p.add_argument("--dtype")
+    p.add_argument("--backend", choices=list(BACKENDS), help="default: detected from the folder")
+    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--dtype", help="bfloat16, float16, float32 (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--out", default="outputs", help="folder for the thought PNG")
     p.set_defaults(func=_predict)
 

@@ -32,3 +32,20 @@ class ModelError(G2UError):
     """A model failed while computing a result (HTTP 5xx)."""
 
     status = 500
+
+
+def error_body(exc: BaseException) -> tuple[int, dict]:
+    """HTTP status and JSON body for an exception raised while serving one item: 4xx names the field,
+    507 is an accelerator out of memory, any other failure is the model's (500)."""
+    if isinstance(exc, InputError):
+        return exc.status, exc.to_dict()
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return 507, {"error": "out_of_resources", "reason": "the accelerator ran out of memory"}
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    if isinstance(exc, G2UError):
+        return getattr(exc, "status", 500), {"error": "model_error", "reason": str(exc)}
+    return 500, {"error": "model_error", "reason": f"{type(exc).__name__}: {exc}"}

@@ -3,27 +3,25 @@
     Î = M_G(I, q; p_edit)     stage I  — the backend's editing pathway makes a visual thought
     a = M_U(I, q, Î)          stage II — the understanding pathway answers from [I, q, Î]
 
-Modes: ``baseline`` (stage I never runs), ``g2u`` (default), ``replace`` (the answer model sees Î
-only), ``textual_cot`` (a written reasoning instead of an image). Everything is batched: one call
-handles many requests, one backend call per stage.
+What each mode needs (a thought or not, which parts in which order) comes from ``g2u.modes.MODES``.
+Everything is batched: one call handles many requests, one backend call per stage. Callers that serve
+raw user input go through ``g2u.batch`` (validation and per-item failure isolation) rather than here.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
-
-from PIL import Image
 
 from g2u.backends import Backend, load_backend
 from g2u.errors import InputError
 from g2u.fidelity import fidelity
 from g2u.images import check_edit_size, working_size
+from g2u.modes import MODES
 from g2u.prompts import PromptLibrary, default_library, find_leak
-from g2u.requests import G2URequest
-from g2u.types import MODES, AnswerParams, ContentPart, EditRecord, Thought
+from g2u.types import AnswerParams, EditRecord, G2URequest, Thought
 
 MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 OPEN_INSTRUCTION = "Answer the question using a single word or phrase."
@@ -41,7 +39,6 @@ class G2UResult:
     thought: Thought | None = None
     reasoning: str | None = None
     id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready result (the thought image itself is left to the caller: PNG file or base64)."""
@@ -62,26 +59,33 @@ def format_question(question: str, options: Sequence[str] | None) -> str:
     if not options:
         return question
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    lines = [question, *(f"{letters[i]}. {opt}" for i, opt in enumerate(options))]
-    return "\n".join(lines)
+    return "\n".join([question, *(f"{letters[i]}. {opt}" for i, opt in enumerate(options))])
 
 
 class G2UPipeline:
-    """Runs G→U requests on one backend. The TorchServe handler, the CLI and the evaluation all call
-    ``imagine`` and ``understand`` (or ``__call__``, which is both)."""
+    """Runs validated G→U requests on one backend: ``imagine`` (stage I), ``understand`` (stage II), or
+    both (``__call__``)."""
 
     def __init__(self, backend: Backend, library: PromptLibrary | None = None, writer_config: Any = None):
         self.backend = backend
         self.library = library or default_library()
         self.writer_config = writer_config
         """``g2u.writers.WriterConfig`` for the openai/self writers (None: read from the environment)."""
-        self.modes = MODES + tuple(backend.extra_modes)
         self._writers: dict[str, Any] = {}
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | None = None, backend: str | None = None, **kwargs) -> G2UPipeline:
+        """Load a checkpoint (folder or hub id); none at all: the embedded demo checkpoint of ``backend``."""
         library, writer_config = kwargs.pop("library", None), kwargs.pop("writer_config", None)
+        if checkpoint is None and not (kwargs.get("editor") or kwargs.get("answerer")):
+            from g2u.demo import ensure_demo_checkpoint
+
+            checkpoint = str(ensure_demo_checkpoint(backend or "qwen_image_edit"))
         return cls(load_backend(checkpoint, backend, **kwargs), library=library, writer_config=writer_config)
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return self.backend.modes
 
     @property
     def model_info(self) -> dict[str, Any]:
@@ -95,12 +99,29 @@ class G2UPipeline:
     def __call__(self, requests: Sequence[G2URequest]) -> list[G2UResult]:
         return self.understand(requests, self.imagine(requests))
 
+    def check(self, req: G2URequest) -> None:
+        """Per-request checks that need the backend or the prompt library (mode, options, prompt, leak,
+        size). Raises InputError; ``g2u.batch`` runs it per item, so one bad item never reaches a
+        batched stage."""
+        if req.mode not in self.modes:
+            raise InputError("mode", f"must be one of {', '.join(self.modes)} for the {self.backend.info.backend} "
+                                     f"backend; got {req.mode!r}")
+        known = set(self.backend.options_model.model_fields) if self.backend.options_model else set()
+        for name in req.edit.options:
+            if name not in known:
+                raise InputError(name, f"is not read by the {self.backend.info.backend} backend")
+        if not MODES[req.mode].needs_thought:
+            return
+        if req.writer == "library":
+            self._library_prompt(req)
+        self.backend.validate_edit(replace(req.edit, size=self._edit_size(req)))
+
     # ------------------------------------------------------------------ stage I
     def imagine(self, requests: Sequence[G2URequest]) -> list[Thought | None]:
         """Stage I for the requests whose mode needs a thought; ``None`` for the others."""
         for req in requests:
             self.check(req)
-        todo = [i for i, r in enumerate(requests) if r.mode not in ("baseline", "textual_cot")]
+        todo = [i for i, r in enumerate(requests) if MODES[r.mode].needs_thought]
         thoughts: list[Thought | None] = [None] * len(requests)
         if not todo:
             return thoughts
@@ -115,32 +136,17 @@ class G2UPipeline:
         # 2. Stage I, batched: the backend groups compatible items itself.
         params = [replace(requests[i].edit, size=rec.size) for i, rec in zip(todo, records)]
         start = time.perf_counter()
-        images = self.backend.edit([requests[i].image for i in todo], [r.prompt for r in records], params)
+        outputs = self.backend.edit([requests[i].image for i in todo], [r.prompt for r in records], params)
         edit_ms = (time.perf_counter() - start) * 1000
-        plans = getattr(self.backend, "last_plans", None) or [None] * len(todo)
-        for rec, plan in zip(records, plans):
-            rec.plan = plan
 
         # 3. Fidelity of each Î against its I.
         for k, i in enumerate(todo):
+            records[k].plan = outputs[k].plan
             start = time.perf_counter()
-            scores = fidelity(requests[i].image, images[k])
-            timings = {"write_prompt": write_ms[k], "edit": edit_ms,
-                       "fidelity": (time.perf_counter() - start) * 1000}
-            thoughts[i] = Thought(image=images[k], edit=records[k], fidelity=scores, timings_ms=timings)
+            scores = fidelity(requests[i].image, outputs[k].image)
+            timings = {"write_prompt": write_ms[k], "edit": edit_ms, "fidelity": (time.perf_counter() - start) * 1000}
+            thoughts[i] = Thought(image=outputs[k].image, edit=records[k], fidelity=scores, timings_ms=timings)
         return thoughts
-
-    def check(self, req: G2URequest) -> None:
-        """Per-request checks that need the backend or the prompt library (mode, prompt, leak, size).
-        Raises InputError; callers that batch (the TorchServe handler) run it per item first, so one
-        bad item never reaches a batched stage."""
-        if req.mode not in self.modes:
-            raise InputError("mode", f"must be one of {', '.join(self.modes)} for this backend; got {req.mode!r}")
-        if req.mode in ("baseline", "textual_cot"):
-            return
-        if req.writer == "library":
-            self._library_prompt(req)
-        self.backend.validate_edit(replace(req.edit, size=self._edit_size(req)))
 
     def _library_prompt(self, req: G2URequest):
         chosen = self.library.resolve(req.prompt, req.prompt_name, req.family)
@@ -152,8 +158,7 @@ class G2UPipeline:
     def _edit_size(self, req: G2URequest) -> tuple[int, int]:
         if req.edit.size is not None:
             return check_edit_size(req.edit.size, self.backend.size_multiple)
-        area = req.edit.area or self.backend.default_edit_area
-        return working_size(*req.image.size, area, self.backend.size_multiple)
+        return working_size(*req.image.size, self.backend.default_edit_area, self.backend.size_multiple)
 
     def _edit_record(self, req: G2URequest) -> EditRecord:
         fallback, reason, writer = False, None, req.writer
@@ -163,11 +168,11 @@ class G2UPipeline:
             written = self._writer(req.writer).write(req.image, req.question, req.options, req.family,
                                                      answer=req.gold_answer)
             chosen, fallback, reason = written.prompt, written.fallback, written.fallback_reason
-        size = self._edit_size(req)
         e = req.edit
         return EditRecord(prompt=chosen.text, prompt_name=chosen.name, family=chosen.family, writer=writer,
-                          steps=e.steps, text_cfg=e.text_cfg, image_cfg=e.image_cfg, seed=e.seed, size=size,
-                          writer_fallback=fallback, writer_fallback_reason=reason, think=e.think)
+                          steps=e.steps, text_cfg=e.text_cfg, image_cfg=e.image_cfg, seed=e.seed,
+                          size=self._edit_size(req), writer_fallback=fallback, writer_fallback_reason=reason,
+                          options=dict(e.options))
 
     def _writer(self, name: str):
         if name not in self._writers:
@@ -180,9 +185,13 @@ class G2UPipeline:
     # ------------------------------------------------------------------ stage II
     def understand(self, requests: Sequence[G2URequest], thoughts: Sequence[Thought | None]) -> list[G2UResult]:
         """Stage II: answer every request from the parts its mode allows, batched."""
-        # 1. Textual CoT writes its reasoning first (one batched pass over those requests).
+        for req, thought in zip(requests, thoughts):
+            if MODES[req.mode].needs_thought and thought is None:
+                raise InputError("mode", f"{req.mode} needs a thought: run imagine() first")
+
+        # 1. Modes that reason in text write their reasoning first (one batched pass).
         reasoning: dict[int, str] = {}
-        cot = [i for i, r in enumerate(requests) if r.mode == "textual_cot"]
+        cot = [i for i, r in enumerate(requests) if "R" in (MODES[r.mode].parts or ())]
         cot_ms = 0.0
         if cot:
             start = time.perf_counter()
@@ -191,7 +200,7 @@ class G2UPipeline:
             reasoning = dict(zip(cot, texts))
             cot_ms = (time.perf_counter() - start) * 1000
 
-        # 2. Build each answer prompt in its mode's order: [I, q, Î], [Î, q], [I, q].
+        # 2. Each answer prompt in its mode's order: [I, q, Î], [Î, q], [I, q], [I, q, reasoning].
         contents = [self._contents(r, t, reasoning.get(i)) for i, (r, t) in enumerate(zip(requests, thoughts))]
 
         # 3. Stage II, batched.
@@ -215,22 +224,30 @@ class G2UPipeline:
     def _question(self, req: G2URequest) -> str:
         return format_question(req.question, req.options)
 
-    def _contents(self, req: G2URequest, thought: Thought | None, reasoning: str | None) -> list[ContentPart]:
-        instruction = MCQ_INSTRUCTION if req.options else OPEN_INSTRUCTION
-        question = f"{self._question(req)}\n{instruction}"
-        if req.mode == "baseline":
-            return [req.image, question]
-        if req.mode == "textual_cot":
-            return [req.image, f"{self._question(req)}\nReasoning: {reasoning}\n{instruction}"]
-        assert thought is not None, f"mode {req.mode} needs a thought from imagine()"
-        if req.mode == "replace":
-            return [thought.image, question]
-        parts: dict[str, ContentPart] = {"I": req.image, "q": question, "T": thought.image}
-        if req.mode == "vae_concat":  # BAGEL ablation: the thought enters as VAE features
-            parts["T"] = self.backend.vae_thought(thought.image)
-        return [parts[k] for k in req.order]
+    def _contents(self, req: G2URequest, thought: Thought | None, reasoning: str | None) -> list[Any]:
+        """The mode's parts in order; consecutive text parts are joined, and the answer instruction ends
+        the last text part."""
+        mode = MODES[req.mode]
+        texts = {"q": self._question(req), "R": f"Reasoning: {reasoning}"}
+        images = {"I": req.image}
+        if thought is not None:
+            images["T"] = self.backend.thought_part(thought.image, mode)
+        order = mode.parts or req.order
+        last_text = max(i for i, k in enumerate(order) if k in texts)
+        parts: list[Any] = []
+        for i, key in enumerate(order):
+            if key in texts:
+                text = texts[key] + ("\n" + (MCQ_INSTRUCTION if req.options else OPEN_INSTRUCTION)
+                                     if i == last_text else "")
+                if parts and isinstance(parts[-1], str):
+                    parts[-1] = f"{parts[-1]}\n{text}"
+                else:
+                    parts.append(text)
+            else:
+                parts.append(images[key])
+        return parts
 
-    def _answer_grouped(self, contents: list[list[ContentPart]], params: list[AnswerParams]) -> list[str]:
+    def _answer_grouped(self, contents: list[list[Any]], params: list[AnswerParams]) -> list[str]:
         """One backend call per distinct AnswerParams (requests almost always share one)."""
         out: list[str | None] = [None] * len(contents)
         groups: dict[tuple, list[int]] = {}
@@ -241,7 +258,3 @@ class G2UPipeline:
             for i, text in zip(idx, texts):
                 out[i] = text
         return out  # type: ignore[return-value]
-
-
-def thought_image(result: G2UResult) -> Image.Image | None:
-    return result.thought.image if result.thought else None

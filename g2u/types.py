@@ -1,15 +1,11 @@
-"""Plain data passed between the G→U loop and the backends."""
+"""Plain data passed between the schema, the G→U loop and the backends."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from PIL import Image
-
-MODES = ("baseline", "g2u", "replace", "textual_cot")
-"""Modes every backend supports; a backend may add its own (BAGEL: ``vae_concat``)."""
-ALL_MODES = (*MODES, "vae_concat")
-"""Every mode some backend knows; each backend accepts MODES plus its ``extra_modes``."""
 
 FAMILIES = ("enhancement", "extension")
 
@@ -17,13 +13,19 @@ FAMILIES = ("enhancement", "extension")
 ContentPart = Image.Image | str
 
 
+def _frozen(value: Any) -> Any:
+    """A hashable copy of an option value (lists become tuples) for batch keys."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 @dataclass
 class EditParams:
     """Stage-I parameters. Defaults are the paper's: 30 steps, text CFG 4.0, image CFG 1.0.
 
-    ``size`` is the explicit working size (width, height) of the edit; ``None`` means the input's
-    aspect ratio at ``area`` pixels (``None`` area: the backend's default, ~512² for real checkpoints),
-    rounded to the backend's size multiple. Never the pipeline's silent ~1024² resize.
+    ``size`` is the explicit working size (width, height); ``None`` until the pipeline resolves it
+    from the input's aspect ratio and the backend's working area. Never the pipeline's silent resize.
+    ``options`` holds the backend's own knobs (BAGEL: ``think``, ``cfg_interval``...) as the request
+    set them; a backend reads each with its own default.
     """
 
     steps: int = 30
@@ -31,14 +33,13 @@ class EditParams:
     image_cfg: float = 1.0
     seed: int = 0
     size: tuple[int, int] | None = None
-    area: int | None = None
     negative_prompt: str = " "
-    think: bool = False
-    """BAGEL only: decode a textual plan before generating the thought (ignored by other backends)."""
+    options: dict[str, Any] = field(default_factory=dict)
 
     def batch_key(self) -> tuple:
         """Items whose keys match can share one batched edit call (per-item seeds stay per item)."""
-        return (self.steps, self.text_cfg, self.image_cfg, self.size, self.negative_prompt, self.think)
+        opts = tuple(sorted((k, _frozen(v)) for k, v in self.options.items()))
+        return (self.steps, self.text_cfg, self.image_cfg, self.size, self.negative_prompt, opts)
 
 
 @dataclass
@@ -47,6 +48,36 @@ class AnswerParams:
 
     max_new_tokens: int = 32
     temperature: float = 0.0
+
+
+@dataclass
+class G2URequest:
+    """One validated request (built by ``g2u.schema.parse_request``; never by hand in serving code)."""
+
+    image: Image.Image
+    question: str
+    options: list[str] | None = None
+    mode: str = "g2u"
+    prompt: str | None = None
+    prompt_name: str | None = None
+    family: str | None = None
+    writer: str = "library"
+    edit: EditParams = field(default_factory=EditParams)
+    answer: AnswerParams = field(default_factory=AnswerParams)
+    order: tuple[str, ...] = ("I", "q", "T")
+    return_thought: bool = False
+    id: str | None = None
+    gold_answer: str | None = None
+    """Known answer (evaluation only): the leak guard also rejects edit prompts containing it."""
+
+
+@dataclass
+class EditOutput:
+    """What a backend's ``edit`` returns for one item: the thought and, where the backend planned in
+    text first (BAGEL ``think``), that plan."""
+
+    image: Image.Image
+    plan: str | None = None
 
 
 @dataclass
@@ -64,7 +95,8 @@ class EditRecord:
     size: tuple[int, int]
     writer_fallback: bool = False
     writer_fallback_reason: str | None = None
-    think: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    """Backend options the request set (BAGEL's think, cfg_interval...)."""
     plan: str | None = None
     """The textual plan decoded before generation (BAGEL ``think``)."""
 

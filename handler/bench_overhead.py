@@ -2,7 +2,7 @@
 
     python -m handler.bench_overhead [--reps 10] [--steps 30] [--max-batch-delay MS]
 
-In-process is what `g2u predict` does after loading the model (parse_request, check, imagine,
+In-process is what `g2u predict` does after loading the model (the batch path: parse, check, imagine,
 understand) on the same demo checkpoint; REST is one multipart POST at a time to a TorchServe started
 here on free loopback ports. The difference is the serving cost: HTTP, the frontend's queue and batch
 wait (a lone request waits maxBatchDelay for batch-mates), the worker socket, preprocess and postprocess.
@@ -47,8 +47,8 @@ def measure(checkpoint: Path, url: str, key: str, image: bytes, fields: dict[str
             reps: int) -> dict[str, tuple[list[float], list[float]]]:
     """Per mode, (in-process ms, REST ms); the two alternate rep by rep so that load from anything
     else on the machine hits both alike."""
+    from g2u.batch import RawItem, run_batch
     from g2u.pipeline import G2UPipeline
-    from g2u.requests import parse_request
 
     pipe = G2UPipeline.from_checkpoint(str(checkpoint))
     session = requests.Session()
@@ -58,9 +58,8 @@ def measure(checkpoint: Path, url: str, key: str, image: bytes, fields: dict[str
         local, rest = [], []
         for rep in range(reps + 1):  # the first of each is a warm-up
             start = time.perf_counter()
-            req = parse_request({**fields, "mode": mode}, modes=pipe.modes, image=image)
-            pipe.check(req)
-            pipe([req])
+            [outcome] = run_batch(pipe, [RawItem({**fields, "mode": mode}, image)])
+            assert outcome.ok, outcome.error
             local_ms = (time.perf_counter() - start) * 1000
             start = time.perf_counter()
             r = session.post(url, data={**fields, "mode": mode}, files={"image": ("sample.png", image, "image/png")},

@@ -1,12 +1,13 @@
 """TorchServe handler for Generation-to-Understanding inference.
 
-    preprocess  decode + validate every item (``g2u.requests.parse_request`` and ``G2UPipeline.check``)
-    edit        stage I over the whole batch   (``G2UPipeline.imagine``)
-    understand  stage II over the whole batch  (``G2UPipeline.understand``)
+    preprocess  decode + validate every item (``g2u.batch.Batch.parse``: the schema, the backend's checks)
+    edit        stage I over the whole batch   (``Batch.imagine``)
+    understand  stage II over the whole batch  (``Batch.understand``)
     postprocess one JSON body per item, with its own HTTP status
 
-The handler holds no G→U logic: it adapts TorchServe's batch format to the ``g2u`` core, keeps per-item
-errors apart (a bad item gets its own 4xx and never fails its batch-mates) and reports custom metrics.
+The handler holds no G→U logic: it adapts TorchServe's batch format to the core's one batch path
+(``g2u.batch``: per-item errors kept apart, a failing batched stage retried item by item), times each
+stage and reports custom metrics.
 It is packed into the .mar on its own, so it imports nothing from this repository but ``g2u``.
 """
 
@@ -17,8 +18,6 @@ import http
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,11 @@ import torch
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-from g2u.errors import G2UError, InputError
+from g2u.batch import Batch, Outcome, RawItem, outcome_body
+from g2u.errors import InputError
 from g2u.images import DEFAULT_MAX_PIXELS, png_bytes
-from g2u.pipeline import G2UPipeline, G2UResult
-from g2u.requests import KNOWN_FIELDS, G2URequest, parse_request
-from g2u.types import Thought
+from g2u.pipeline import G2UPipeline
+from g2u.schema import validate_settings
 from g2u.writers import WriterConfig
 
 logger = logging.getLogger(__name__)
@@ -79,35 +78,8 @@ def split_fields(row: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
     return fields, image
 
 
-def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
-    """HTTP status and JSON body for an exception raised while serving one item."""
-    if isinstance(exc, InputError):
-        return exc.status, exc.to_dict()
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return 507, {"error": "out_of_resources", "reason": "the accelerator ran out of memory"}
-    if isinstance(exc, G2UError):
-        return getattr(exc, "status", 500), {"error": "model_error", "reason": str(exc)}
-    return 500, {"error": "model_error", "reason": f"{type(exc).__name__}: {exc}"}
-
-
 class G2UHandler(BaseHandler):
     """TorchServe entry point: preprocess → edit → understand → postprocess, batched."""
-
-    @dataclass
-    class Item:
-        """One request of a TorchServe batch as it moves through the stages; ``error`` set means done.
-        (Nested: TorchServe wants exactly one class in a handler module.)"""
-
-        request: G2URequest | None = None
-        thought: Thought | None = None
-        result: G2UResult | None = None
-        status: int = 200
-        error: dict[str, Any] | None = None
-        timings_ms: dict[str, float] = field(default_factory=dict)
-
-        @property
-        def ok(self) -> bool:
-            return self.error is None
 
     def __init__(self) -> None:
         super().__init__()
@@ -116,6 +88,7 @@ class G2UHandler(BaseHandler):
         self.max_pixels = DEFAULT_MAX_PIXELS
         self.model_name = "g2u"
         self._batch_size = 0
+        self._batch: Batch | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def initialize(self, context: Any) -> None:
@@ -142,9 +115,10 @@ class G2UHandler(BaseHandler):
                                                     dtype=None if dtype in (None, "auto") else dtype,
                                                     writer_config=writer_config)
         defaults = dict(cfg.get("defaults") or {})
-        unknown = sorted(set(defaults) - KNOWN_FIELDS)
-        if unknown:
-            raise ValueError(f"model-config handler.defaults has unknown fields {unknown}")
+        try:  # the schema checks the configured defaults as it checks requests
+            validate_settings(defaults)
+        except InputError as exc:
+            raise ValueError(f"model-config handler.defaults.{exc.field}: {exc.reason}") from exc
         self.defaults = defaults
         self.max_pixels = int(cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
         self._init_metrics(context)
@@ -172,69 +146,49 @@ class G2UHandler(BaseHandler):
             metric.add_or_update(value, [self.model_name, "Model", *dims])
 
     # ------------------------------------------------------------------ stages
-    def preprocess(self, data: list[dict[str, Any]]) -> list[G2UHandler.Item]:
+    def preprocess(self, data: list[dict[str, Any]]) -> Batch:
         """Decode and validate each item on its own; an invalid item is answered and skips the model."""
         assert self.pipeline is not None, "initialize() was not called"
         start = time.perf_counter()
         self._batch_size = len(data)
         self._metric(BATCH_ITEMS, len(data))
-        items = []
+        batch = Batch(self.pipeline, defaults=self.defaults, max_pixels=self.max_pixels, on_error=self._count_error)
         for row in data:
-            t0 = time.perf_counter()
-            item = self.Item()
             try:
                 fields, image = split_fields(row)
-                # Configured defaults fill the fields a request leaves out (or sends empty, as forms do).
-                merged = dict(fields)
-                for key, value in self.defaults.items():
-                    if merged.get(key) in (None, ""):
-                        merged[key] = value
-                item.request = parse_request(merged, modes=self.pipeline.modes, max_pixels=self.max_pixels,
-                                             image=image)
-                self.pipeline.check(item.request)
-            except Exception as exc:  # noqa: BLE001 - every failure becomes this item's own response
-                self._fail(item, exc)
-            item.timings_ms["preprocess"] = round((time.perf_counter() - t0) * 1000, 2)
-            items.append(item)
+            except Exception as exc:  # noqa: BLE001 - a body that cannot be read is this item's 4xx
+                batch.reject(exc)
+                continue
+            batch.parse([RawItem(fields, image)])
         self._metric(STAGE_LATENCY, time.perf_counter() - start, "preprocess")
-        return items
+        return batch
 
-    def inference(self, items: list[G2UHandler.Item], *args: Any, **kwargs: Any) -> list[G2UHandler.Item]:
+    def inference(self, batch: Batch, *args: Any, **kwargs: Any) -> Batch:
         """Stage I then stage II, each batched over the items still valid."""
-        return self.understand(self.edit(items))
+        return self.understand(self.edit(batch))
 
-    def edit(self, items: list[G2UHandler.Item]) -> list[G2UHandler.Item]:
+    def edit(self, batch: Batch) -> Batch:
         """Stage I (the visual thoughts), one batched call for all valid items."""
-        assert self.pipeline is not None
-        pipe = self.pipeline
+        start = time.perf_counter()
+        batch.imagine()
+        self._metric(STAGE_LATENCY, time.perf_counter() - start, "edit")
+        return batch
 
-        def run(todo: Sequence[G2UHandler.Item]) -> None:
-            for item, thought in zip(todo, pipe.imagine([it.request for it in todo])):
-                item.thought = thought
-
-        self._stage("edit", items, run)
-        return items
-
-    def understand(self, items: list[G2UHandler.Item]) -> list[G2UHandler.Item]:
+    def understand(self, batch: Batch) -> Batch:
         """Stage II (the answers from [I, q, Î]), one batched call for all valid items."""
-        assert self.pipeline is not None
-        pipe = self.pipeline
+        start = time.perf_counter()
+        batch.understand()
+        self._metric(STAGE_LATENCY, time.perf_counter() - start, "understand")
+        return batch
 
-        def run(todo: Sequence[G2UHandler.Item]) -> None:
-            for item, result in zip(todo, pipe.understand([it.request for it in todo], [it.thought for it in todo])):
-                item.result = result
-
-        self._stage("understand", items, run)
-        return items
-
-    def postprocess(self, items: list[G2UHandler.Item]) -> list[str]:
+    def postprocess(self, batch: Batch) -> list[str]:
         """One JSON body per item; failed items get their own status through ``set_response_status``."""
         start = time.perf_counter()
         out = []
-        for idx, item in enumerate(items):
+        for idx, item in enumerate(batch.outcomes()):
+            t0 = time.perf_counter()
+            body = outcome_body(item)
             if item.ok and item.result is not None:
-                t0 = time.perf_counter()
-                body = item.result.to_dict()
                 if item.request is not None and item.request.return_thought and item.result.thought is not None:
                     body["thought"] = base64.b64encode(png_bytes(item.result.thought.image)).decode("ascii")
                 timings = {**item.timings_ms, **body.get("timings_ms", {})}
@@ -242,9 +196,6 @@ class G2UHandler(BaseHandler):
                 body["timings_ms"] = timings
                 body["batch_size"] = self._batch_size
             else:
-                if item.error is None:  # cannot happen: a valid item always gets a result
-                    self._fail(item, RuntimeError("no result was produced"))
-                body = dict(item.error or {})
                 self._set_status(idx, item.status)
             self._set_content_type(idx)
             out.append(json.dumps(body, ensure_ascii=False))
@@ -252,33 +203,9 @@ class G2UHandler(BaseHandler):
         return out
 
     # ------------------------------------------------------------------ helpers
-    def _stage(self, name: str, items: list[G2UHandler.Item],
-               run: Callable[[Sequence[G2UHandler.Item]], None]) -> None:
-        """Run one batched stage; if the batch fails, rerun item by item so only the culprit fails."""
-        todo = [it for it in items if it.ok]
-        if not todo:
-            return
-        start = time.perf_counter()
-        try:
-            run(todo)
-        except Exception as exc:  # noqa: BLE001 - isolate the failing item, keep the worker alive
-            if len(todo) == 1:
-                logger.warning("%s failed for one item", name, exc_info=True)
-                self._fail(todo[0], exc)
-            else:
-                logger.warning("%s failed for a batch of %d; retrying item by item", name, len(todo), exc_info=True)
-                for item in todo:
-                    try:
-                        run([item])
-                    except Exception as one:  # noqa: BLE001
-                        self._fail(item, one)
-        self._metric(STAGE_LATENCY, time.perf_counter() - start, name)
-
-    def _fail(self, item: G2UHandler.Item, exc: BaseException) -> None:
-        item.status, item.error = error_body(exc)
-        if item.status >= 500:
-            logger.error("item failed: %s", item.error, exc_info=exc)
-        self._metric(ERRORS, 1, str(item.error.get("error", "unknown")), str(item.error.get("field", "-")))
+    def _count_error(self, item: Outcome) -> None:
+        error = item.error or {}
+        self._metric(ERRORS, 1, str(error.get("error", "unknown")), str(error.get("field", "-")))
 
     def _set_status(self, idx: int, status: int) -> None:
         context = getattr(self, "context", None)

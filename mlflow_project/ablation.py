@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mlflow_project.common import OUTPUT_DIR, log_params, opt, setup_tracking
 from mlflow_project.evaluate import build_parser as evaluate_parser
+from mlflow_project.evaluate import make_predictor
 from mlflow_project.evaluate import run as run_evaluation
 
 # (row label, overrides of the evaluate arguments)
@@ -27,7 +28,24 @@ GRID: list[tuple[str, dict[str, str]]] = [
     ("g2u P_X (library)", {"modes": "baseline,g2u", "writer": "library", "family": "extension"}),
     ("g2u self-prompt", {"modes": "baseline,g2u", "writer": "self", "family": ""}),
     ("g2u openai writer", {"modes": "baseline,g2u", "writer": "openai", "family": ""}),
+    ("vae_concat P_E (library)", {"modes": "baseline,vae_concat", "writer": "library", "family": "enhancement"}),
 ]
+"""Rows whose modes the model's backend does not offer (``g2u.modes``: vae_concat is BAGEL's) are skipped."""
+
+
+def offered(overrides: dict[str, str], backend: str | None) -> bool:
+    """Whether the backend offers every mode of a row (backend None — an endpoint — : the common modes)."""
+    from g2u.modes import MODES
+
+    return all(MODES[m].backends is None or (backend is not None and backend in MODES[m].backends)
+               for m in overrides["modes"].split(","))
+
+
+def predictor_backend(args: argparse.Namespace) -> str | None:
+    """The backend of the model the rows run on (None for an endpoint: its backend is not known here)."""
+    predictor = make_predictor(args)
+    pipeline = getattr(predictor, "pipeline", None)
+    return pipeline.backend.info.backend if pipeline is not None else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,14 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_tracking()
     wanted = {r.strip() for r in args.rows.split(",") if r.strip()}
-    grid = [(label, o) for label, o in GRID if not wanted or label in wanted]
+    backend = predictor_backend(args)
+    grid = [(label, o) for label, o in GRID if (not wanted or label in wanted) and offered(o, backend)]
     out_dir = Path(opt(args.out_dir) or OUTPUT_DIR / "ablation" / Path(args.benchmark.rstrip("/")).stem)
     results = []
     with mlflow.start_run(run_name=opt(args.run_name) or "ablation") as parent:
         log_params({"benchmark": args.benchmark, "rows": ",".join(label for label, _ in grid),
-                           "checkpoint": args.checkpoint, "endpoint": args.endpoint, "steps": args.steps})
+                    "checkpoint": args.checkpoint, "endpoint": args.endpoint, "backend": backend or "unknown"})
         for label, overrides in grid:
-            row_args = argparse.Namespace(**{**vars(args), "prompt": "", "prompt_name": "", **overrides,
+            row_args = argparse.Namespace(**{**vars(args), "prompt": None, "prompt_name": None, **overrides,
                                              "out_dir": str(out_dir), "run_name": label})
             results.append((label, overrides, run_evaluation(row_args, nested=True)))
         rows = table_rows(results)

@@ -15,28 +15,22 @@ import re
 import sys
 from pathlib import Path
 
+from g2u.errors import InputError
 from mlflow_project.common import OUTPUT_DIR, log_params, opt, opt_int, setup_tracking
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from g2u.schema import PER_SAMPLE_FIELDS, add_request_arguments
+
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--benchmark", default="sample", help="file/folder (JSONL, VLMEvalKit TSV, MM-Vet JSON), "
                                                          "'easy-vqa' or 'sample'")
-    p.add_argument("--modes", default="baseline,g2u", help="comma list: baseline,g2u,replace,textual_cot")
+    p.add_argument("--modes", default="baseline,g2u", help="comma list of g2u.modes (baseline,g2u,replace,"
+                                                           "textual_cot; vae_concat on BAGEL)")
     p.add_argument("--backend", default="")
     p.add_argument("--checkpoint", default="", help="checkpoint folder or hub id (default: demo checkpoint)")
-    p.add_argument("--writer", default="library", choices=["library", "openai", "self"])
-    p.add_argument("--prompt", default="")
-    p.add_argument("--prompt-name", dest="prompt_name", default="")
-    p.add_argument("--family", default="")
     p.add_argument("--limit", default="0")
     p.add_argument("--batch-size", dest="batch_size", default="4")
-    p.add_argument("--seed", default="0")
-    p.add_argument("--steps", default="30")
-    p.add_argument("--text-cfg", dest="text_cfg", default="4.0")
-    p.add_argument("--image-cfg", dest="image_cfg", default="1.0")
-    p.add_argument("--edit-size", dest="edit_size", default="")
-    p.add_argument("--max-new-tokens", dest="max_new_tokens", default="32")
     p.add_argument("--endpoint", default="", help="TorchServe predictions URL: send requests there instead")
     p.add_argument("--token", default="", help="inference token for --endpoint (default: $G2U_TOKEN)")
     p.add_argument("--out-dir", dest="out_dir", default="", help="default: outputs/eval/<benchmark>-<settings>")
@@ -44,18 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", default="", choices=["", "none", "openai"],
                    help="openai: rescore open answers with an LLM judge (OPENAI_BASE_URL/OPENAI_API_KEY, "
                         "model $G2U_JUDGE_MODEL or gpt-4o-mini); without a key the normalised match stands")
+    # Every other request field of g2u.schema is an evaluation setting ('' = the schema's default).
+    add_request_arguments(p, exclude=PER_SAMPLE_FIELDS, bool_flags=False)
     return p
 
 
 def config_from_args(args: argparse.Namespace):
     from g2u.eval.runner import EvalConfig
+    from g2u.schema import SETTING_FIELDS
 
-    return EvalConfig(
-        modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
-        writer=args.writer, prompt=opt(args.prompt), prompt_name=opt(args.prompt_name), family=opt(args.family),
-        steps=int(float(args.steps)), text_cfg=float(args.text_cfg), image_cfg=float(args.image_cfg),
-        seed=int(float(args.seed)), edit_size=opt(args.edit_size), max_new_tokens=int(float(args.max_new_tokens)),
-    )
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    return EvalConfig.create(modes, **{name: getattr(args, name, None) for name in SETTING_FIELDS})
 
 
 def make_predictor(args: argparse.Namespace):
@@ -101,12 +94,9 @@ def run(args: argparse.Namespace, nested: bool = False) -> dict:
     predictor = make_predictor(args)
 
     with mlflow.start_run(run_name=opt(args.run_name), nested=nested):
-        log_params({"benchmark": args.benchmark, "modes": ",".join(config.modes), "writer": config.writer,
-                           "prompt": config.prompt, "prompt_name": config.prompt_name, "family": config.family,
-                           "steps": config.steps, "text_cfg": config.text_cfg, "image_cfg": config.image_cfg,
-                           "seed": config.seed, "edit_size": config.edit_size, "limit": opt_int(args.limit),
-                           "batch_size": int(float(args.batch_size)), "model": predictor.label,
-                           "endpoint": opt(args.endpoint), "n_samples": len(samples), "out_dir": str(out_dir),
+        log_params({"benchmark": args.benchmark, "modes": ",".join(config.modes), **config.fields,
+                    "limit": opt_int(args.limit), "batch_size": int(float(args.batch_size)), "model": predictor.label,
+                    "endpoint": opt(args.endpoint), "n_samples": len(samples), "out_dir": str(out_dir),
                     "judge": opt(args.judge) or "none"})
         judge = llm_judge if opt(args.judge) == "openai" else None
         result = evaluate(samples, predictor, config, out_dir, batch_size=int(float(args.batch_size)), judge=judge)
@@ -147,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
     setup_tracking()
-    flat = run(args)
+    try:
+        flat = run(args)
+    except InputError as exc:  # a bad setting: named, before any prediction
+        print(json.dumps(exc.to_dict()), file=sys.stderr)
+        return 2
     summary = {k: round(v, 4) for k, v in flat.items() if k.startswith(("acc/", "delta/")) and k.count("/") <= 2}
     print(json.dumps(summary, indent=2))
     return 0

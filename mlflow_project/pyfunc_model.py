@@ -1,9 +1,11 @@
 """The G→U pipeline as an MLflow pyfunc model.
 
-Input: a DataFrame (or list of dicts) with the REST request fields — ``image`` (base64), ``question``,
-optional ``options``, ``mode``, ``prompt_name``, ``steps``, ``seed``... Output: one row per request with
-``answer``, ``mode``, ``edit_prompt``, ``family``, ``ssim``, ``psnr``, ``demo`` and, when asked
-(``return_thought``), the thought as base64 PNG. Bad rows get ``error`` instead of failing the batch.
+Input: a DataFrame (or list of dicts) with the REST request fields — every field of ``g2u.schema``
+(``image`` as base64 and ``question`` required; ``options`` as a JSON list; backend fields such as BAGEL's
+``think`` included). Output: one row per request with ``answer``, ``mode``, ``id``, ``edit`` and ``fidelity``
+(JSON), ``edit_prompt``, ``family``, ``ssim``, ``psnr``, ``demo``, the thought as base64 PNG when asked
+(``return_thought``), and for a bad row its ``status`` and ``error`` instead of failing the batch: rows go
+through the core's batch path (``g2u.batch``), so one bad row never fails the others.
 """
 
 from __future__ import annotations
@@ -14,26 +16,28 @@ from typing import Any
 
 import mlflow.pyfunc
 
-OUTPUT_COLUMNS = ["answer", "mode", "edit_prompt", "family", "ssim", "psnr", "demo", "thought", "error"]
-# Request fields the signature declares (image and question required; the rest optional, as over REST).
-INPUT_COLUMNS = {"image": "string", "question": "string", "options": "string", "mode": "string",
-                 "prompt": "string", "prompt_name": "string", "family": "string", "writer": "string",
-                 "steps": "long", "text_cfg": "double", "image_cfg": "double", "seed": "long",
-                 "edit_size": "string", "max_new_tokens": "long", "return_thought": "boolean"}
+TEXT_OUTPUTS = ["answer", "mode", "id", "edit", "fidelity", "edit_prompt", "family", "thought", "error"]
+OUTPUT_COLUMNS = [*TEXT_OUTPUTS, "ssim", "psnr", "demo", "status"]
 
 
 def pyfunc_signature():
-    """Image and question required, every other request field optional (``options`` as a JSON list)."""
+    """Every request field of the schema: image and question required, the rest optional, as over REST."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
+    from g2u.schema import pyfunc_columns
+
     inputs = Schema([ColSpec(kind, name, required=name in ("image", "question"))
-                     for name, kind in INPUT_COLUMNS.items()])
-    outputs = Schema([ColSpec("string", c, required=False) for c in OUTPUT_COLUMNS if c not in ("ssim", "psnr",
-                                                                                                  "demo")]
+                     for name, kind in pyfunc_columns().items()])
+    outputs = Schema([ColSpec("string", c, required=False) for c in TEXT_OUTPUTS]
                      + [ColSpec("double", "ssim", required=False), ColSpec("double", "psnr", required=False),
-                        ColSpec("boolean", "demo", required=False)])
+                        ColSpec("boolean", "demo", required=False), ColSpec("long", "status", required=False)])
     return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def _present(value: Any) -> bool:
+    """DataFrames fill absent optional fields with None/NaN."""
+    return value is not None and not (isinstance(value, float) and value != value)
 
 
 class G2UPyfuncModel(mlflow.pyfunc.PythonModel):
@@ -49,31 +53,24 @@ class G2UPyfuncModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
         import pandas as pd
 
-        from g2u.errors import InputError
+        from g2u.batch import RawItem, outcome_body, run_batch
         from g2u.images import png_bytes
-        from g2u.requests import parse_request
 
         rows = model_input.to_dict("records") if isinstance(model_input, pd.DataFrame) else list(model_input)
-        out: list[dict[str, Any] | None] = [None] * len(rows)
-        requests, where = [], []
-        for i, row in enumerate(rows):
-            fields = {k: v for k, v in row.items() if v is not None and not (isinstance(v, float) and v != v)}
-            if isinstance(fields.get("options"), str) and fields["options"].startswith("["):
-                fields["options"] = json.loads(fields["options"])
-            try:
-                req = parse_request(fields, modes=self.pipeline.modes)
-                self.pipeline.check(req)
-            except InputError as exc:
-                out[i] = {"error": json.dumps(exc.to_dict())}
+        raws = [RawItem({k: v for k, v in row.items() if _present(v)}) for row in rows]
+        out = []
+        for outcome in run_batch(self.pipeline, raws):
+            if not outcome.ok or outcome.result is None:
+                out.append({"error": json.dumps(outcome_body(outcome)), "status": outcome.status})
                 continue
-            requests.append(req)
-            where.append(i)
-        for i, req, result in zip(where, requests, self.pipeline(requests) if requests else []):
-            edit = result.thought.edit if result.thought else None
-            fid = result.thought.fidelity if result.thought else {}
-            out[i] = {"answer": result.answer, "mode": result.mode, "edit_prompt": edit.prompt if edit else None,
-                      "family": edit.family if edit else None, "ssim": fid.get("ssim"), "psnr": fid.get("psnr"),
-                      "demo": result.model["demo"],
-                      "thought": base64.b64encode(png_bytes(result.thought.image)).decode()
-                      if req.return_thought and result.thought else None}
+            result, body = outcome.result, outcome_body(outcome)
+            edit = body["edit"] or {}
+            fid = body["fidelity"] or {}
+            thought = result.thought if outcome.request and outcome.request.return_thought else None
+            out.append({"answer": result.answer, "mode": result.mode, "id": result.id,
+                        "edit": json.dumps(body["edit"]), "fidelity": json.dumps(body["fidelity"]),
+                        "edit_prompt": edit.get("prompt"), "family": edit.get("family"),
+                        "ssim": fid.get("ssim"), "psnr": fid.get("psnr"), "demo": result.model["demo"],
+                        "status": 200,
+                        "thought": base64.b64encode(png_bytes(thought.image)).decode() if thought else None})
         return pd.DataFrame([{c: row.get(c) for c in OUTPUT_COLUMNS} for row in out], columns=OUTPUT_COLUMNS)

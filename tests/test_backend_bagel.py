@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from g2u.backends.bagel import BagelBackend, BagelEditParams, VaeImage
+from g2u.backends.bagel import BagelBackend, VaeImage
 from g2u.backends.bagel.layout import patchify
 from g2u.backends.bagel.model import LatentSegment, TextSegment, VitSegment
 from g2u.backends.bagel.sampler import SamplerSettings, combine, denoise
@@ -26,7 +26,13 @@ from g2u.backends.base import Backend
 from g2u.demo import read_demo_marker
 from g2u.demo.bagel import DEMO_EDIT_AREA, build_bagel_demo
 from g2u.errors import CheckpointError, InputError
+from g2u.modes import MODES
 from g2u.types import AnswerParams, EditParams
+
+
+def edit_images(backend, images, prompts, params):
+    """Stage I through the backend protocol, thoughts only (``edit`` returns EditOutput)."""
+    return [out.image for out in backend.edit(images, prompts, params)]
 
 SIZE = (64, 48)
 GRID = (3, 4)  # latent tokens (rows, cols) of SIZE
@@ -149,7 +155,7 @@ def test_a_branch_at_scale_one_is_never_computed(backend, text_cfg, image_cfg, r
     steps = 4
     try:
         params = [EditParams(steps=steps, text_cfg=text_cfg, image_cfg=image_cfg, size=SIZE, seed=s) for s in (0, 1)]
-        backend.edit([_picture(SIZE), _picture(SIZE, 5)], ["sharpen it", "denoise it"], params)
+        edit_images(backend, [_picture(SIZE), _picture(SIZE, 5)], ["sharpen it", "denoise it"], params)
     finally:
         hook.remove()
     denoise_calls = [rows for rows, length in calls if length == GRID[0] * GRID[1] + 2]
@@ -187,11 +193,11 @@ def test_renorm_never_exceeds_the_conditional_norm():
 # ---------------------------------------------------------------- stage I through the protocol
 def test_edit_is_decided_by_the_seed_not_the_batch(backend):
     img_a, img_b = _picture(SIZE), _picture(SIZE, 17)
-    alone = backend.edit([img_a], ["sharpen the details"], [EditParams(steps=4, size=SIZE, seed=3)])[0]
-    again = backend.edit([img_a], ["sharpen the details"], [EditParams(steps=4, size=SIZE, seed=3)])[0]
-    batch = backend.edit([img_b, img_a], ["extend the frame to the left", "sharpen the details"],
+    alone = edit_images(backend, [img_a], ["sharpen the details"], [EditParams(steps=4, size=SIZE, seed=3)])[0]
+    again = edit_images(backend, [img_a], ["sharpen the details"], [EditParams(steps=4, size=SIZE, seed=3)])[0]
+    batch = edit_images(backend, [img_b, img_a], ["extend the frame to the left", "sharpen the details"],
                          [EditParams(steps=4, size=SIZE, seed=8), EditParams(steps=4, size=SIZE, seed=3)])
-    other = backend.edit([img_a], ["sharpen the details"], [EditParams(steps=4, size=SIZE, seed=4)])[0]
+    other = edit_images(backend, [img_a], ["sharpen the details"], [EditParams(steps=4, size=SIZE, seed=4)])[0]
     assert alone.size == SIZE and alone.mode == "RGB"
     assert np.array_equal(np.asarray(alone), np.asarray(again))
     assert np.abs(np.asarray(alone, np.int16) - np.asarray(batch[1], np.int16)).max() <= 1
@@ -200,7 +206,7 @@ def test_edit_is_decided_by_the_seed_not_the_batch(backend):
 
 def test_mixed_sizes_are_grouped(backend):
     params = [EditParams(steps=3, size=SIZE, seed=0), EditParams(steps=3, size=(32, 32), seed=0)]
-    out = backend.edit([_picture(SIZE), _picture((40, 40))], ["a", "b"], params)
+    out = edit_images(backend, [_picture(SIZE), _picture((40, 40))], ["a", "b"], params)
     assert [o.size for o in out] == [SIZE, (32, 32)]
 
 
@@ -210,10 +216,12 @@ def test_think_decodes_a_plan_into_the_context(backend):
     thought, plans = backend.edit_contexts(images, ["sharpen the details"], latents, GRID, settings, think_tokens=6)
     assert isinstance(plans[0], str)
     assert thought.length > plain.length
-    params = BagelEditParams(steps=3, size=SIZE, seed=0, think=True, max_think_tokens=6)
-    out = backend.edit([images[0]], ["sharpen the details"], [params])
-    assert out[0].size == SIZE and backend.last_plans == [backend.last_plans[0]] and backend.last_plans[0] is not None
-    assert params.batch_key() != BagelEditParams(steps=3, size=SIZE, seed=0).batch_key()
+    params = EditParams(steps=3, size=SIZE, seed=0, options={"think": True, "max_think_tokens": 6})
+    [out] = backend.edit([images[0]], ["sharpen the details"], [params])
+    assert out.image.size == SIZE and isinstance(out.plan, str) and out.plan
+    [plain_out] = backend.edit([images[0]], ["sharpen the details"], [EditParams(steps=3, size=SIZE, seed=0)])
+    assert plain_out.plan is None
+    assert params.batch_key() != EditParams(steps=3, size=SIZE, seed=0).batch_key()
 
 
 @pytest.mark.parametrize(("change", "field"), [
@@ -221,11 +229,11 @@ def test_think_decodes_a_plan_into_the_context(backend):
     ({"size": (512, 64)}, "edit_size"),
     ({"steps": 1}, "steps"),
     ({"negative_prompt": "blurry"}, "negative_prompt"),
-    ({"cfg_renorm_type": "bogus"}, "cfg_renorm_type"),
-    ({"cfg_interval": (0.8, 0.2)}, "cfg_interval"),
+    ({"options": {"cfg_renorm_type": "bogus"}}, "cfg_renorm_type"),
+    ({"options": {"cfg_interval": (0.8, 0.2)}}, "cfg_interval"),
 ])
 def test_validate_edit_names_the_field(backend, change, field):
-    params = BagelEditParams(**{"size": SIZE, **change})
+    params = EditParams(**{"size": SIZE, **change})
     with pytest.raises(InputError) as err:
         backend.validate_edit(params)
     assert err.value.field == field
@@ -247,7 +255,7 @@ def test_vae_thought_enters_as_latents_through_the_generation_expert(backend):
     """A ``VaeImage`` part is laid out as latent tokens (generation expert), not ViT tokens."""
     img = _picture((96, 64))
     vit = backend.answer_context([[img, "q"]])
-    vae = backend.answer_context([[backend.vae_thought(img), "q"]])
+    vae = backend.answer_context([[backend.thought_part(img, MODES["vae_concat"]), "q"]])
     seg = backend._segment(VaeImage(img))
     assert isinstance(seg, LatentSegment) and isinstance(backend._segment(img), VitSegment)
     n_latent = seg.grid[0] * seg.grid[1]

@@ -19,6 +19,11 @@ from g2u.demo.decoupled import DEMO_EDIT_AREA, build_decoupled_demo, build_decou
 from g2u.errors import CheckpointError, InputError
 from g2u.types import AnswerParams, EditParams
 
+
+def edit_images(backend, images, prompts, params):
+    """Stage I through the backend protocol, thoughts only (``edit`` returns EditOutput)."""
+    return [out.image for out in backend.edit(images, prompts, params)]
+
 KINDS = ("ip2p", "kontext")
 EDITOR_CLASS = {"ip2p": "StableDiffusionInstructPix2PixPipeline", "kontext": "FluxKontextPipeline"}
 ANSWER_CLASS = {"ip2p": "Qwen2_5_VLForConditionalGeneration", "kontext": "LlavaForConditionalGeneration"}
@@ -69,7 +74,7 @@ def test_edit_returns_exactly_the_requested_sizes(backends, kind):
     sizes = [(6 * m, 4 * m), (3 * m, 5 * m), (6 * m, 4 * m)]  # two share a batch group, one does not
     images = [_picture((100, 60)), _picture((37, 90), 40), Image.new("L", (64, 64), 90)]
     params = [EditParams(steps=2, size=s, seed=i) for i, s in enumerate(sizes)]
-    out = backends[kind].edit(images, ["brighten", "zoom in", "denoise"], params)
+    out = edit_images(backends[kind], images, ["brighten", "zoom in", "denoise"], params)
     assert [o.size for o in out] == sizes
     assert all(o.mode == "RGB" for o in out)
 
@@ -80,7 +85,8 @@ def test_same_seed_same_thought_across_loads(backends, demo_dirs, kind):
     img = _picture((70, 50))
 
     def run(backend: DecoupledBackend, seed: int) -> np.ndarray:
-        return _arr(backend.edit([img], ["sharpen the details"], [EditParams(steps=3, size=size, seed=seed)])[0])
+        params = [EditParams(steps=3, size=size, seed=seed)]
+        return _arr(edit_images(backend, [img], ["sharpen the details"], params)[0])
 
     first = run(backends[kind], 7)
     again = run(load_decoupled_dir(demo_dirs[kind]), 7)
@@ -92,9 +98,9 @@ def test_same_seed_same_thought_across_loads(backends, demo_dirs, kind):
 def test_seed_is_per_item_in_a_batch(backends, kind):
     size = (4 * MULTIPLE[kind], 4 * MULTIPLE[kind])
     img = _picture((64, 64))
-    pair = backends[kind].edit([img, img], ["edit", "edit"],
+    pair = edit_images(backends[kind], [img, img], ["edit", "edit"],
                                [EditParams(steps=2, size=size, seed=1), EditParams(steps=2, size=size, seed=2)])
-    alone = backends[kind].edit([img], ["edit"], [EditParams(steps=2, size=size, seed=2)])[0]
+    alone = edit_images(backends[kind], [img], ["edit"], [EditParams(steps=2, size=size, seed=2)])[0]
     assert not np.array_equal(_arr(pair[0]), _arr(pair[1]))
     assert np.abs(_arr(pair[1]) - _arr(alone)).max() <= 2  # same noise; batching may move float rounding
 
@@ -110,7 +116,7 @@ def test_answer_with_one_and_two_images(backends, kind):
 
 def test_kontext_rejects_image_cfg(backends):
     with pytest.raises(InputError) as err:
-        backends["kontext"].edit([_picture((64, 64))], ["x"], [EditParams(image_cfg=1.5, size=(64, 64))])
+        edit_images(backends["kontext"], [_picture((64, 64))], ["x"], [EditParams(image_cfg=1.5, size=(64, 64))])
     assert err.value.field == "image_cfg"
 
 

@@ -19,6 +19,11 @@ from g2u.demo.qwen import DEMO_EDIT_AREA, build_qwen_image_edit_demo
 from g2u.errors import InputError
 from g2u.types import AnswerParams, EditParams
 
+
+def edit_images(backend, images, prompts, params):
+    """Stage I through the backend protocol, thoughts only (``edit`` returns EditOutput)."""
+    return [out.image for out in backend.edit(images, prompts, params)]
+
 STEPS = 3
 
 
@@ -90,7 +95,7 @@ def test_load_reports_demo_and_shares_one_text_model(backend):
 def test_edit_returns_exact_working_sizes_for_mixed_inputs(backend):
     images = [_picture((96, 64)), _picture((40, 90), shift=9)]
     params = [EditParams(steps=STEPS, size=(64, 48), seed=1), EditParams(steps=STEPS, size=(32, 80), seed=2)]
-    out = backend.edit(images, ["sharpen the details", "extend the frame to the left"], params)
+    out = edit_images(backend, images, ["sharpen the details", "extend the frame to the left"], params)
     assert [o.size for o in out] == [(64, 48), (32, 80)]
     assert all(o.mode == "RGB" for o in out)
 
@@ -98,9 +103,9 @@ def test_edit_returns_exact_working_sizes_for_mixed_inputs(backend):
 def test_same_seed_same_thought_across_loads(ckpt, backend):
     other = QwenImageEditBackend.from_pretrained(str(ckpt), device="cpu")
     img = _picture((80, 64))
-    a = backend.edit([img], ["denoise"], [EditParams(steps=STEPS, size=(48, 48), seed=7)])[0]
-    b = other.edit([img], ["denoise"], [EditParams(steps=STEPS, size=(48, 48), seed=7)])[0]
-    c = other.edit([img], ["denoise"], [EditParams(steps=STEPS, size=(48, 48), seed=8)])[0]
+    a = edit_images(backend, [img], ["denoise"], [EditParams(steps=STEPS, size=(48, 48), seed=7)])[0]
+    b = edit_images(other, [img], ["denoise"], [EditParams(steps=STEPS, size=(48, 48), seed=7)])[0]
+    c = edit_images(other, [img], ["denoise"], [EditParams(steps=STEPS, size=(48, 48), seed=8)])[0]
     assert np.array_equal(np.asarray(a), np.asarray(b))
     assert not np.array_equal(np.asarray(a), np.asarray(c))
 
@@ -157,7 +162,7 @@ def test_text_cfg_one_skips_the_uncond_branch(backend):
         lambda mod, args, kwargs: calls.append(kwargs["hidden_states"].shape[0]), with_kwargs=True
     )
     try:
-        backend.edit(
+        edit_images(backend,
             [_picture((32, 32))] * 2, ["a", "b"], [EditParams(steps=2, text_cfg=1.0, size=(32, 32))] * 2
         )
     finally:
@@ -193,8 +198,8 @@ def test_answer_one_and_two_images(backend):
 def test_rejects_image_cfg_and_bad_sizes(backend):
     img = _picture((32, 32))
     with pytest.raises(InputError) as err:
-        backend.edit([img], ["x"], [EditParams(steps=1, image_cfg=1.5, size=(32, 32))])
+        edit_images(backend, [img], ["x"], [EditParams(steps=1, image_cfg=1.5, size=(32, 32))])
     assert err.value.field == "image_cfg"
     with pytest.raises(InputError) as err:
-        backend.edit([img], ["x"], [EditParams(steps=1, size=(40, 32))])
+        edit_images(backend, [img], ["x"], [EditParams(steps=1, size=(40, 32))])
     assert err.value.field == "edit_size"

@@ -10,8 +10,7 @@ from PIL import Image
 from g2u.backends import load_backend
 from g2u.errors import InputError
 from g2u.pipeline import G2UPipeline
-from g2u.requests import G2URequest
-from g2u.types import EditParams
+from g2u.types import EditParams, G2URequest
 
 
 class SpyBackend:
@@ -138,7 +137,7 @@ def test_leaking_free_prompt_is_rejected(backend, rgb_image):
 
 def test_backend_only_modes_are_checked_per_backend(backend, rgb_image):
     pipe = G2UPipeline(backend)
-    if "vae_concat" in backend.extra_modes:
+    if "vae_concat" in backend.modes:
         pipe.check(_req(rgb_image, "vae_concat"))
         return
     with pytest.raises(InputError) as err:
@@ -170,9 +169,9 @@ def test_bagel_vae_concat_and_think(demo_root, rgb_image):
     pipe = G2UPipeline(spy)
     assert "vae_concat" in pipe.modes
     req = _req(rgb_image, "vae_concat")
-    req.edit.think = True
+    req.edit.options["think"] = True
     [result] = pipe([req])
     [[parts]] = spy.answer_calls
     assert parts[0] is rgb_image and not any(p is result.thought.image for p in parts)
     assert not isinstance(parts[2], (str, Image.Image))  # the thought enters as VAE features
-    assert result.thought.edit.think is True and isinstance(result.thought.edit.plan, str)
+    assert result.thought.edit.options == {"think": True} and isinstance(result.thought.edit.plan, str)

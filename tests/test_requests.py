@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from g2u.errors import InputError
-from g2u.requests import parse_request
+from g2u.schema import parse_request
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from PIL import Image
 from g2u.backends.base import BackendInfo
 from g2u.pipeline import G2UPipeline
 from g2u.prompts import default_library
-from g2u.requests import parse_request
+from g2u.schema import parse_request
 from g2u.writers import WriterConfig, load_exemplars, make_writer
 from g2u.writers.openai_writer import retry_after_s
 from g2u.writers.reply import MalformedOutput, parse_reply

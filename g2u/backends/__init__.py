@@ -5,7 +5,7 @@ A checkpoint is a local folder in the real on-disk layout or a hub id (where a h
 - ``bagel``: the released BAGEL-7B-MoT layout (``ema.safetensors``, ``ae.safetensors``, ``llm_config.json``...);
 - ``decoupled``: a folder with ``g2u_backend.json`` naming an editor and an answerer, or both given
   explicitly (``editor=``/``answerer=``: any diffusers edit pipeline + any image-text-to-text model);
-- no checkpoint at all: the embedded demo checkpoints, built offline on first use.
+(the embedded demo checkpoints are the pipeline's default: ``g2u.demo.ensure_demo_checkpoint``).
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from g2u.backends.base import Backend, BackendInfo
+from g2u.backends.base import Backend, BackendBase, BackendInfo
 from g2u.errors import CheckpointError
 
 BACKENDS = ("qwen_image_edit", "decoupled", "bagel")
 _QWEN_EDIT_CLASSES = ("QwenImageEditPipeline",)
 
-__all__ = ["BACKENDS", "Backend", "BackendInfo", "detect_backend", "load_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendBase", "BackendInfo", "detect_backend", "load_backend"]
 
 
 def detect_backend(checkpoint: str) -> str:
@@ -42,19 +42,7 @@ def detect_backend(checkpoint: str) -> str:
     raise CheckpointError(f"{folder} has no layout g2u knows (model_index.json or g2u_backend.json)")
 
 
-def ensure_demo_checkpoint(name: str = "qwen_image_edit", seed: int = 0) -> Path:
-    """The embedded default: a demo checkpoint under G2U_HOME, built offline the first time."""
-    from g2u.demo import DEMO_BACKENDS, build_demo_checkpoints, default_demo_root, read_demo_marker
-
-    if name not in DEMO_BACKENDS:
-        raise CheckpointError(f"no demo checkpoint named {name!r}; choose one of {DEMO_BACKENDS}")
-    folder = default_demo_root() / name
-    if read_demo_marker(folder) is None:
-        build_demo_checkpoints(default_demo_root(), seed=seed, backends=(name,))
-    return folder
-
-
-def load_backend(checkpoint: str | None = None, backend: str | None = None, *, editor: str | None = None,
+def load_backend(checkpoint: str | None, backend: str | None = None, *, editor: str | None = None,
                  answerer: str | None = None, device: str | None = None, dtype: str | None = None) -> Backend:
     """Load the backend for ``checkpoint`` (detected from its layout unless ``backend`` is given)."""
     if backend is not None and backend not in BACKENDS:
@@ -66,7 +54,7 @@ def load_backend(checkpoint: str | None = None, backend: str | None = None, *, e
 
         return DecoupledBackend.from_pretrained(editor, answerer, device=device, dtype=dtype)
     if checkpoint is None:
-        checkpoint = str(ensure_demo_checkpoint(backend or "qwen_image_edit"))
+        raise CheckpointError("no checkpoint given: pass a folder or hub id (or editor= and answerer=)")
     if backend is None:
         backend = detect_backend(checkpoint)
     if backend == "qwen_image_edit":

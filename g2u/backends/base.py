@@ -1,19 +1,36 @@
-"""The backend protocol: one batched call per G→U stage, nothing else.
+"""The backend protocol: one batched call per G→U stage, plus how a thought enters stage II.
 
 A backend owns its models and knows how to (I) edit images under prompts and (II) answer from
 interleaved image/text content. All G→U logic (modes, prompt choice, ordering, fidelity) lives in
-``g2u.pipeline``, so a new model family only has to implement these two calls.
+``g2u.pipeline``; ``BackendBase`` holds the chores every backend shares (length checks, grouping items
+that can share a batched call, per-item seeded generators), so a new model family writes only
+``validate_edit``, ``edit_group`` and ``answer``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
+import torch
 from PIL import Image
+from pydantic import BaseModel
 
-from g2u.types import AnswerParams, ContentPart, EditParams
+from g2u.errors import InputError
+from g2u.modes import MODES, Mode, modes_for
+from g2u.types import AnswerParams, EditOutput, EditParams
+
+DEMO_MARKER = "g2u_demo.json"
+"""A demo checkpoint's marker file: ``{"demo": true, "seed": .., "default_edit_area": ..}``."""
+
+
+def read_demo_marker(folder: str | Path) -> dict | None:
+    """The demo marker of a checkpoint folder (None: a real checkpoint)."""
+    path = Path(folder) / DEMO_MARKER
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 @dataclass(frozen=True)
@@ -34,20 +51,77 @@ class Backend(Protocol):
     """Edit sizes are rounded to this (VAE stride × latent patch size)."""
     default_edit_area: int
     """Pixel area of the automatic working size (512² for real checkpoints, small for demo ones)."""
-    extra_modes: tuple[str, ...]
+    options_model: type[BaseModel] | None
+    """The backend's own request fields (``g2u.schema.BACKEND_OPTIONS``), None when it has none."""
 
-    def edit(
-        self, images: Sequence[Image.Image], prompts: Sequence[str], params: Sequence[EditParams]
-    ) -> list[Image.Image]:
-        """Stage I: edit each image under its prompt; returns one RGB image per input, at the
-        working size ``params[i].size`` (already resolved by the caller, never ``None``)."""
-        ...
+    @property
+    def modes(self) -> tuple[str, ...]: ...
 
     def validate_edit(self, params: EditParams) -> None:
         """Raise InputError for edit parameters this backend cannot honour (``params.size`` resolved).
         Called per request before any batched call."""
         ...
 
-    def answer(self, contents: Sequence[Sequence[ContentPart]], params: AnswerParams) -> list[str]:
+    def edit(self, images: Sequence[Image.Image], prompts: Sequence[str],
+             params: Sequence[EditParams]) -> list[EditOutput]:
+        """Stage I: one thought per input (RGB, at ``params[i].size``) with the plan, if any."""
+        ...
+
+    def thought_part(self, image: Image.Image, mode: Mode) -> Any:
+        """The answer-prompt part carrying a thought in ``mode`` (an image, or e.g. BAGEL's VAE latents)."""
+        ...
+
+    def answer(self, contents: Sequence[Sequence[Any]], params: AnswerParams) -> list[str]:
         """Stage II: one text per request, each from its interleaved images and text parts."""
         ...
+
+
+class BackendBase:
+    """Shared chores of the backends. Subclasses set ``info``, ``size_multiple``, ``default_edit_area``
+    and implement ``validate_edit``, ``edit_group`` and ``answer``."""
+
+    info: BackendInfo
+    size_multiple: int
+    default_edit_area: int
+    options_model: type[BaseModel] | None = None
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return modes_for(self.info.backend)
+
+    def edit(self, images: Sequence[Image.Image], prompts: Sequence[str],
+             params: Sequence[EditParams]) -> list[EditOutput]:
+        """Stage I over a batch: items sharing ``EditParams.batch_key()`` run as one ``edit_group`` call;
+        each item keeps its own seed, so its thought does not depend on its batch-mates."""
+        if not len(images) == len(prompts) == len(params):
+            raise InputError("images", f"got {len(images)} images, {len(prompts)} prompts and "
+                                       f"{len(params)} parameter sets")
+        for p in params:
+            self.validate_edit(p)
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(params):
+            groups.setdefault(p.batch_key(), []).append(i)
+        out: list[EditOutput | None] = [None] * len(images)
+        for idx in groups.values():
+            results = self.edit_group([images[i] for i in idx], [prompts[i] for i in idx], [params[i] for i in idx])
+            for i, res in zip(idx, results):
+                out[i] = res if isinstance(res, EditOutput) else EditOutput(res)
+        return out  # type: ignore[return-value]
+
+    def edit_group(self, images: list[Image.Image], prompts: list[str],
+                   params: list[EditParams]) -> list[EditOutput | Image.Image]:
+        """One batched edit of items that share size, steps, CFG and options (``params[0]`` holds them)."""
+        raise NotImplementedError
+
+    def thought_part(self, image: Image.Image, mode: Mode) -> Any:
+        if mode.thought_as == "image":
+            return image
+        raise InputError("mode", f"{mode.name} is not offered by the {self.info.backend} backend")
+
+    @staticmethod
+    def generators(params: Sequence[EditParams], device: str = "cpu") -> list[torch.Generator]:
+        """One generator per item, seeded with its own seed (CPU by default: device-independent noise)."""
+        return [torch.Generator(device=device).manual_seed(int(p.seed)) for p in params]
+
+
+__all__ = ["MODES", "Backend", "BackendBase", "BackendInfo", "DEMO_MARKER", "read_demo_marker"]

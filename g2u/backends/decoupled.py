@@ -27,8 +27,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from g2u.backends.base import BackendInfo
-from g2u.demo import read_demo_marker
+from g2u.backends.base import BackendBase, BackendInfo, read_demo_marker
 from g2u.devices import dtype_name, resolve_device, resolve_dtype
 from g2u.errors import CheckpointError, G2UError, InputError, ModelError
 from g2u.types import AnswerParams, ContentPart, EditParams
@@ -197,10 +196,8 @@ def _find_demo_marker(*refs: str) -> dict | None:
 
 
 # --------------------------------------------------------------------------- the backend
-class DecoupledBackend:
+class DecoupledBackend(BackendBase):
     """Stage I on a diffusers edit pipeline, stage II on a separate image-text-to-text model."""
-
-    extra_modes: tuple[str, ...] = ()
 
     def __init__(self, editor: Any, answer_model: Any, processor: Any, info: BackendInfo,
                  default_edit_area: int = REAL_DEFAULT_EDIT_AREA):
@@ -257,43 +254,29 @@ class DecoupledBackend:
         """Per-item check (raises InputError naming the field), for callers that validate before batching."""
         self._adapter.check(params)
 
-    def edit(self, images: Sequence[Image.Image], prompts: Sequence[str],
-             params: Sequence[EditParams]) -> list[Image.Image]:
-        """Edit each image at exactly ``params[i].size``, one batched pipeline call per ``batch_key``.
-
-        Each item gets its own CPU ``torch.Generator`` seeded with ``params[i].seed``: its noise does not
-        depend on its batch-mates or on the device, so a seed reproduces the same thought.
-        """
-        if not len(images) == len(prompts) == len(params):
-            raise InputError("images", f"got {len(images)} images, {len(prompts)} prompts and "
-                                       f"{len(params)} parameter sets")
-        for p in params:
-            self._adapter.check(p)
-        groups: dict[tuple, list[int]] = {}
-        for i, p in enumerate(params):
-            groups.setdefault(p.batch_key(), []).append(i)
-        out: list[Image.Image | None] = [None] * len(images)
-        for idx in groups.values():
-            first = params[idx[0]]
-            size = first.size
-            assert size is not None  # checked above
-            batch = [images[i].convert("RGB").resize(size, Image.Resampling.LANCZOS)
-                     if images[i].size != size or images[i].mode != "RGB" else images[i] for i in idx]
-            generators = [torch.Generator(device="cpu").manual_seed(int(params[i].seed)) for i in idx]
-            kwargs = self._adapter.call_kwargs(first, len(idx))
-            try:
-                result = self.editor(prompt=[prompts[i] for i in idx], image=batch, generator=generators,
-                                     output_type="pil", **kwargs)
-            except G2UError:
-                raise
-            except Exception as exc:
-                raise ModelError(f"{self._adapter.name} edit failed: {exc}") from exc
-            for i, img in zip(idx, result.images):
-                img = img.convert("RGB")
-                if img.size != size:
-                    raise ModelError(f"{self._adapter.name} returned {img.size}, expected {size}")
-                out[i] = img
-        return out  # type: ignore[return-value]
+    def edit_group(self, images: list[Image.Image], prompts: list[str], params: list[EditParams]) -> list[Image.Image]:
+        """Edit each image at exactly ``params[0].size`` in one pipeline call; per-item CPU generators
+        (noise independent of batch-mates and device)."""
+        first = params[0]
+        size = first.size
+        assert size is not None  # checked by validate_edit
+        batch = [img.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+                 if img.size != size or img.mode != "RGB" else img for img in images]
+        kwargs = self._adapter.call_kwargs(first, len(images))
+        try:
+            result = self.editor(prompt=prompts, image=batch, generator=self.generators(params),
+                                 output_type="pil", **kwargs)
+        except G2UError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"{self._adapter.name} edit failed: {exc}") from exc
+        out = []
+        for img in result.images:
+            img = img.convert("RGB")
+            if img.size != size:
+                raise ModelError(f"{self._adapter.name} returned {img.size}, expected {size}")
+            out.append(img)
+        return out
 
     # ------------------------------------------------------------------ stage II
     def answer(self, contents: Sequence[Sequence[ContentPart]], params: AnswerParams) -> list[str]:

@@ -8,7 +8,6 @@ understanding and generation pathways share one set of weights in memory, as in 
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from g2u.backends.base import BackendInfo
+from g2u.backends.base import BackendBase, BackendInfo, read_demo_marker
 from g2u.backends.qwen_edit_pipeline import QwenImageEditG2UPipeline
 from g2u.backends.qwen_vl import QwenVLImageProcessor, generate_answers
-from g2u.demo import read_demo_marker
 from g2u.devices import dtype_name, resolve_device, resolve_dtype
 from g2u.errors import CheckpointError, InputError
 from g2u.types import AnswerParams, ContentPart, EditParams
@@ -34,10 +32,8 @@ def _stock_processor_available() -> bool:
     return is_torchvision_available()
 
 
-class QwenImageEditBackend:
+class QwenImageEditBackend(BackendBase):
     """Qwen-Image-Edit for stage I and its own Qwen2.5-VL text encoder for stage II."""
-
-    extra_modes: tuple[str, ...] = ()
 
     def __init__(self, pipe: QwenImageEditG2UPipeline, info: BackendInfo, default_edit_area: int):
         self.pipe = pipe
@@ -117,36 +113,21 @@ class QwenImageEditBackend:
             raise InputError("steps", f"item {index}: must be >= 1, got {params.steps}")
         return width, height
 
-    def edit(
-        self, images: Sequence[Image.Image], prompts: Sequence[str], params: Sequence[EditParams]
-    ) -> list[Image.Image]:
-        """Stage I. Items sharing ``EditParams.batch_key()`` (same size, steps, CFG, negative prompt) run
-        as one batched pipeline call; each item keeps its own seed, so its thought is the same whatever
-        it is batched with."""
-        if not (len(images) == len(prompts) == len(params)):
-            raise InputError("images", "images, prompts and params must have the same length")
-        sizes = [self._check_params(p, i) for i, p in enumerate(params)]
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for i, p in enumerate(params):
-            groups[p.batch_key()].append(i)
-
-        out: list[Image.Image | None] = [None] * len(images)
-        for indices in groups.values():
-            first = params[indices[0]]
-            width, height = sizes[indices[0]]
-            result = self.pipe(
-                image=[images[i] for i in indices],
-                prompt=[prompts[i] for i in indices],
-                width=width,
-                height=height,
-                negative_prompt=first.negative_prompt,
-                true_cfg_scale=first.text_cfg,
-                num_inference_steps=first.steps,
-                generator=[torch.Generator(device="cpu").manual_seed(params[i].seed) for i in indices],
-            ).images
-            for i, img in zip(indices, result):
-                out[i] = img.convert("RGB")
-        return out  # type: ignore[return-value]
+    def edit_group(self, images: list[Image.Image], prompts: list[str], params: list[EditParams]) -> list[Image.Image]:
+        """One batched pipeline call (batched true CFG) over items sharing size, steps and CFG."""
+        first = params[0]
+        width, height = self._check_params(first, 0)
+        result = self.pipe(
+            image=images,
+            prompt=prompts,
+            width=width,
+            height=height,
+            negative_prompt=first.negative_prompt,
+            true_cfg_scale=first.text_cfg,
+            num_inference_steps=first.steps,
+            generator=self.generators(params),
+        ).images
+        return [img.convert("RGB") for img in result]
 
     def answer(self, contents: Sequence[Sequence[ContentPart]], params: AnswerParams) -> list[str]:
         """Stage II with the pipeline's own text encoder and processor (no second copy of the weights)."""

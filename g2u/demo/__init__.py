@@ -11,20 +11,16 @@ import json
 import os
 from pathlib import Path
 
-DEMO_MARKER = "g2u_demo.json"
+from g2u.backends.base import DEMO_MARKER, read_demo_marker
+
 DEMO_BACKENDS = ("qwen_image_edit", "decoupled", "decoupled_kontext", "bagel")
 
 
 def write_demo_marker(folder: Path, seed: int, default_edit_area: int) -> None:
-    """Mark ``folder`` as a demo checkpoint (read back by ``is_demo``)."""
+    """Mark ``folder`` as a demo checkpoint (read back by ``g2u.backends.base.read_demo_marker``)."""
     (folder / DEMO_MARKER).write_text(
         json.dumps({"demo": True, "seed": seed, "default_edit_area": default_edit_area}, indent=2) + "\n"
     )
-
-
-def read_demo_marker(folder: str | Path) -> dict | None:
-    path = Path(folder) / DEMO_MARKER
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def build_demo_checkpoints(out_dir: str | Path, seed: int = 0, backends=DEMO_BACKENDS) -> dict[str, Path]:
@@ -52,3 +48,19 @@ def build_demo_checkpoints(out_dir: str | Path, seed: int = 0, backends=DEMO_BAC
 def default_demo_root() -> Path:
     """Where the embedded default demo checkpoints live (built on first use)."""
     return Path(os.environ.get("G2U_HOME", Path.home() / ".cache" / "g2u")) / "demo"
+
+
+def ensure_demo_checkpoint(name: str = "qwen_image_edit", seed: int = 0) -> Path:
+    """The embedded default: a demo checkpoint under G2U_HOME, built offline the first time."""
+    from g2u.errors import CheckpointError
+
+    if name not in DEMO_BACKENDS:
+        raise CheckpointError(f"no demo checkpoint named {name!r}; choose one of {DEMO_BACKENDS}")
+    folder = default_demo_root() / name
+    if read_demo_marker(folder) is None:
+        build_demo_checkpoints(default_demo_root(), seed=seed, backends=(name,))
+    return folder
+
+
+__all__ = ["DEMO_BACKENDS", "DEMO_MARKER", "build_demo_checkpoints", "default_demo_root", "ensure_demo_checkpoint",
+           "read_demo_marker", "write_demo_marker"]

@@ -4,6 +4,7 @@ endpoint (how one evaluation spreads over many GPUs and hosts: point it at a loa
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import re
 import time
@@ -15,13 +16,13 @@ from typing import Any
 import requests as http
 from PIL import Image
 
-from g2u.errors import InputError
+from g2u.batch import Batch, Outcome, RawItem, run_batch
 from g2u.eval.datasets import Sample
-from g2u.eval.runner import THOUGHT_MODES, EvalConfig
+from g2u.eval.runner import EvalConfig
 from g2u.images import png_bytes
+from g2u.modes import needs_thought
 from g2u.pipeline import G2UPipeline
-from g2u.requests import G2URequest, parse_request
-from g2u.types import ALL_MODES, EditRecord, Thought
+from g2u.types import EditRecord, Thought
 
 
 def _thought_name(sample_id: str, config: EvalConfig) -> str:
@@ -30,13 +31,14 @@ def _thought_name(sample_id: str, config: EvalConfig) -> str:
     return f"{safe}-{config.thought_key()[:8]}.png"
 
 
-def _error_record(sample: Sample, mode: str, exc: InputError) -> dict:
-    return {"id": sample.id, "mode": mode, "prediction": "", "error": exc.to_dict()}
+def _error_record(sample: Sample, mode: str, error: dict, status: int) -> dict:
+    return {"id": sample.id, "mode": mode, "prediction": "", "error": error, "status": status}
 
 
 class LocalPredictor:
-    """Runs the pipeline in-process. Several modes of one sample share one thought (stage I runs once
-    per sample), and a thought saved by an earlier run is reloaded instead of recomputed."""
+    """Runs the pipeline in-process through the core's batch path (``g2u.batch``). All thought modes of a
+    sample share one thought (stage I runs once per sample), and a thought saved by an earlier run is
+    reloaded instead of recomputed."""
 
     def __init__(self, pipeline: G2UPipeline):
         self.pipeline = pipeline
@@ -45,40 +47,56 @@ class LocalPredictor:
 
     def predict(self, samples: Sequence[Sample], modes: Sequence[Sequence[str]], config: EvalConfig,
                 thought_dir: Path, reuse: dict[str, dict]) -> list[dict]:
-        records: list[dict] = []
-        jobs: list[tuple[Sample, G2URequest]] = []
-        for sample, sample_modes in zip(samples, modes):
-            image = sample.load_image()
-            for mode in sample_modes:
-                try:
-                    req = parse_request({"question": sample.question, "options": sample.options,
-                                         **config.request_fields(mode)}, modes=ALL_MODES, image=image)
-                    req.id, req.gold_answer = sample.id, sample.answer
-                    self.pipeline.check(req)
-                    jobs.append((sample, req))
-                except InputError as exc:
-                    records.append(_error_record(sample, mode, exc))
+        images = {s.id: s.load_image() for s in samples}
 
-        # 1. One thought per sample: reused from disk when an earlier run made it, else stage I (batched).
+        def raw(sample: Sample, mode: str, thought: Thought | None = None) -> RawItem:
+            fields = {"question": sample.question, "options": sample.options, "id": sample.id,
+                      **config.request_fields(mode)}
+            return RawItem(fields, images[sample.id], gold_answer=sample.answer, thought=thought)
+
+        # 1. One thought per sample: reloaded when an earlier run saved it, else stage I (batched).
         thoughts: dict[str, Thought] = {}
-        need = {s.id: req for s, req in jobs if req.mode in THOUGHT_MODES}
-        for sid in list(need):
-            earlier = reuse.get(sid)
+        failed: dict[str, Outcome] = {}
+        need: list[tuple[Sample, str]] = []
+        for sample, sample_modes in zip(samples, modes):
+            thought_modes = [m for m in sample_modes if needs_thought(m)]
+            if not thought_modes:
+                continue
+            earlier = reuse.get(sample.id)
             if earlier and (thought_dir / Path(earlier["thought_path"]).name).is_file():
-                thoughts[sid] = _thought_from_record(earlier, thought_dir)
-                del need[sid]
+                thoughts[sample.id] = _thought_from_record(earlier, thought_dir)
+            else:
+                need.append((sample, thought_modes[0]))
         if need:
-            for sid, thought in zip(need, self.pipeline.imagine(list(need.values()))):
-                thought.image.save(thought_dir / _thought_name(sid, config))
-                thoughts[sid] = thought
+            batch = Batch(self.pipeline)
+            batch.parse([raw(s, m) for s, m in need])
+            batch.imagine()
+            for (sample, _), item in zip(need, batch.items):
+                if item.ok and item.thought is not None:
+                    item.thought.image.save(thought_dir / _thought_name(sample.id, config))
+                    thoughts[sample.id] = item.thought
+                else:
+                    failed[sample.id] = item
 
-        # 2. Stage II for every (sample, mode), batched.
-        reqs = [req for _, req in jobs]
-        results = self.pipeline.understand(reqs, [thoughts.get(req.id) if req.mode in THOUGHT_MODES else None
-                                                  for req in reqs])
-        for (sample, req), result in zip(jobs, results):
+        # 2. Stage II for every (sample, mode), batched; a sample whose thought failed fails its thought modes.
+        records: list[dict] = []
+        jobs: list[tuple[Sample, str]] = []
+        for sample, sample_modes in zip(samples, modes):
+            for mode in sample_modes:
+                if needs_thought(mode) and sample.id in failed:
+                    item = failed[sample.id]
+                    records.append(_error_record(sample, mode, item.error or {}, item.status))
+                else:
+                    jobs.append((sample, mode))
+        outcomes = run_batch(self.pipeline, [raw(s, m, thoughts.get(s.id) if needs_thought(m) else None)
+                                             for s, m in jobs])
+        for (sample, mode), outcome in zip(jobs, outcomes):
+            if not outcome.ok or outcome.result is None:
+                records.append(_error_record(sample, mode, outcome.error or {}, outcome.status))
+                continue
+            result = outcome.result
             out = result.to_dict()
-            record = {"id": sample.id, "mode": req.mode, "prediction": result.answer,
+            record = {"id": sample.id, "mode": mode, "prediction": result.answer,
                       "edit": out["edit"], "fidelity": out["fidelity"], "timings_ms": out["timings_ms"],
                       "reasoning": result.reasoning, "model": out["model"]}
             if result.thought is not None:
@@ -88,7 +106,8 @@ class LocalPredictor:
 
 
 def _thought_from_record(record: dict, thought_dir: Path) -> Thought:
-    edit = dict(record["edit"])
+    known = {f.name for f in dataclasses.fields(EditRecord)}
+    edit = {k: v for k, v in record["edit"].items() if k in known}
     edit["size"] = tuple(edit["size"])
     image = Image.open(thought_dir / Path(record["thought_path"]).name).convert("RGB")
     return Thought(image=image, edit=EditRecord(**edit), fidelity=record.get("fidelity") or {},
@@ -135,8 +154,8 @@ class EndpointPredictor:
         for sample, sample_modes in zip(samples, modes):
             image_b64 = base64.b64encode(png_bytes(sample.load_image())).decode()
             for mode in sample_modes:
-                payload = {"image": image_b64, "question": sample.question, **config.request_fields(mode),
-                           "return_thought": mode in THOUGHT_MODES}
+                payload = {"image": image_b64, "question": sample.question, "id": sample.id,
+                           **config.request_fields(mode), "return_thought": needs_thought(mode)}
                 if sample.options:
                     payload["options"] = sample.options
                 jobs.append((sample, mode, payload))
@@ -145,8 +164,7 @@ class EndpointPredictor:
         records = []
         for (sample, mode, _), (status, body) in zip(jobs, replies):
             if status >= 400:
-                err = InputError(body.get("field", "request"), body.get("reason", str(body)), status)
-                records.append(_error_record(sample, mode, err))
+                records.append(_error_record(sample, mode, body, status))
                 continue
             record = {"id": sample.id, "mode": mode, "prediction": body.get("answer", ""),
                       "edit": body.get("edit"), "fidelity": body.get("fidelity"),

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,49 +19,56 @@ from tqdm.auto import tqdm
 
 from g2u.eval.datasets import Sample
 from g2u.eval.scoring import score_sample
+from g2u.modes import MODES, needs_thought
 
-THOUGHT_MODES = ("g2u", "replace")
 
-
-@dataclass(frozen=True)
+@dataclass
 class EvalConfig:
-    """Everything that decides a prediction. Its ``key`` tags each record, so a rerun with the same
-    settings resumes and a run with other settings never mixes with it."""
+    """Everything that decides a prediction: the modes and the request fields the evaluation sets (any
+    field of ``g2u.schema``, backend fields included; validated by ``create``). Its ``key`` tags each
+    record, so a rerun with the same settings resumes and a run with other settings never mixes with it."""
 
     modes: tuple[str, ...] = ("baseline", "g2u")
-    writer: str = "library"
-    prompt: str | None = None
-    prompt_name: str | None = None
-    family: str | None = None
-    steps: int = 30
-    text_cfg: float = 4.0
-    image_cfg: float = 1.0
-    seed: int = 0
-    edit_size: str | None = None
-    max_new_tokens: int = 32
+    fields: dict[str, Any] = field(default_factory=dict)
     model: str = ""
     """Backend + checkpoint (or endpoint) label: predictions of another model never count as done."""
 
+    @classmethod
+    def create(cls, modes: Sequence[str] = ("baseline", "g2u"), model: str = "", **fields: Any) -> EvalConfig:
+        """Validated settings: unknown modes and bad fields fail here, before any prediction, with their name."""
+        from g2u.errors import InputError
+        from g2u.schema import validate_settings
+
+        for mode in modes:
+            if mode not in MODES:
+                raise InputError("modes", f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        for name in ("question", "image", "options", "mode", "id", "return_thought"):
+            if fields.get(name) not in (None, ""):
+                raise InputError(name, "is set per sample by the evaluation, not as a setting")
+        settings = validate_settings({k: v for k, v in fields.items() if v not in (None, "")})
+        return cls(modes=tuple(modes), fields=_plain(settings), model=model)
+
     def key(self, mode: str) -> str:
-        fields = asdict(self)
-        fields.pop("modes")
-        if mode not in THOUGHT_MODES:  # the answer of a mode without a thought ignores the edit settings
-            for name in ("writer", "prompt", "prompt_name", "family", "steps", "text_cfg", "image_cfg", "edit_size"):
-                fields.pop(name)
-        fields["mode"] = mode
-        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+        from g2u.schema import EDIT_FIELDS
+
+        fields = dict(self.fields)
+        if not needs_thought(mode):  # the answer of a mode without a thought ignores the edit settings
+            fields = {k: v for k, v in fields.items() if k not in EDIT_FIELDS}
+        body = {"fields": fields, "mode": mode, "model": self.model}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
     def thought_key(self) -> str:
-        """Settings that decide a thought (shared by the g2u and replace modes of one config)."""
+        """Settings that decide a thought (shared by every thought mode of one config)."""
         return self.key("g2u")
 
     def request_fields(self, mode: str) -> dict[str, Any]:
-        """The request fields (as REST/``parse_request`` take them) for one mode."""
-        out = {"mode": mode, "writer": self.writer, "steps": self.steps, "text_cfg": self.text_cfg,
-               "image_cfg": self.image_cfg, "seed": self.seed, "max_new_tokens": self.max_new_tokens,
-               "prompt": self.prompt, "prompt_name": self.prompt_name, "family": self.family,
-               "edit_size": self.edit_size}
-        return {k: v for k, v in out.items() if v is not None}
+        """The request fields (as REST and ``g2u.schema`` take them) for one mode."""
+        return {"mode": mode, **self.fields}
+
+
+def _plain(settings: dict[str, Any]) -> dict[str, Any]:
+    """JSON-ready settings (tuples as lists) so keys and REST payloads agree."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(settings.items())}
 
 
 class Predictor(Protocol):
@@ -138,7 +145,8 @@ def evaluate(samples: Sequence[Sample], predictor: Predictor, config: EvalConfig
                 edit = record.get("edit") or {}
                 record.update(_sample_fields(sample), config_key=config.key(record["mode"]),
                               edit_prompt=edit.get("prompt"), family=edit.get("family"), writer=edit.get("writer"))
-                record["correct"] = bool(score_sample(sample, record["prediction"]))
+                # A refused or failed prediction is an error, never a wrong answer.
+                record["correct"] = None if record.get("error") else bool(score_sample(sample, record["prediction"]))
                 if judge is not None and sample.answer_kind == "open" and not record.get("error"):
                     verdict = judge(sample.question, sample.answer, record["prediction"])
                     record["judge"] = verdict  # None: the judge could not answer; the match score stands

@@ -1,6 +1,20 @@
 """The ``bagel`` backend: BAGEL-7B-MoT (the paper's model), native, from the released checkpoint layout."""
 
-from g2u.backends.bagel.backend import BagelBackend
-from g2u.backends.bagel.params import BagelEditParams, VaeImage
+from __future__ import annotations
 
-__all__ = ["BagelBackend", "BagelEditParams", "VaeImage"]
+from typing import Any
+
+__all__ = ["BagelBackend", "BagelOptions", "VaeImage"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: the request schema imports BagelOptions without loading the model code.
+    if name == "BagelBackend":
+        from g2u.backends.bagel.backend import BagelBackend
+
+        return BagelBackend
+    if name in ("BagelOptions", "VaeImage"):
+        from g2u.backends.bagel import params
+
+        return getattr(params, name)
+    raise AttributeError(name)

@@ -12,7 +12,6 @@ order, and the answer is decoded from ``<|im_start|>`` until ``<|im_end|>``, gre
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,15 +23,21 @@ from g2u.backends.bagel.config import check_layout
 from g2u.backends.bagel.layout import fit_size, patchify, unpatchify
 from g2u.backends.bagel.loading import load_model, load_tokenizer, load_vae
 from g2u.backends.bagel.model import BagelModel, LatentSegment, Segment, TextSegment, VitSegment
-from g2u.backends.bagel.params import GEN_THINK_SYSTEM_PROMPT, VaeImage, bagel_options, sampler_settings
+from g2u.backends.bagel.params import (
+    GEN_THINK_SYSTEM_PROMPT,
+    BagelOptions,
+    VaeImage,
+    bagel_options,
+    sampler_settings,
+)
 from g2u.backends.bagel.sampler import RENORM_TYPES, SamplerSettings, denoise
 from g2u.backends.bagel.vae import decode_latents, encode_latents
 from g2u.backends.bagel.vision import to_unit_tensor
-from g2u.backends.base import BackendInfo
-from g2u.demo import read_demo_marker
+from g2u.backends.base import BackendBase, BackendInfo, read_demo_marker
 from g2u.devices import dtype_name, resolve_device, resolve_dtype
 from g2u.errors import InputError
-from g2u.types import AnswerParams, ContentPart, EditParams
+from g2u.modes import Mode
+from g2u.types import AnswerParams, ContentPart, EditOutput, EditParams
 
 REAL_DEFAULT_EDIT_AREA = 512 * 512
 VAE_MAX_SIDE = 1024
@@ -40,11 +45,10 @@ VAE_MIN_SIDE = 512
 """BAGEL's generation-side transform (``ImageTransform(1024, 512, 16)``), for VAE images in answers."""
 
 
-class BagelBackend:
-    """BAGEL-MoT for both stages. ``edit``/``answer`` implement the ``Backend`` protocol; answer parts
-    may also be ``VaeImage`` (the ``vae_concat`` mode)."""
+class BagelBackend(BackendBase):
+    """BAGEL-MoT for both stages. Answer parts may also be ``VaeImage`` (the ``vae_concat`` mode)."""
 
-    extra_modes: tuple[str, ...] = ("vae_concat",)
+    options_model = BagelOptions
 
     def __init__(self, model: BagelModel, vae, tokenizer, info: BackendInfo, default_edit_area: int):
         self.model = model
@@ -53,8 +57,6 @@ class BagelBackend:
         self.info = info
         self.default_edit_area = default_edit_area
         self.size_multiple = model.dims.size_multiple
-        self.last_plans: list[str | None] = []
-        """The ``think`` plans of the last ``edit`` call (``None`` for items edited without think)."""
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None,
@@ -113,27 +115,13 @@ class BagelBackend:
             raise InputError("max_think_tokens", f"must be >= 1, got {max_think}")
 
     @torch.inference_mode()
-    def edit(self, images: Sequence[Image.Image], prompts: Sequence[str],
-             params: Sequence[EditParams]) -> list[Image.Image]:
-        """Stage I. Items with the same size and sampler settings run as one batch; each keeps its own
-        seed (posterior sample and initial noise), so its thought does not depend on its batch-mates."""
-        if not (len(images) == len(prompts) == len(params)):
-            raise InputError("images", "images, prompts and params must have the same length")
-        for p in params:
-            self.validate_edit(p)
-        groups: dict[tuple, list[int]] = defaultdict(list)
-        for i, p in enumerate(params):
-            groups[(p.size, sampler_settings(p), bagel_options(p)[:2])].append(i)
-        out: list[Image.Image | None] = [None] * len(images)
-        plans: list[str | None] = [None] * len(images)
-        for (size, settings, (think, max_think)), idx in groups.items():
-            result, group_plans = self._edit_group([images[i] for i in idx], [prompts[i] for i in idx],
-                                                   [params[i].seed for i in idx], size, settings,
-                                                   max_think if think else 0)
-            for k, i in enumerate(idx):
-                out[i], plans[i] = result[k], group_plans[k]
-        self.last_plans = plans
-        return out  # type: ignore[return-value]
+    def edit_group(self, images: list[Image.Image], prompts: list[str], params: list[EditParams]) -> list[EditOutput]:
+        """One batch of items sharing size and sampler settings; each keeps its own seed (posterior sample
+        and initial noise), so its thought does not depend on its batch-mates."""
+        think, max_think = bagel_options(params[0])[:2]
+        result, plans = self._edit_group(images, prompts, [p.seed for p in params], params[0].size,
+                                         sampler_settings(params[0]), max_think if think else 0)
+        return [EditOutput(img, plan) for img, plan in zip(result, plans)]
 
     def _edit_group(self, images: list[Image.Image], prompts: list[str], seeds: list[int], size: tuple[int, int],
                     settings: SamplerSettings, think_tokens: int) -> tuple[list[Image.Image], list[str | None]]:
@@ -190,10 +178,10 @@ class BagelBackend:
         ids = self.model.decode(cache, params.max_new_tokens, params.temperature)
         return [self.decode_text(x) for x in ids]
 
-    def vae_thought(self, image: Image.Image) -> VaeImage:
-        """The answer-prompt part for a thought in ``vae_concat`` mode: the pipeline puts this where the
-        thought image would go, and ``answer`` lays it out as VAE latents instead of ViT features."""
-        return VaeImage(image)
+    def thought_part(self, image: Image.Image, mode: Mode) -> Image.Image | VaeImage:
+        """A thought enters the answer prompt as ViT features (``g2u``), or as VAE latents through the
+        generation expert (``vae_concat``: ``answer`` lays a ``VaeImage`` out as latents)."""
+        return VaeImage(image) if mode.thought_as == "vae" else super().thought_part(image, mode)
 
     def answer_context(self, contents: Sequence[Sequence[ContentPart | VaeImage]]) -> KVCache:
         """The prefilled cache of answer prompts (one row per request)."""

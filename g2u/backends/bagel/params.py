@@ -1,15 +1,13 @@
-"""BAGEL-specific request types: extra edit options and the VAE-image content marker.
-
-``BagelEditParams`` is an ``EditParams`` (the pipeline passes it through ``dataclasses.replace``
-unchanged); the backend reads every extra field with a default, so a plain ``EditParams`` — or one
-that grows a ``think`` field — works as well.
-"""
+"""BAGEL-specific request fields (``BagelOptions``: declared here, merged into the request schema)
+and the VAE-image content marker."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from g2u.backends.bagel.sampler import SamplerSettings
 from g2u.types import EditParams
@@ -29,31 +27,44 @@ DEFAULT_MAX_THINK_TOKENS = 1000
 """BAGEL's editing recipe (its inference notebook), used where a request does not say otherwise."""
 
 
-@dataclass
-class BagelEditParams(EditParams):
-    """``EditParams`` plus BAGEL's sampler knobs and ``think`` (decode a plan before generating)."""
+class BagelOptions(BaseModel):
+    """BAGEL's own request fields (REST, CLI, evaluation): its sampler knobs and textual planning.
+    Unset fields take BAGEL's editing recipe (its inference notebook)."""
 
-    think: bool = False
-    max_think_tokens: int = DEFAULT_MAX_THINK_TOKENS
-    timestep_shift: float = DEFAULT_TIMESTEP_SHIFT
-    cfg_interval: tuple[float, float] = DEFAULT_CFG_INTERVAL
-    cfg_renorm_type: str = DEFAULT_RENORM_TYPE
-    cfg_renorm_min: float = DEFAULT_RENORM_MIN
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    def batch_key(self) -> tuple:
-        return (*super().batch_key(), *bagel_options(self))
+    think: bool = Field(False, description="decode a textual plan before generating the thought")
+    max_think_tokens: int = Field(DEFAULT_MAX_THINK_TOKENS, ge=1, le=4096,
+                                  description="token budget of the `think` plan")
+    timestep_shift: float = Field(DEFAULT_TIMESTEP_SHIFT, gt=0.0, le=20.0,
+                                  description="flow-matching timestep shift of the sampler")
+    cfg_interval: tuple[float, float] = Field(DEFAULT_CFG_INTERVAL,
+                                              description="timestep interval 'low,high' in [0, 1] where CFG applies")
+    cfg_renorm_type: Literal["global", "channel", "text_channel"] = Field(
+        DEFAULT_RENORM_TYPE, description="CFG renormalisation: global, channel or text_channel")
+    cfg_renorm_min: float = Field(DEFAULT_RENORM_MIN, ge=0.0, le=1.0, description="lower bound of the CFG renorm")
+
+    @field_validator("cfg_interval", mode="before")
+    @classmethod
+    def _interval(cls, value: Any) -> Any:
+        if isinstance(value, str):  # forms and the CLI send "0.4,1.0"
+            value = [v for v in value.replace(" ", ",").split(",") if v]
+        return value
+
+    @field_validator("cfg_interval")
+    @classmethod
+    def _interval_order(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= value[0] <= value[1] <= 1.0:
+            raise ValueError(f"must be 'low,high' with 0 <= low <= high <= 1, got {value}")
+        return value
 
 
 def bagel_options(params: EditParams) -> tuple:
-    """(think, max_think_tokens, shift, interval, renorm type, renorm min) of any EditParams."""
-    return (
-        bool(getattr(params, "think", False)),
-        int(getattr(params, "max_think_tokens", DEFAULT_MAX_THINK_TOKENS)),
-        float(getattr(params, "timestep_shift", DEFAULT_TIMESTEP_SHIFT)),
-        tuple(getattr(params, "cfg_interval", DEFAULT_CFG_INTERVAL)),
-        str(getattr(params, "cfg_renorm_type", DEFAULT_RENORM_TYPE)),
-        float(getattr(params, "cfg_renorm_min", DEFAULT_RENORM_MIN)),
-    )
+    """(think, max_think_tokens, shift, interval, renorm type, renorm min) of any EditParams: the
+    request's ``options`` over BAGEL's defaults."""
+    opts = BagelOptions.model_construct(**params.options)
+    return (bool(opts.think), int(opts.max_think_tokens), float(opts.timestep_shift),
+            tuple(opts.cfg_interval), str(opts.cfg_renorm_type), float(opts.cfg_renorm_min))
 
 
 def sampler_settings(params: EditParams) -> SamplerSettings:

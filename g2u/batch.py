@@ -1,0 +1,168 @@
+"""The one batch path: raw items in, one result or one error body (with its HTTP status) per item out.
+
+    parse       each item on its own: schema validation and the backend's checks (bad input → its 4xx)
+    imagine     stage I, batched over the valid items
+    understand  stage II, batched over the items still valid
+    outcomes    one ``Outcome`` per raw item, in order
+
+A batched stage that fails is rerun item by item, so only the culprit fails and its batch-mates are
+answered. The TorchServe handler runs the stages one by one (it times each); the pyfunc model, the
+evaluation, the CLI and the bench call ``run_batch``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from g2u.errors import InputError, error_body
+from g2u.pipeline import G2UPipeline, G2UResult
+from g2u.schema import parse_request
+from g2u.types import G2URequest, Thought
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RawItem:
+    """One request as a caller received it: user fields, and the image when it came apart from them
+    (a multipart upload, a CLI file, an evaluation sample)."""
+
+    fields: dict[str, Any]
+    image: Image.Image | bytes | None = None
+    gold_answer: str | None = None
+    """Evaluation only: the known answer, so the leak guard can refuse prompts that contain it."""
+    thought: Thought | None = None
+    """A thought made earlier (evaluation resume); stage I is skipped for this item."""
+
+
+@dataclass
+class Outcome:
+    """One item's result (``status`` 200) or its error body (4xx: the request, 5xx: the model)."""
+
+    request: G2URequest | None = None
+    thought: Thought | None = None
+    result: G2UResult | None = None
+    status: int = 200
+    error: dict[str, Any] | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Batch:
+    """One batch of raw items moving through the stages; every item carries its own outcome."""
+
+    def __init__(self, pipeline: G2UPipeline, defaults: dict[str, Any] | None = None,
+                 max_pixels: int | None = None, on_error: Callable[[Outcome], None] | None = None):
+        self.pipeline = pipeline
+        self.defaults = dict(defaults or {})
+        """Fields applied under every item's own (a model-config's ``handler.defaults``)."""
+        self.max_pixels = max_pixels
+        self.on_error = on_error
+        self.items: list[Outcome] = []
+        self._preset: list[bool] = []
+
+    def parse(self, raws: Sequence[RawItem]) -> None:
+        for raw in raws:
+            start = time.perf_counter()
+            item = Outcome()
+            try:
+                merged = dict(raw.fields)
+                for key, value in self.defaults.items():
+                    if merged.get(key) in (None, ""):
+                        merged[key] = value
+                kwargs = {"max_pixels": self.max_pixels} if self.max_pixels else {}
+                item.request = parse_request(merged, image=raw.image, **kwargs)
+                item.request.gold_answer = raw.gold_answer
+                self.pipeline.check(item.request)
+                item.thought = raw.thought
+            except Exception as exc:  # noqa: BLE001 - every failure becomes this item's own answer
+                self.fail(item, exc)
+            item.timings_ms["preprocess"] = round((time.perf_counter() - start) * 1000, 2)
+            self.items.append(item)
+            self._preset.append(raw.thought is not None)
+
+    def reject(self, exc: BaseException) -> None:
+        """Add an item that failed before it could be parsed (an unreadable body)."""
+        item = Outcome()
+        self.fail(item, exc)
+        self.items.append(item)
+        self._preset.append(False)
+
+    def imagine(self) -> None:
+        """Stage I for the valid items that need a thought and were not given one."""
+        pipe = self.pipeline
+
+        def run(todo: Sequence[Outcome]) -> None:
+            for item, thought in zip(todo, pipe.imagine([it.request for it in todo])):
+                item.thought = thought
+
+        self._isolated([it for it, preset in zip(self.items, self._preset) if not preset], run)
+
+    def understand(self) -> None:
+        pipe = self.pipeline
+
+        def run(todo: Sequence[Outcome]) -> None:
+            for item, result in zip(todo, pipe.understand([it.request for it in todo], [it.thought for it in todo])):
+                item.result = result
+
+        self._isolated(self.items, run)
+
+    def outcomes(self) -> list[Outcome]:
+        for item in self.items:
+            if item.ok and item.result is None:  # cannot happen: a valid item always gets a result
+                self.fail(item, RuntimeError("no result was produced"))
+        return self.items
+
+    def fail(self, item: Outcome, exc: BaseException) -> None:
+        item.status, item.error = error_body(exc)
+        if item.status >= 500:
+            logger.error("item failed: %s", item.error, exc_info=exc)
+        if self.on_error is not None:
+            self.on_error(item)
+
+    def _isolated(self, items: Sequence[Outcome], run: Callable[[Sequence[Outcome]], None]) -> None:
+        """Run one batched stage; if the batch fails, rerun item by item so only the culprit fails."""
+        todo = [it for it in items if it.ok]
+        if not todo:
+            return
+        try:
+            run(todo)
+        except Exception as exc:  # noqa: BLE001 - isolate the failing item, keep the caller alive
+            if len(todo) == 1:
+                self.fail(todo[0], exc)
+                return
+            logger.warning("a batch of %d failed (%s); retrying item by item", len(todo), exc)
+            for item in todo:
+                try:
+                    run([item])
+                except Exception as one:  # noqa: BLE001
+                    self.fail(item, one)
+
+
+def run_batch(pipeline: G2UPipeline, raws: Sequence[RawItem], defaults: dict[str, Any] | None = None,
+              max_pixels: int | None = None) -> list[Outcome]:
+    """All stages over ``raws``: one ``Outcome`` per item, in order; never raises for one item's sake."""
+    batch = Batch(pipeline, defaults=defaults, max_pixels=max_pixels)
+    batch.parse(raws)
+    batch.imagine()
+    batch.understand()
+    return batch.outcomes()
+
+
+def outcome_body(outcome: Outcome) -> dict[str, Any]:
+    """The JSON body of one outcome: the result, or the error (``error``, ``field``, ``reason``)."""
+    if outcome.ok and outcome.result is not None:
+        return outcome.result.to_dict()
+    return dict(outcome.error or {})
+
+
+__all__ = ["Batch", "InputError", "Outcome", "RawItem", "outcome_body", "run_batch"]

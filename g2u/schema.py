@@ -1,0 +1,379 @@
+"""The one schema of a G→U request: every field, its type, bounds, default and help text, once.
+
+Everything else is derived from ``RequestFields``: request validation (``parse_request``, the same error
+shape everywhere: ``field`` + ``reason``), the CLI options (``add_request_arguments``), the MLflow pyfunc
+signature (``pyfunc_columns``), the evaluation settings, the MLproject check and the README field table
+(``field_table``). Backends declare their own fields (``BACKEND_OPTIONS``); they are reachable from every
+entry point and refused, with their name, by a backend that does not read them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import types
+import typing
+from typing import Any, Literal
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from g2u.backends.bagel.params import BagelOptions
+from g2u.errors import InputError
+from g2u.images import DEFAULT_MAX_PIXELS, decode_base64, load_image
+from g2u.modes import DEFAULT_MODE, MODES
+from g2u.types import FAMILIES, AnswerParams, EditParams, G2URequest
+
+MAX_QUESTION_CHARS = 4000
+MAX_OPTIONS = 26
+MAX_OPTION_CHARS = 1000
+MAX_PROMPT_CHARS = 1000
+WRITERS = ("library", "openai", "self")
+DEFAULT_ORDER = ("I", "q", "T")
+# Control characters other than tab/newline/carriage return have no place in a text field.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _clean_text(value: Any) -> Any:
+    if isinstance(value, str):
+        if _CONTROL.search(value):
+            raise ValueError("contains control characters")
+        value = value.strip()
+        if not value:
+            raise ValueError("is empty")
+    return value
+
+
+class CoreFields(BaseModel):
+    """Fields every backend reads. ``stage`` in the extras says which stage a field changes: evaluation
+    keys and thought caches ignore ``edit`` fields for modes without a thought."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    image: Any = Field(None, description="the input picture: a multipart file, or base64 / a data URL in JSON; "
+                                         "at most 40 MP (else 413)", json_schema_extra={"required": True})
+    question: str = Field(..., max_length=MAX_QUESTION_CHARS, description="the question, at most 4000 characters")
+    options: list[str] | None = Field(None, min_length=2, max_length=MAX_OPTIONS,
+                                      description="multiple-choice options: a list of 2..26 strings "
+                                                  "(JSON-encoded text in a form or on the CLI)")
+    mode: str = Field(DEFAULT_MODE, description="one of " + ", ".join(f"`{m}`" for m in MODES)
+                      + " (`vae_concat` on BAGEL only)")
+    prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="a free edit prompt",
+                               json_schema_extra={"stage": "edit"})
+    prompt_name: str | None = Field(None, max_length=200, description="a library edit prompt (`g2u prompts`)",
+                                    json_schema_extra={"stage": "edit"})
+    family: Literal["enhancement", "extension"] | None = Field(
+        None, description="a prompt family's default prompt (or the family a writer must use)",
+        json_schema_extra={"stage": "edit"})
+    writer: Literal["library", "openai", "self"] = Field(
+        "library", description="who writes the edit prompt: the library, an OpenAI-compatible model, or "
+                               "the model itself", json_schema_extra={"stage": "edit"})
+    steps: int = Field(30, ge=1, le=200, description="denoising steps of stage I (the paper: 30)",
+                       json_schema_extra={"stage": "edit"})
+    text_cfg: float = Field(4.0, ge=1.0, le=30.0, description="text CFG scale (the paper: 4.0)",
+                            json_schema_extra={"stage": "edit"})
+    image_cfg: float = Field(1.0, ge=1.0, le=30.0,
+                             description="image CFG scale (the paper: 1.0, where the branch is not computed)",
+                             json_schema_extra={"stage": "edit"})
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of stage I's noise", json_schema_extra={"stage": "edit"})
+    edit_size: tuple[int, int] | None = Field(
+        None, description="working size `WIDTHxHEIGHT` (multiples of the backend's stride; default: the "
+                          "input's aspect at the backend's area)", json_schema_extra={"stage": "edit"})
+    max_new_tokens: int = Field(32, ge=1, le=2048, description="answer length budget in tokens")
+    order: tuple[str, ...] = Field(DEFAULT_ORDER, description="g2u answer-prompt order of image `I`, question "
+                                                              "`q` and thought `T`, e.g. `I,q,T` (the paper's)")
+    return_thought: bool = Field(False, description="include the thought Î as a base64 PNG in the response")
+    id: str | None = Field(None, max_length=200, description="an id echoed back in the response")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        """``True`` is an int to Python, never a step count to a user."""
+        if isinstance(data, dict):
+            for name, value in data.items():
+                info = cls.model_fields.get(name)
+                if isinstance(value, bool) and info is not None and info.annotation in (int, float, "int", "float"):
+                    raise _FieldError(name, f"must be a number, got {value}")
+        return data
+
+    @field_validator("question", "prompt", "prompt_name", "id", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        return _clean_text(value)
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _options(cls, value: Any) -> Any:
+        if isinstance(value, str):  # multipart forms and the CLI carry lists as JSON text
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError("must be a JSON list of strings") from exc
+        if isinstance(value, list):
+            for i, v in enumerate(value):
+                if not isinstance(v, str):
+                    raise _FieldError(f"options[{i}]", f"must be a string, got {type(v).__name__}")
+                try:
+                    _clean_text(v)
+                except ValueError as exc:
+                    raise _FieldError(f"options[{i}]", str(exc)) from exc
+                if len(v) > MAX_OPTION_CHARS:
+                    raise _FieldError(f"options[{i}]", f"is longer than {MAX_OPTION_CHARS} characters")
+            value = [v.strip() for v in value]
+        return value
+
+    @field_validator("edit_size", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        """An int (square), "WxH", or [W, H]."""
+        if isinstance(value, bool):
+            raise ValueError("must be 'WIDTHxHEIGHT', an integer or [width, height]")
+        if isinstance(value, str):
+            try:
+                value = [int(p) for p in re.split(r"[x×, ]+", value.strip().lower()) if p]
+            except ValueError as exc:
+                raise ValueError(f"must be 'WIDTHxHEIGHT' or an integer, got {value[:40]!r}") from exc
+        if isinstance(value, int):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            if len(value) == 1:
+                value = [value[0], value[0]]
+            if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+                raise ValueError(f"must be two positive integers, got {value!r}")
+            return tuple(value)
+        raise ValueError("must be 'WIDTHxHEIGHT', an integer or [width, height]")
+
+    @field_validator("order", mode="before")
+    @classmethod
+    def _order(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [p for p in re.split(r"[,\s]+", value.strip()) if p]
+        if not isinstance(value, (list, tuple)) or sorted(value) != sorted(DEFAULT_ORDER):
+            raise ValueError("must be a permutation of I, q, T (image, question, thought)")
+        return tuple(value)
+
+    @field_validator("mode")
+    @classmethod
+    def _mode(cls, value: str) -> str:
+        if value not in MODES:
+            raise ValueError(f"must be one of {', '.join(MODES)}; got {value[:40]!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _writer_vs_prompt(self) -> CoreFields:
+        if self.writer != "library" and (self.prompt or self.prompt_name):
+            raise _FieldError("writer", f"the {self.writer!r} writer writes the prompt: drop 'prompt'/'prompt_name'")
+        return self
+
+
+class _FieldError(ValueError):
+    """A validator's error about a field other than the one validated (``options[2]``, ``writer``)."""
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(reason)
+        self.field, self.reason = field, reason
+
+
+BACKEND_OPTIONS: dict[str, type[BaseModel]] = {"bagel": BagelOptions}
+"""Each backend's own fields (a pydantic model per backend), merged into the schema."""
+
+
+def _backend_fields() -> dict[str, tuple[Any, Any]]:
+    """Backend fields as optional schema fields: unset means the backend's own default."""
+    out: dict[str, tuple[Any, Any]] = {}
+    for backend, model in BACKEND_OPTIONS.items():
+        for name, info in model.model_fields.items():
+            extra = {"stage": "edit", "backend": backend, "backend_default": info.default}
+            # Typed and parsed by the backend's own model (see ``_backend_options``); Any here.
+            out[name] = (Any, Field(None, description=info.description, json_schema_extra=extra))
+    return out
+
+
+RequestFields = create_model("RequestFields", __base__=CoreFields, **_backend_fields())
+"""The whole request: core fields plus every backend's own (validated again by that backend's model)."""
+
+FIELD_NAMES = tuple(RequestFields.model_fields)
+
+
+def field_extra(name: str) -> dict[str, Any]:
+    extra = RequestFields.model_fields[name].json_schema_extra
+    return dict(extra) if isinstance(extra, dict) else {}
+
+
+def backend_of(name: str) -> str | None:
+    """The backend that declared ``name`` (None: a core field)."""
+    return field_extra(name).get("backend")
+
+
+EDIT_FIELDS = tuple(n for n in FIELD_NAMES if field_extra(n).get("stage") == "edit")
+"""Fields that change the thought (and only the thought)."""
+
+
+def _raise_validation(exc: ValidationError) -> typing.NoReturn:
+    err = exc.errors(include_url=False)[0]
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, _FieldError):
+        raise InputError(cause.field, cause.reason) from None
+    loc = [str(p) for p in err.get("loc", ())]
+    field = loc[0] if loc else "body"
+    if len(loc) > 1 and loc[1].isdigit():
+        field = f"{field}[{loc[1]}]"
+    msg = str(cause) if isinstance(cause, ValueError) else err.get("msg", "is invalid")
+    if err.get("type") == "extra_forbidden":
+        msg = f"unknown field; known fields: {', '.join(FIELD_NAMES)}"
+    elif err.get("type") == "missing":
+        msg = "is required"
+    elif "input" in err and err.get("type") not in ("value_error",):
+        shown = err["input"]
+        shown = shown if not isinstance(shown, str) or len(shown) <= 40 else shown[:40] + "…"
+        msg = f"{msg[0].lower()}{msg[1:]}, got {shown!r}" if not isinstance(shown, (dict, list)) else msg
+    raise InputError(field, msg) from None
+
+
+def validate_fields(fields: dict[str, Any]) -> BaseModel:
+    """Validate user fields (``image`` excluded) into ``RequestFields``; unset (None / empty form) fields
+    take their defaults. Raises InputError naming the field."""
+    present = {k: v for k, v in fields.items() if v is not None and not (isinstance(v, str) and v == "" and
+                                                                          k != "question")}
+    try:
+        return RequestFields.model_validate(present)
+    except ValidationError as exc:
+        _raise_validation(exc)
+
+
+def _backend_options(model: BaseModel) -> dict[str, Any]:
+    """The backend fields a request set, each parsed by its backend's model (names the field if bad)."""
+    out: dict[str, Any] = {}
+    for backend, option_model in BACKEND_OPTIONS.items():
+        mine = {k: getattr(model, k) for k in model.model_fields_set if backend_of(k) == backend}
+        if not mine:
+            continue
+        try:
+            parsed = option_model.model_validate(mine)
+        except ValidationError as exc:
+            _raise_validation(exc)
+        out.update({k: getattr(parsed, k) for k in mine})
+    return out
+
+
+def validate_settings(fields: dict[str, Any]) -> dict[str, Any]:
+    """Partial fields (evaluation settings, model-config defaults): validated, returned as set (parsed).
+    A placeholder question stands in for the per-sample one."""
+    model = validate_fields({"question": "?", **fields})
+    out = {k: getattr(model, k) for k in model.model_fields_set if k not in ("question", "image")}
+    return {**out, **_backend_options(model)}
+
+
+def parse_request(fields: dict[str, Any], *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  image: Image.Image | bytes | None = None) -> G2URequest:
+    """Validate user ``fields`` into a G2URequest.
+
+    ``image`` may be given separately (multipart upload, CLI file); otherwise ``fields["image"]`` is
+    base64 (optionally a data URL). A request never names a local path or URL to read: only bytes.
+    Backend-specific checks (which modes and options the loaded backend reads) are the pipeline's.
+    """
+    raw_image = fields.get("image")
+    model = validate_fields({**fields, "image": None})
+    if image is None:
+        if raw_image is None or raw_image == "":
+            raise InputError("image", "is required")
+        if isinstance(raw_image, (bytes, bytearray)):
+            image = bytes(raw_image)
+        elif isinstance(raw_image, str):
+            image = decode_base64(raw_image)
+        else:
+            raise InputError("image", f"must be base64 text or a file upload, got {type(raw_image).__name__}")
+    pil = image if isinstance(image, Image.Image) else load_image(image, max_pixels=max_pixels)
+
+    options = _backend_options(model)
+    edit = EditParams(steps=model.steps, text_cfg=model.text_cfg, image_cfg=model.image_cfg, seed=model.seed,
+                      size=model.edit_size, options=options)
+    return G2URequest(image=pil, question=model.question, options=model.options, mode=model.mode,
+                      prompt=model.prompt, prompt_name=model.prompt_name, family=model.family, writer=model.writer,
+                      edit=edit, answer=AnswerParams(max_new_tokens=model.max_new_tokens), order=model.order,
+                      return_thought=model.return_thought, id=model.id)
+
+
+# ---------------------------------------------------------------------------------------- derived views
+def field_default(name: str) -> Any:
+    info = RequestFields.model_fields[name]
+    if info.is_required():
+        return None
+    return field_extra(name).get("backend_default", info.default)
+
+
+def field_kind(name: str) -> str:
+    """The field's value type in words: string, integer, number, boolean, list."""
+    backend = backend_of(name)
+    annotation = (BACKEND_OPTIONS[backend] if backend else RequestFields).model_fields[name].annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if annotation is bool:
+        return "boolean"
+    if annotation is int:
+        return "integer"
+    if annotation is float:
+        return "number"
+    if typing.get_origin(annotation) is list:
+        return "list"
+    return "string"  # text, choices, and pairs written as text ("64x48", "0.4,1.0")
+
+
+def field_table() -> str:
+    """The README's REST field table (a test keeps the README and this in agreement)."""
+    lines = ["| field | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for name in FIELD_NAMES:
+        info = RequestFields.model_fields[name]
+        extra = field_extra(name)
+        default = "required" if extra.get("required") or info.is_required() else _show(field_default(name))
+        meaning = info.description or ""
+        if extra.get("backend"):
+            meaning = f"{extra['backend']} only: {meaning}"
+        lines.append(f"| `{name}` | {field_kind(name)} | {default} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, tuple):
+        return "`" + ",".join(str(v) for v in value) + "`"
+    return f"`{json.dumps(value) if isinstance(value, bool) else value}`"
+
+
+def pyfunc_columns() -> dict[str, str]:
+    """MLflow column types of every request field (lists and pairs travel as JSON/“a,b” text)."""
+    kinds = {"string": "string", "integer": "long", "number": "double", "boolean": "boolean", "list": "string"}
+    return {name: kinds[field_kind(name)] for name in FIELD_NAMES}
+
+
+PER_SAMPLE_FIELDS = ("image", "question", "options", "mode", "id", "return_thought")
+"""Fields an evaluation sets per sample; every other field is an evaluation setting."""
+SETTING_FIELDS = tuple(n for n in FIELD_NAMES if n not in PER_SAMPLE_FIELDS)
+
+
+def add_request_arguments(parser, exclude: tuple[str, ...] = (), required: tuple[str, ...] = (),
+                          bool_flags: bool = True) -> None:
+    """One ``--flag`` per schema field, with the schema's help text. Values stay text: the schema parses
+    them, so the CLI reports errors exactly as REST does. ``bool_flags=False``: booleans take a value
+    (``--think true``), as MLproject commands pass them."""
+    for name in FIELD_NAMES:
+        if name in exclude:
+            continue
+        info = RequestFields.model_fields[name]
+        flag = "--" + name.replace("_", "-")
+        default = field_default(name)
+        help_text = (info.description or "").replace("%", "%%")
+        if backend_of(name):
+            help_text = f"[{backend_of(name)}] {help_text}"
+        if default is not None:
+            help_text += f" (default: {_show(default).strip('`')})"
+        if field_kind(name) == "boolean" and bool_flags:
+            parser.add_argument(flag, dest=name, action="store_const", const="true", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=None, required=name in required, help=help_text)
+
+
+__all__ = ["BACKEND_OPTIONS", "EDIT_FIELDS", "FAMILIES", "FIELD_NAMES", "PER_SAMPLE_FIELDS", "SETTING_FIELDS",
+           "WRITERS", "RequestFields", "add_request_arguments", "backend_of", "field_table", "parse_request",
+           "pyfunc_columns", "validate_fields", "validate_settings"]
