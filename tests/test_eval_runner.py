@@ -48,7 +48,7 @@ def test_scores_resumes_and_skips_a_torn_line(tmp_path):
     again = evaluate(samples(tmp_path), predictor, config, tmp_path / "out", progress=False)
     assert predictor.calls == [] and again.computed == 0 and again.reused == 6
 
-    other = EvalConfig(modes=("baseline", "g2u"), family="extension")  # new thought settings: g2u only reruns
+    other = EvalConfig.create(("baseline", "g2u"), family="extension")  # new thought settings: g2u only reruns
     evaluate(samples(tmp_path), predictor, other, tmp_path / "out", progress=False)
     assert sorted(predictor.calls) == [("q1", "g2u"), ("q2", "g2u"), ("q3", "g2u")]
     lines = path.read_text().splitlines()
