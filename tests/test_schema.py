@@ -107,3 +107,15 @@ def test_cli_parses_bool_and_option_flags():
     args = parser.parse_args(["--think", "false", "--cfg-interval", "0,1"])
     assert validate_settings({"think": args.think, "cfg_interval": args.cfg_interval}) == {
         "think": False, "cfg_interval": (0.0, 1.0)}
+
+
+def test_internal_defaults_are_the_schema_defaults():
+    """EditParams/AnswerParams are built by the schema; their own defaults (used by backend tests and
+    library callers) must not drift from the schema's."""
+    from g2u.schema import field_default
+    from g2u.types import AnswerParams, EditParams
+
+    edit, answer = EditParams(), AnswerParams()
+    assert (edit.steps, edit.text_cfg, edit.image_cfg, edit.seed) == tuple(
+        field_default(n) for n in ("steps", "text_cfg", "image_cfg", "seed"))
+    assert answer.max_new_tokens == field_default("max_new_tokens")

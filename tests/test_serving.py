@@ -332,11 +332,15 @@ def test_model_failure_is_5xx_and_isolated_from_batch_mates(handler_in_process, 
     assert code == 200 and body["model"]["demo"] is True
 
 
-def test_handler_defaults_apply_under_request_fields(handler_in_process):
+def test_handler_defaults_apply_under_request_fields(handler_in_process, monkeypatch):
+    handler, _ = handler_in_process
+    assert handler.defaults == {}  # the shipped config: unset fields take the schema's (the paper's) defaults
     [(code, body)] = _run(handler_in_process, [{"image": png(), "question": "d?", "steps": "", "mode": "replace"}])
-    assert code == 200, body
-    assert body["edit"]["steps"] == 30  # the model-config default fills an empty form field
-    assert body["mode"] == "replace"
+    assert code == 200 and body["edit"]["steps"] == 30 and body["mode"] == "replace"
+    monkeypatch.setattr(handler, "defaults", {"steps": 3, "mode": "g2u"})  # a deployment's own defaults
+    rows = [{"image": png(), "question": "d?", "steps": ""}, {"image": png(), "question": "e?", "steps": "2"}]
+    (code_a, a), (code_b, b) = _run(handler_in_process, rows)
+    assert (code_a, a["edit"]["steps"], code_b, b["edit"]["steps"]) == (200, 3, 200, 2)
 
 
 # ---------------------------------------------------------------- shutdown (keep last)
