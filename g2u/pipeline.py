@@ -21,12 +21,14 @@ from g2u.fidelity import fidelity
 from g2u.images import check_edit_size, working_size
 from g2u.modes import MODES
 from g2u.prompts import PromptLibrary, default_library, find_leak
-from g2u.types import AnswerParams, EditRecord, G2URequest, Thought
+from g2u.types import AnswerParams, EditRecord, G2URequest, Thought, Turn
 
 MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 OPEN_INSTRUCTION = "Answer the question using a single word or phrase."
 COT_INSTRUCTION = "Think step by step about the image and write your reasoning. Do not give the final answer yet."
-COT_MAX_NEW_TOKENS = 128
+ORIGINAL_LABEL = "The original image:"
+THOUGHT_LABEL = "An edited view of the image, made to help answer the question:"
+ENHANCE_FIRST = "Enhance the image first."
 DEMO_NOTE = "demo checkpoint: random weights, the answer is meaningless"
 
 
@@ -39,6 +41,8 @@ class G2UResult:
     thought: Thought | None = None
     reasoning: str | None = None
     id: str | None = None
+    layout: str | None = None
+    """The stage-II layout a thought mode used (None: a mode without a thought)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready result (the thought image itself is left to the caller: PNG file or base64)."""
@@ -49,6 +53,7 @@ class G2UResult:
         out["fidelity"] = self.thought.fidelity if self.thought else None
         if self.reasoning is not None:
             out["reasoning"] = self.reasoning
+        out["layout"] = self.layout
         out["timings_ms"] = self.timings_ms
         out["model"] = self.model
         return out
@@ -196,7 +201,8 @@ class G2UPipeline:
         if cot:
             start = time.perf_counter()
             contents = [[requests[i].image, f"{self._question(requests[i])}\n{COT_INSTRUCTION}"] for i in cot]
-            texts = self._answer_grouped(contents, [AnswerParams(max_new_tokens=COT_MAX_NEW_TOKENS)] * len(cot))
+            texts = self._answer_grouped(contents, [AnswerParams(max_new_tokens=requests[i].reasoning_tokens)
+                                                    for i in cot])
             reasoning = dict(zip(cot, texts))
             cot_ms = (time.perf_counter() - start) * 1000
 
@@ -218,27 +224,35 @@ class G2UPipeline:
             timings = {k: round(v, 2) for k, v in timings.items()}
             timings["total"] = round(sum(timings.values()), 2)
             results.append(G2UResult(answer=answers[i], mode=req.mode, model=self.model_info, timings_ms=timings,
-                                     thought=thought, reasoning=reasoning.get(i), id=req.id))
+                                     thought=thought, reasoning=reasoning.get(i), id=req.id,
+                                     layout=req.layout if MODES[req.mode].needs_thought else None))
         return results
 
     def _question(self, req: G2URequest) -> str:
         return format_question(req.question, req.options)
 
     def _contents(self, req: G2URequest, thought: Thought | None, reasoning: str | None) -> list[Any]:
-        """The mode's parts in order; consecutive text parts are joined, and the answer instruction ends
-        the last text part."""
+        """The answer prompt. Modes with fixed parts (and the ``paper`` layout, in ``order``) lay them out
+        in turn: consecutive text parts are joined, and the answer instruction ends the last text part.
+        ``labelled`` introduces each image and puts the question last; ``multiturn`` is the authors'
+        concat variant: user [I, q + enhance first], assistant [Î], user [I, q]."""
         mode = MODES[req.mode]
-        texts = {"q": self._question(req), "R": f"Reasoning: {reasoning}"}
-        images = {"I": req.image}
-        if thought is not None:
-            images["T"] = self.backend.thought_part(thought.image, mode)
+        instruction = MCQ_INSTRUCTION if req.options else OPEN_INSTRUCTION
+        question = self._question(req)
+        thought_part = self.backend.thought_part(thought.image, mode) if thought is not None else None
+        if mode.parts is None and req.layout == "labelled":
+            return [ORIGINAL_LABEL, req.image, THOUGHT_LABEL, thought_part, f"{question}\n{instruction}"]
+        if mode.parts is None and req.layout == "multiturn":
+            return [req.image, f"{question}\n{ENHANCE_FIRST}", Turn("assistant"), thought_part, Turn("user"),
+                    req.image, f"{question}\n{instruction}"]
+        texts = {"q": question, "R": f"Reasoning: {reasoning}"}
+        images = {"I": req.image, "T": thought_part}
         order = mode.parts or req.order
         last_text = max(i for i, k in enumerate(order) if k in texts)
         parts: list[Any] = []
         for i, key in enumerate(order):
             if key in texts:
-                text = texts[key] + ("\n" + (MCQ_INSTRUCTION if req.options else OPEN_INSTRUCTION)
-                                     if i == last_text else "")
+                text = texts[key] + (f"\n{instruction}" if i == last_text else "")
                 if parts and isinstance(parts[-1], str):
                     parts[-1] = f"{parts[-1]}\n{text}"
                 else:

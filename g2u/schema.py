@@ -82,6 +82,11 @@ class CoreFields(BaseModel):
     max_new_tokens: int = Field(32, ge=1, le=2048, description="answer length budget in tokens")
     order: tuple[str, ...] = Field(DEFAULT_ORDER, description="g2u answer-prompt order of image `I`, question "
                                                               "`q` and thought `T`, e.g. `I,q,T` (the paper's)")
+    layout: Literal["paper", "labelled", "multiturn"] = Field(
+        "paper", description="stage-II prompt layout of a thought mode: `paper` ([I, q, Î] in `order`), `labelled` "
+                             "(each image introduced, question last), `multiturn` (user [I, q, enhance first], "
+                             "assistant [Î], user [I, q])")
+    reasoning_tokens: int = Field(512, ge=1, le=4096, description="token budget of the `textual_cot` reasoning")
     return_thought: bool = Field(False, description="include the thought Î as a base64 PNG in the response")
     id: str | None = Field(None, max_length=200, description="an id echoed back in the response")
 
@@ -291,6 +296,7 @@ def parse_request(fields: dict[str, Any], *, max_pixels: int = DEFAULT_MAX_PIXEL
     return G2URequest(image=pil, question=model.question, options=model.options, mode=model.mode,
                       prompt=model.prompt, prompt_name=model.prompt_name, family=model.family, writer=model.writer,
                       edit=edit, answer=AnswerParams(max_new_tokens=model.max_new_tokens), order=model.order,
+                      layout=model.layout, reasoning_tokens=model.reasoning_tokens,
                       return_thought=model.return_thought, id=model.id)
 
 

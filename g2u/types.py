@@ -9,8 +9,16 @@ from PIL import Image
 
 FAMILIES = ("enhancement", "extension")
 
-# One part of an answer prompt: an image or a piece of text, in the order the model reads them.
-ContentPart = Image.Image | str
+@dataclass(frozen=True)
+class Turn:
+    """An answer-prompt part that starts a new chat turn (``role`` "user" or "assistant"): the
+    ``multiturn`` layout puts the thought in an assistant turn. Backends without roles ignore it."""
+
+    role: str
+
+
+# One part of an answer prompt: an image, a piece of text or a turn marker, in the order the model reads them.
+ContentPart = Image.Image | str | Turn
 
 
 def _frozen(value: Any) -> Any:
@@ -65,6 +73,10 @@ class G2URequest:
     edit: EditParams = field(default_factory=EditParams)
     answer: AnswerParams = field(default_factory=AnswerParams)
     order: tuple[str, ...] = ("I", "q", "T")
+    layout: str = "paper"
+    """Stage-II layout of a thought mode: ``paper``, ``labelled`` or ``multiturn`` (``g2u.pipeline``)."""
+    reasoning_tokens: int = 512
+    """Token budget of the ``textual_cot`` reasoning."""
     return_thought: bool = False
     id: str | None = None
     gold_answer: str | None = None

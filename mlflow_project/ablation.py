@@ -26,6 +26,10 @@ GRID: list[tuple[str, dict[str, str]]] = [
     ("replace (P_E)", {"modes": "baseline,replace", "writer": "library", "family": "enhancement"}),
     ("g2u P_E (library)", {"modes": "baseline,g2u", "writer": "library", "family": "enhancement"}),
     ("g2u P_X (library)", {"modes": "baseline,g2u", "writer": "library", "family": "extension"}),
+    ("g2u P_E labelled layout", {"modes": "baseline,g2u", "writer": "library", "family": "enhancement",
+                                 "layout": "labelled"}),
+    ("g2u P_E multiturn layout", {"modes": "baseline,g2u", "writer": "library", "family": "enhancement",
+                                  "layout": "multiturn"}),
     ("g2u self-prompt", {"modes": "baseline,g2u", "writer": "self", "family": ""}),
     ("g2u openai writer", {"modes": "baseline,g2u", "writer": "openai", "family": ""}),
     ("vae_concat P_E (library)", {"modes": "baseline,vae_concat", "writer": "library", "family": "enhancement"}),
@@ -104,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         log_params({"benchmark": args.benchmark, "rows": ",".join(label for label, _ in grid),
                     "checkpoint": args.checkpoint, "endpoint": args.endpoint, "backend": backend or "unknown"})
         for label, overrides in grid:
-            row_args = argparse.Namespace(**{**vars(args), "prompt": None, "prompt_name": None, **overrides,
+            row_args = argparse.Namespace(**{**vars(args), "prompt": None, "prompt_name": None, "layout": None,
+                                             **overrides,
                                              "out_dir": str(out_dir), "run_name": label})
             results.append((label, overrides, run_evaluation(row_args, nested=True)))
         rows = table_rows(results)

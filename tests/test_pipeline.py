@@ -20,6 +20,7 @@ class SpyBackend:
         self.inner = inner
         self.edit_calls: list[tuple] = []
         self.answer_calls: list[list[list]] = []
+        self.answer_params: list = []
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -30,6 +31,7 @@ class SpyBackend:
 
     def answer(self, contents, params):
         self.answer_calls.append([list(c) for c in contents])
+        self.answer_params.append(params)
         return self.inner.answer(contents, params)
 
 
@@ -175,3 +177,37 @@ def test_bagel_vae_concat_and_think(demo_root, rgb_image):
     assert parts[0] is rgb_image and not any(p is result.thought.image for p in parts)
     assert not isinstance(parts[2], (str, Image.Image))  # the thought enters as VAE features
     assert result.thought.edit.options == {"think": True} and isinstance(result.thought.edit.plan, str)
+
+
+@pytest.mark.parametrize("layout", ["paper", "labelled", "multiturn"])
+def test_stage_two_layouts(demo_root, rgb_image, layout):
+    from g2u.types import Turn
+
+    spy = SpyBackend(load_backend(str(demo_root / "qwen_image_edit")))
+    req = _req(rgb_image)
+    req.layout = layout
+    [result] = G2UPipeline(spy)([req])
+    [[parts]] = spy.answer_calls
+    thought = result.thought.image
+    images = [p for p in parts if isinstance(p, Image.Image)]
+    texts = [p for p in parts if isinstance(p, str)]
+    assert result.layout == layout and result.to_dict()["layout"] == layout
+    if layout == "paper":  # [I, q, Î] as the paper writes it, the instruction with the question
+        assert parts[0] is rgb_image and parts[2] is thought and len(texts) == 1 and "single word" in parts[1]
+        return
+    assert parts[-1].startswith(req.question) and "single word" in parts[-1]  # question + instruction last
+    if layout == "labelled":
+        assert parts[0].startswith("The original image") and parts[1] is rgb_image
+        assert "edited view" in parts[2] and parts[3] is thought
+    else:
+        roles = [p.role for p in parts if isinstance(p, Turn)]
+        assert roles == ["assistant", "user"] and images == [rgb_image, thought, rgb_image]
+        assert parts[parts.index(Turn("assistant")) + 1] is thought
+
+
+def test_textual_cot_has_its_own_budget(spy, rgb_image):
+    req = _req(rgb_image, "textual_cot")
+    req.reasoning_tokens = 5
+    [result] = G2UPipeline(spy)([req])
+    assert [p.max_new_tokens for p in spy.answer_params] == [5, req.answer.max_new_tokens]  # reasoning, answer
+    assert result.reasoning is not None and result.layout is None

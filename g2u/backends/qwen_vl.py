@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from transformers import ProcessorMixin
 
-from g2u.types import AnswerParams, ContentPart
+from g2u.types import AnswerParams, ContentPart, Turn
 
 IMAGE_TOKEN = "<|image_pad|>"
 VIDEO_TOKEN = "<|video_pad|>"
@@ -325,7 +325,8 @@ def generate_answers(
     """Answer a batch of interleaved image/text prompts with one ``generate`` call.
 
     Each item becomes one user turn whose parts keep their reading order ({"type": "image"} /
-    {"type": "text"}); the processor's chat template adds the generation prompt. Left padding, so every
+    {"type": "text"}), or several turns where ``Turn`` parts say so (the ``multiturn`` layout); the
+    processor's chat template adds the generation prompt. Left padding, so every
     row's new tokens start at the same column and only those are decoded. ``temperature == 0`` is greedy.
     Generic over transformers image-text-to-text models (Qwen2/2.5-VL, LLaVA, ...): the model-specific
     parts are the processor and its chat template.
@@ -335,16 +336,18 @@ def generate_answers(
     texts: list[str] = []
     images: list[Image.Image] = []
     for parts in contents:
-        message_content: list[dict[str, str]] = []
+        messages: list[dict[str, Any]] = [{"role": "user", "content": []}]
         for part in parts:
-            if isinstance(part, Image.Image):
-                message_content.append({"type": "image"})
+            if isinstance(part, Turn):
+                messages.append({"role": part.role, "content": []})
+            elif isinstance(part, Image.Image):
+                messages[-1]["content"].append({"type": "image"})
                 images.append(part.convert("RGB"))
             elif isinstance(part, str):
-                message_content.append({"type": "text", "text": part})
+                messages[-1]["content"].append({"type": "text", "text": part})
             else:
-                raise TypeError(f"content parts are PIL images or strings, got {type(part).__name__}")
-        messages = [{"role": "user", "content": message_content}]
+                raise TypeError(f"content parts are PIL images, strings or Turn, got {type(part).__name__}")
+        messages = [m for m in messages if m["content"]]
         texts.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
     tokenizer = getattr(processor, "tokenizer", processor)

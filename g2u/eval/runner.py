@@ -58,8 +58,11 @@ class EvalConfig:
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
     def thought_key(self) -> str:
-        """Settings that decide a thought (shared by every thought mode of one config)."""
-        return self.key("g2u")
+        """Settings that decide a thought (shared by every thought mode, layout and answer setting)."""
+        from g2u.schema import EDIT_FIELDS
+
+        body = {"fields": {k: v for k, v in self.fields.items() if k in EDIT_FIELDS}, "model": self.model}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
     def request_fields(self, mode: str) -> dict[str, Any]:
         """The request fields (as REST and ``g2u.schema`` take them) for one mode."""

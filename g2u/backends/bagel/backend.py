@@ -37,7 +37,7 @@ from g2u.backends.base import BackendBase, BackendInfo, read_demo_marker
 from g2u.devices import dtype_name, resolve_device, resolve_dtype
 from g2u.errors import InputError
 from g2u.modes import Mode
-from g2u.types import AnswerParams, ContentPart, EditOutput, EditParams
+from g2u.types import AnswerParams, ContentPart, EditOutput, EditParams, Turn
 
 REAL_DEFAULT_EDIT_AREA = 512 * 512
 VAE_MAX_SIDE = 1024
@@ -185,7 +185,8 @@ class BagelBackend(BackendBase):
 
     def answer_context(self, contents: Sequence[Sequence[ContentPart | VaeImage]]) -> KVCache:
         """The prefilled cache of answer prompts (one row per request)."""
-        rows = [[self._segment(part) for part in parts] for parts in contents]
+        # BAGEL's chat layout has no role names (each part is its own segment): turn markers are dropped.
+        rows = [[self._segment(part) for part in parts if not isinstance(part, Turn)] for parts in contents]
         cache = self.model.new_cache(len(rows))
         self.model.extend(cache, rows)
         return cache
