@@ -245,3 +245,22 @@ def judge_fidelity(judge: Callable[[Image.Image, Image.Image, str], Judgement] |
                    thought: Image.Image, instruction: str) -> dict[str, Any] | None:
     """What a prediction's ``fidelity["judged"]`` holds: the judgement as a dict, or None without a judge."""
     return None if judge is None else judge(original, thought, instruction).to_dict()
+
+
+def attach_judgement(record: dict[str, Any], judge: Callable[[Image.Image, Image.Image, str], Judgement] | None,
+                     original: Image.Image, root: str | Path) -> dict[str, Any]:
+    """Put the judged fidelity of an evaluation record's thought (``root / record["thought_path"]``) into
+    ``record["fidelity"]["judged"]``, beside the edit magnitude. Records without a thought, or with an
+    error, are left as they are; a thought that cannot be read is a failed judgement, never an exception."""
+    if judge is None or record.get("error") or not record.get("thought_path"):
+        return record
+    fidelity = dict(record.get("fidelity") or {})
+    try:
+        thought = Image.open(Path(root) / record["thought_path"]).convert("RGB")
+    except OSError as exc:
+        fidelity["judged"] = Judgement(None, None, None, reason=f"cannot read the thought: {exc}").to_dict()
+    else:
+        fidelity["judged"] = judge(original, thought, str((record.get("edit") or {}).get("prompt") or ""))
+        fidelity["judged"] = fidelity["judged"].to_dict()
+    record["fidelity"] = fidelity
+    return record

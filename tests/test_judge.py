@@ -116,3 +116,19 @@ def test_make_judge_names_bad_settings():
         make_judge("gpt")
     with pytest.raises(ValueError, match="needs a backend"):
         make_judge("self")
+
+
+def test_attach_judgement_to_an_evaluation_record(tmp_path):
+    from g2u.judge import attach_judgement
+
+    (tmp_path / "thoughts").mkdir()
+    THOUGHT.save(tmp_path / "thoughts" / "1.png")
+    judge = make_judge("self", backend=ScriptedBackend(SC, PQ))
+    rec = {"id": "1", "mode": "g2u", "thought_path": "thoughts/1.png", "edit": {"prompt": "Denoise"},
+           "fidelity": {"ssim": 0.9, "psnr": 30.0}}
+    attach_judgement(rec, judge, ORIGINAL, tmp_path)
+    assert rec["fidelity"]["ssim"] == 0.9 and rec["fidelity"]["judged"]["semantic_consistency"] == 6.0
+    missing = {"id": "2", "mode": "g2u", "thought_path": "thoughts/none.png", "edit": {"prompt": "x"}}
+    assert attach_judgement(missing, judge, ORIGINAL, tmp_path)["fidelity"]["judged"]["overall"] is None
+    refused = {"id": "3", "mode": "g2u", "error": {"reason": "leak"}, "prediction": ""}
+    assert "fidelity" not in attach_judgement(refused, judge, ORIGINAL, tmp_path)
