@@ -53,9 +53,10 @@ class Scripted:
 
 
 def _run(tmp_path, path: Path, answers) -> dict[str, float]:
-    result = evaluate(load_dataset(path), Scripted(answers), EvalConfig(modes=("baseline", "g2u")),
-                      tmp_path / "out", progress=False)
-    return compute_metrics(result.records)["flat"]
+    samples = load_dataset(path)
+    result = evaluate(samples, Scripted(answers), EvalConfig(modes=("baseline", "g2u")), tmp_path / "out",
+                      progress=False)
+    return compute_metrics(result.records, samples)["flat"]
 
 
 def test_mmbench_circular(tmp_path):
@@ -73,6 +74,7 @@ def test_mmbench_circular(tmp_path):
     assert flat["circular/baseline/acc"] == 0.5 and flat["circular/g2u/acc"] == 1.0
     assert flat["circular/baseline/category/shape"] == 0.0 and flat["circular/g2u/category/shape"] == 1.0
     assert flat["lenient/circular/baseline/acc"] == 1.0           # the lenient reading takes "B or A" as B
+    assert flat["circular/baseline/l2/perception"] == 0.5 and flat["circular/g2u/l2/perception"] == 1.0
 
 
 def test_mme_perception_and_cognition(tmp_path):
@@ -110,13 +112,15 @@ def test_hallusionbench(tmp_path):
 
 
 def test_mmstar_plain_accuracy_per_category(tmp_path):
-    path = _tsv(tmp_path / "MMStar.tsv", ["index", "question", "A", "B", "C", "D", "answer", "category", "image"],
-                [[0, "Colour?", "red", "green", "blue", "black", "A", "coarse perception", IMG],
-                 [1, "Count?", "0", "1", "2", "3", "B", "instance reasoning", IMG2]])
+    path = _tsv(tmp_path / "MMStar.tsv",
+                ["index", "question", "A", "B", "C", "D", "answer", "category", "l2-category", "image"],
+                [[0, "Colour?", "red", "green", "blue", "black", "A", "coarse perception", "image scene", IMG],
+                 [1, "Count?", "0", "1", "2", "3", "B", "instance reasoning", "counting", IMG2]])
     flat = _run(tmp_path, path, {("0", "*"): "A", ("1", "baseline"): "The answer is B because there is one",
                                  ("1", "g2u"): "b"})
     assert flat["acc/baseline/overall"] == 1.0 and flat["acc/g2u/overall"] == 0.5
     assert flat["delta/g2u/category/instance reasoning"] == -1.0
+    assert flat["acc/g2u/l2/counting"] == 0.0 and flat["acc/g2u/l2/image scene"] == 1.0
 
 
 def test_mmvet_rule_fallback_per_capability(tmp_path):

@@ -204,13 +204,38 @@ def benchmark_scores(records: Sequence[dict], lenient: bool = False) -> dict[str
     return flat
 
 
-def compute_metrics(records: Sequence[dict]) -> dict[str, Any]:
-    """Flat metrics, named as MLflow logs them, plus the nested tables for artifacts."""
+def with_sample_fields(records: Sequence[dict], samples: Sequence[Any]) -> list[dict]:
+    """Records completed from their samples with what the aggregates need and older records lack
+    (``l2_category`` for MMBench/MMStar per-l2 scores)."""
+    by_id = {s.id: s for s in samples}
+    out = []
+    for r in records:
+        sample = by_id.get(r["id"])
+        l2 = sample.extra.get("l2-category") if sample is not None else None
+        out.append(dict(r, l2_category=l2) if l2 and not _has_l2(r) else r)
+    return out
+
+
+def _has_l2(record: dict) -> bool:
+    return bool(record.get("l2_category") or record.get("l2-category"))
+
+
+def compute_metrics(records: Sequence[dict], samples: Sequence[Any] | None = None) -> dict[str, Any]:
+    """Flat metrics, named as MLflow logs them, plus the nested tables for artifacts. ``samples`` (the
+    benchmark's ``Sample`` list) fills in fields the records may lack (l2-category)."""
+    if samples is not None:
+        records = with_sample_fields(records, samples)
     acc = accuracy_table(records)
     flat: dict[str, float] = {}
     for mode, row in acc.items():
         for cat, value in row.items():
             flat[f"acc/{mode}/overall" if cat == "overall" else f"acc/{mode}/category/{cat}"] = value
+    for mode, rows in _by_mode(scored(records)).items():  # per l2-category, as the reference's report_acc
+        l2s: dict[str, list[float]] = defaultdict(list)
+        for r in rows:
+            if _has_l2(r):
+                l2s[str(r.get("l2_category") or r.get("l2-category"))].append(r["score"])
+        flat.update({f"acc/{mode}/l2/{k}": _mean(v) for k, v in sorted(l2s.items())})
     for mode, row in accuracy_table(records, lenient=True).items():
         flat[f"lenient/acc/{mode}/overall"] = row["overall"]
     n = counts(records)
