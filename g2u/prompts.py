@@ -124,27 +124,77 @@ def default_library() -> PromptLibrary:
     return PromptLibrary.load()
 
 
+_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
+_NUMBER_WORDS.update({"thirty": "30", "forty": "40", "fifty": "50", "hundred": "100", "once": "1", "twice": "2",
+                      "first": "1", "second": "2", "third": "3", "fourth": "4", "fifth": "5"})
+
+
+def _stem(word: str) -> str:
+    """A light plural stem, so "circles" meets "circle" and "boxes" meets "box" (not a full stemmer:
+    the guard only needs singular and plural of one noun to compare equal)."""
+    if word.isdigit() or len(word) <= 3:
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith(("ches", "shes", "sses", "xes", "zes")):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
 def _words(text: str) -> list[str]:
-    return re.findall(r"[\w']+", text.lower())
+    """Lowercase words, number words as digits ("three" → "3"), plurals stemmed."""
+    return [_stem(_NUMBER_WORDS.get(w, w)) for w in re.findall(r"[\w']+", text.lower())]
+
+
+def _letter_patterns(letters: Sequence[str]) -> re.Pattern | None:
+    """Option letters written as choices: "(B)", "[B]", "B.", "B)", "B:" (capital letter, on its own)."""
+    if not letters:
+        return None
+    group = "".join(sorted(set(letters)))
+    return re.compile(rf"[(\[]\s*[{group}]\s*[)\]]|(?<![\w'])[{group}][.):](?!\w)")
 
 
 def find_leak(prompt: str, options: Sequence[str] | None = None, answer: str | None = None) -> str | None:
-    """Why ``prompt`` leaks the answer, or None when it is clean.
+    """Why a free or written ``prompt`` leaks the answer, or None when it is clean.
 
-    A prompt leaks when it contains an option's text or the answer (as whole words, case-insensitive),
-    or answer-like phrasing ("the answer is", "option B"). Single-letter options and answers are only
-    caught through such phrasing, since letters occur everywhere in plain text.
+    A prompt leaks when it contains an option's text or the answer as whole words (case-insensitive,
+    digits and number words alike: "3" = "three"; singular and plural alike: "circle" = "circles"), an
+    option letter written as a choice ("(B)", "B.") when the question has options or a letter answer, or
+    answer-like phrasing ("the answer is", "option B"). A bare single letter is not a leak: letters occur
+    everywhere in plain text. A library prompt (fixed text that never saw the question) goes through
+    ``prompt_leak``, which does not look for options or answers.
     """
     match = _ANSWER_PHRASES.search(prompt)
     if match:
         return f"contains answer-like phrasing {match.group(0)!r}"
-    words = _words(prompt)
-    joined = " " + " ".join(words) + " "
+    letters = [chr(65 + i) for i in range(len(options or ()))]
+    if answer and re.fullmatch(r"[A-Z]", answer.strip()):
+        letters.append(answer.strip())
+    pattern = _letter_patterns(letters)
+    found = pattern.search(prompt) if pattern else None
+    if found:
+        return f"names an option letter {found.group(0).strip()!r}"
+    joined = " " + " ".join(_words(prompt)) + " "
     for kind, candidates in (("an option", options or ()), ("the answer", [answer] if answer else ())):
         for candidate in candidates:
             cand_words = _words(str(candidate))
-            if not cand_words or (len(cand_words) == 1 and len(cand_words[0]) < 2):
+            if not cand_words or (len(cand_words) == 1 and len(cand_words[0]) < 2 and not cand_words[0].isdigit()):
                 continue
             if " " + " ".join(cand_words) + " " in joined:
                 return f"contains {kind} ({str(candidate)!r})"
     return None
+
+
+def prompt_leak(prompt: EditPrompt, options: Sequence[str] | None = None, answer: str | None = None) -> str | None:
+    """The leak check for the prompt a request will use. A library prompt (it has a ``name``) is fixed
+    text written before any question was asked, so an option word in it ("white" in a prompt that
+    isolates the subject on a white background) is a coincidence, not a leak: only answer-like phrasing
+    counts. Free and written prompts get the full ``find_leak``."""
+    if prompt.name is not None:
+        match = _ANSWER_PHRASES.search(prompt.text)
+        return f"contains answer-like phrasing {match.group(0)!r}" if match else None
+    return find_leak(prompt.text, options, answer)

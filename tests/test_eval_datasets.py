@@ -144,3 +144,33 @@ def test_shared_benchmarks_load_with_letter_answers():
     first = puzzle[0]
     assert first.options[ord(first.answer) - 65] == json.loads(
         (SHARED / "puzzlevqa" / "puzzlevqa.jsonl").read_text().splitlines()[0])["answer"]
+
+
+def test_hallusionbench_reference_layout_string_index_groups_and_text_only_rows(tmp_path):
+    img = base64.b64encode(_png()).decode()
+    header = ["index", "category", "l2-category", "question", "answer", "image"]
+    rows = [["VD_chart_x_0_0_0", "VD", "chart", "Is the bar red?", "Yes", img],
+            ["VD_chart_x_0_1_0", "VD", "chart", "Is the bar red?", "No", img],
+            ["VD_table_x_0_0_0", "VD", "table", "Is 3 the total?", "Yes", img],   # set 0 again, other l2
+            ["VS_chart_x_1_0_0", "VS", "chart", "Is Paris in France?", "Yes", ""]]  # text-only: skipped
+    samples = load_dataset(_tsv(tmp_path / "HallusionBench.tsv", header, rows))
+    assert [s.id for s in samples] == ["VD_chart_x_0_0_0", "VD_chart_x_0_1_0", "VD_table_x_0_0_0"]
+    assert [s.extra["figure_group"] for s in samples] == ["chart/0/0", "chart/0/1", "table/0/0"]
+    assert [s.extra["question_group"] for s in samples] == ["chart/0/0", "chart/0/0", "table/0/0"]
+    assert {s.answer for s in samples} == {"yes", "no"} and {s.answer_kind for s in samples} == {"yesno"}
+
+
+def test_text_only_row_outside_hallusionbench_is_still_an_error(tmp_path):
+    header = ["index", "question", "answer", "category", "image"]
+    with pytest.raises(ValueError, match="field 'image' is empty"):
+        load_dataset(_tsv(tmp_path / "mme.tsv", header, [["0", "Is it red?", "Yes", "color", ""]]))
+
+
+def test_mmvet_tsv_answers_are_open_even_when_yes(tmp_path):
+    img = base64.b64encode(_png()).decode()
+    header = ["index", "question", "answer", "category", "image"]
+    rows = [["0", "Is it safe to cross?", "yes", "rec,know", img],
+            ["1", "What is x?", "-1<AND>-5", "ocr,math", img]]
+    samples = load_dataset(_tsv(tmp_path / "MMVet.tsv", header, rows))
+    assert {s.answer_kind for s in samples} == {"open"} and samples[0].answer == "yes"
+    assert samples[1].category == "ocr,math"

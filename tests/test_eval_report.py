@@ -6,7 +6,16 @@ import math
 
 import pytest
 
-from g2u.eval.report import accuracy_table, compute_metrics, fidelity_gain_correlation, paired_gains, write_gallery
+from g2u.eval.report import (
+    accuracy_table,
+    compute_metrics,
+    fidelity_gain_cells,
+    fidelity_gain_correlation,
+    paired_gains,
+    plot_fidelity_gain,
+    transfer_markdown,
+    write_gallery,
+)
 
 
 def _rec(sid, mode, correct, category="c1", family=None, ssim=None):
@@ -86,5 +95,106 @@ def test_compute_metrics_adds_the_harness_aggregates_where_records_carry_groups(
     ]
     flat = compute_metrics(recs)["flat"]
     assert flat["circular/g2u/acc"] == 0.5
-    assert flat["mme/g2u/score"] == 200.0 and flat["mme/g2u/acc_plus"] == 1.0
+    assert flat["mme/g2u/perception"] == 200.0 and flat["mme/g2u/cognition"] == 0.0
+    assert flat["mme/g2u/category/color/acc_plus"] == 1.0
     assert flat["acc/g2u/overall"] == 0.8 and flat["acc/g2u/category/color"] == 1.0
+
+
+def _mcq(sid, mode, prediction, answer="B", error=None, **kw):
+    rec = {"id": sid, "mode": mode, "prediction": prediction, "answer": answer, "options": ["cat", "dog", "bird"],
+           "answer_kind": "mcq", "category": "c", "correct": False, **kw}
+    if error:
+        rec["error"] = {"field": "prompt_name", "reason": error}
+    return rec
+
+
+def test_a_refused_prediction_is_an_error_not_a_wrong_answer_and_deltas_are_paired():
+    recs = [_mcq("1", "baseline", "A"), _mcq("1", "g2u", "B"),
+            _mcq("2", "baseline", "B"), _mcq("2", "g2u", "", error="leaks the answer"),
+            _mcq("3", "baseline", "B"), _mcq("3", "g2u", "B")]
+    metrics = compute_metrics(recs)
+    flat = metrics["flat"]
+    assert flat["acc/g2u/overall"] == 1.0          # 2 of 2 scored; the refusal is not a wrong answer
+    assert flat["acc/baseline/overall"] == pytest.approx(2 / 3)
+    assert flat["n_scored/g2u"] == 2 and flat["n_errors/g2u"] == 1 and flat["n_errors/baseline"] == 0
+    assert flat["n_scored"] == 5 and flat["n_errors"] == 1
+    assert flat["delta/g2u/n_paired"] == 2 and flat["delta/g2u/overall"] == 0.5  # samples 1 and 3 only
+
+
+def test_primary_accuracy_uses_the_reference_rules_and_lenient_is_logged_beside():
+    recs = [_mcq("1", "g2u", "B or C"), _mcq("2", "g2u", "B"), _mcq("3", "g2u", "b")]
+    flat = compute_metrics(recs)["flat"]
+    assert flat["acc/g2u/overall"] == pytest.approx(1 / 3)
+    assert flat["lenient/acc/g2u/overall"] == 1.0
+
+
+def test_circular_groups_with_an_error_are_not_scored_and_l2_is_reported():
+    recs = [_mcq("7", "g2u", "B", group="7", l2_category="perception"), _mcq("1000007", "g2u", "B", group="7"),
+            _mcq("8", "g2u", "B", group="8", l2_category="perception"),
+            _mcq("1000008", "g2u", "", group="8", error="boom"),
+            _mcq("9", "g2u", "A", group="9", l2_category="reasoning"), _mcq("1000009", "g2u", "B", group="9")]
+    flat = compute_metrics(recs)["flat"]
+    assert flat["circular/g2u/acc"] == 0.5             # groups 7 (right) and 9 (wrong); 8 has an error
+    assert flat["circular/g2u/l2/perception"] == 1.0 and flat["circular/g2u/l2/reasoning"] == 0.0
+    assert flat["lenient/circular/g2u/acc"] == 0.5
+
+
+def test_hallusionbench_and_mmvet_metrics_from_records():
+    def yn(sid, pred, answer, fig, q, cat="VD"):
+        return {"id": sid, "mode": "g2u", "prediction": pred, "answer": answer, "answer_kind": "yesno",
+                "category": cat, "figure_group": fig, "question_group": q, "group": "x"}
+    recs = [yn("a", "Yes", "yes", "chart/0/0", "chart/0/0"), yn("b", "**No**", "no", "chart/0/0", "chart/0/1"),
+            yn("c", "No", "no", "table/0/0", "table/0/0", "VS")]
+    flat = compute_metrics(recs)["flat"]
+    assert flat["hallusionbench/g2u/aAcc"] == pytest.approx(2 / 3)
+    assert flat["hallusionbench/g2u/fAcc"] == 0.5 and flat["hallusionbench/g2u/l2/table/fAcc"] == 1.0
+    assert flat["lenient/hallusionbench/g2u/aAcc"] == 1.0     # "**No**" is read by the lenient rule only
+    vet = [{"id": "1", "mode": "g2u", "prediction": "x = -1", "answer": "-1<AND>-5", "answer_kind": "open",
+            "category": "ocr,math"},
+           {"id": "2", "mode": "g2u", "prediction": "fine", "answer": "yes", "answer_kind": "open",
+            "category": "rec", "judge": 0.8}]
+    flat = compute_metrics(vet)["flat"]
+    assert flat["mmvet/g2u/overall"] == pytest.approx(0.65)
+    assert flat["mmvet/g2u/capability/math"] == 0.5 and flat["mmvet/g2u/capability/rec"] == 0.8
+
+
+def _thought(sid, mode, right, cat, family, name, viescore=None, ssim=0.5):
+    judged = {"overall": viescore, "semantic_consistency": viescore, "perceptual_quality": viescore,
+              "reason": f"reason {sid}"} if viescore is not None else None
+    return {"id": sid, "mode": mode, "correct": right, "category": cat, "prediction": "x",
+            "edit": {"family": family, "prompt_name": name, "prompt": "p"} if mode == "g2u" else None,
+            "fidelity": {"ssim": ssim, "psnr": 20.0, "judged": judged} if mode == "g2u" else None}
+
+
+def test_transfer_table_and_cell_regression_use_the_judged_fidelity():
+    recs = []
+    plan = [("1", "ocr", "enhancement", "denoise", 8.0, 1), ("2", "ocr", "enhancement", "denoise", 7.0, 1),
+            ("3", "ocr", "extension", "outpaint", 2.0, -1), ("4", "count", "extension", "outpaint", 3.0, 0),
+            ("5", "count", "enhancement", "denoise", 6.0, 1), ("6", "count", "extension", "zoom", 1.0, -1)]
+    for sid, cat, fam, name, vs, gain in plan:
+        recs += [_thought(sid, "baseline", gain < 0, cat, None, None),
+                 _thought(sid, "g2u", gain > 0, cat, fam, name, vs)]
+    metrics = compute_metrics(recs)
+    assert metrics["transfer"]["g2u"] == {"count": {"enhancement": 1.0, "extension": -0.5},
+                                          "ocr": {"enhancement": 1.0, "extension": -1.0}}
+    assert metrics["flat"]["transfer/g2u/extension/category/count"] == -0.5
+    info = metrics["fidelity_gain"]["g2u"]
+    assert info["metric"] == "viescore" and info["paper"] == {"r2": 0.27, "p": "<0.01"}
+    cells = fidelity_gain_cells(metrics["gains"]["g2u"], "viescore")
+    # cells: denoise×ocr (7.5, 1), outpaint×ocr (2, -1), outpaint×count (3, 0), denoise×count (6, 1), zoom×count (1, -1)
+    assert cells["fit"]["n"] == 5 and cells["cells"]["denoise × ocr"] == {"fidelity": 7.5, "gain": 1.0, "n": 2}
+    assert metrics["flat"]["fidelity_gain/g2u/cells/r2"] == pytest.approx(cells["fit"]["r2"])
+    assert "| count | +100.0 | -50.0 |" in transfer_markdown(metrics)
+
+
+def test_plot_and_gallery_show_judged_scores_and_reasons(tmp_path):
+    recs = [_thought("1", "baseline", False, "ocr", None, None), _thought("1", "g2u", True, "ocr", "enhancement",
+                                                                          "denoise", 8.0),
+            _thought("2", "baseline", True, "ocr", None, None), _thought("2", "g2u", False, "ocr", "extension",
+                                                                         "outpaint", 2.0),
+            _thought("3", "baseline", False, "ocr", None, None), _thought("3", "g2u", False, "ocr", "extension",
+                                                                          "zoom", 5.0)]
+    metrics = compute_metrics(recs)
+    assert plot_fidelity_gain(metrics, tmp_path / "fg.png").is_file()
+    page = write_gallery(recs, {}, tmp_path / "g.html").read_text()
+    assert "VIEScore <b>8.00</b>" in page and "reason 2" in page and "edit magnitude: SSIM 0.500" in page

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from g2u.errors import InputError
-from g2u.prompts import PromptLibrary, default_library, find_leak
+from g2u.prompts import EditPrompt, PromptLibrary, default_library, find_leak, prompt_leak
 
 
 def test_shipped_library_has_both_families():
@@ -65,6 +65,50 @@ def test_invalid_library_is_rejected(data, message):
     ("Zoom on the big dog", ["a big dog", "a small dog"], None, False),
     ("Zoom on a big dog", ["a big dog", "a small dog"], None, True),
     ("Increase the contrast", ["A", "B", "C"], "B", False),
+    # digits and number words are one number
+    ("Draw exactly 3 birds", None, "3", True),
+    ("Draw exactly 3 birds", None, "three", True),
+    ("Draw exactly three birds", ["2", "3", "4"], None, True),
+    ("Draw the birds again", None, "3", False),
+    ("Redraw at 300 dpi", None, "3", False),           # whole numbers only
+    # singular and plural are one noun
+    ("Highlight the circles", None, "circle", True),
+    ("Highlight every circle", ["circles", "squares"], None, True),
+    ("Make the boxes sharper", None, "box", True),
+    ("Outline the circular shapes", None, "circle", False),
+    # option letters written as choices
+    ("Zoom into region (B) of the chart", ["x1", "x2"], None, True),
+    ("Focus on B. and nothing else", ["x1", "x2"], None, True),
+    ("Crop to panel [C]", ["p", "q", "r"], None, True),
+    ("Focus on panel (C)", ["x1", "x2"], None, False),  # C is not one of two options' letters
+    ("Zoom on plan B and keep details", ["x1", "x2"], None, False),  # a bare letter is not a choice
+    ("Zoom into (B) only", None, "B", True),           # a letter answer without options
 ])
 def test_leak_guard(prompt, options, answer, leaks):
     assert (find_leak(prompt, options, answer) is not None) == leaks
+
+
+def test_a_library_prompt_is_never_refused_for_an_option_word():
+    isolate = default_library().get("isolate_subject")
+    assert "white" in isolate.text
+    assert prompt_leak(isolate, ["white", "black"], "A") is None                # fixed text never saw the question
+    free = EditPrompt(None, "extension", isolate.text)
+    assert prompt_leak(free, ["white", "black"], "A") == "contains an option ('white')"  # the same text, written
+    assert prompt_leak(EditPrompt("x", "extension", "The answer is B"), None, None) is not None
+
+
+def test_writer_fallback_is_rechecked_and_a_failing_default_gives_way():
+    import time
+
+    from g2u.writers.guard import fallback, guarded
+
+    lib = default_library()
+    bad = EditPrompt("bad_default", "enhancement", "Sharpen; the answer is B")
+    broken = PromptLibrary(lib.version, {"bad_default": bad, **lib.prompts},
+                           {**lib.family_defaults, "enhancement": "bad_default"})
+    written = guarded(broken, "openai", "Draw exactly 3 birds", "enhancement", None, "three", time.monotonic())
+    assert written.fallback and written.prompt.name != "bad_default"
+    assert "leak: contains the answer ('three')" in written.fallback_reason
+    assert "library default 'bad_default'" in written.fallback_reason
+    kept = fallback(lib, "openai", "extension", "timeout", time.monotonic(), ["white", "black"], "A")
+    assert kept.prompt.name == lib.family_defaults["extension"] and kept.fallback_reason == "timeout"

@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 YES_NO = ("yes", "no")
 BUILTIN_SAMPLE = 8
+MMVET_CAPABILITIES = {"rec", "ocr", "know", "gen", "spat", "math"}
 CIRCULAR_OFFSET = 1_000_000
 """MMBench circular eval: the shifted copies of question i have indices i + k·1e6."""
 
@@ -160,8 +161,10 @@ def load_tsv(path: Path) -> list[Sample]:
     """VLMEvalKit layout: index, question, [hint], A.., answer, [category, l2-category], and the image as
     base64 in ``image`` (a short value there names the row whose image it shares, as in MMBench) or a
     path in ``image_path``. MMBench circular copies (index ≥ 1e6) share ``group = index % 1e6``; yes/no
-    questions of one image share a group (MME acc+); HallusionBench's set/figure/question ids are kept
-    for fAcc/qAcc."""
+    questions of one image share a group (MME acc+). HallusionBench (string index such as
+    ``VD_figure_x_0_0_0``: set/figure/question ids are ``index.split('_')[3:6]``, or ``set_id`` /
+    ``figure_id`` / ``question_id`` columns) gets ``figure_group = l2/set/figure`` and ``question_group =
+    l2/set/question`` as the reference groups fAcc/qAcc; its text-only rows (no image) are skipped."""
     import pandas as pd
 
     frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=True)
@@ -172,7 +175,10 @@ def load_tsv(path: Path) -> list[Sample]:
         raise ValueError(f"{path}: needs an 'image' (base64) or 'image_path' column")
     rows = frame.to_dict("records")
     images = {str(r["index"]): r.get("image") for r in rows}
-    circular = any(int(float(r["index"])) >= CIRCULAR_OFFSET for r in rows)
+    circular = any((_int_index(r["index"]) or 0) >= CIRCULAR_OFFSET for r in rows)
+    # MM-Vet's TSV: every category a comma-separated set of its capabilities; all its answers are open
+    # (a gold "yes" is graded by the judge, not read as a yes/no question)
+    mmvet = all(set(str(_cell(r.get("category")) or "?").split(",")) <= MMVET_CAPABILITIES for r in rows)
     samples = []
     for n, row in enumerate(rows, 2):  # line 1 is the header
         where = f"{path}:{n}"
@@ -191,19 +197,22 @@ def load_tsv(path: Path) -> list[Sample]:
         if image_b64 is not None and len(image_b64) <= 64:  # a reference to another row's image
             image_owner, image_b64 = image_b64, _cell(images.get(image_b64))
         image_path = _cell(row.get("image_path"))
+        hallusion = _hallusion_ids(row)
+        if image_b64 is None and image_path is None and hallusion is not None:
+            continue  # a HallusionBench text-only question: not a visual question, not scored
         if image_b64 is None and image_path is None:
             raise ValueError(f"{where}: field 'image' is empty and there is no 'image_path'")
         if image_b64 is None and image_path is not None and not Path(image_path).is_absolute():
             image_path = str((path.parent / image_path).resolve())
-        kind = _kind(options, answer)
+        kind = "open" if mmvet else _kind(options, answer)
         if kind == "yesno":
             answer = answer.strip().lower()
         extra = {k: v for k, v in ((c, _cell(row.get(c))) for c in ("l2-category", "hint", "split", "source"))
                  if v is not None}
-        if all(_cell(row.get(c)) for c in ("set_id", "figure_id", "question_id")):
-            cat = _cell(row.get("category")) or ""
-            extra["figure_group"] = f"{cat}/{row['set_id']}/{row['figure_id']}"
-            extra["question_group"] = f"{cat}/{row['set_id']}/{row['question_id']}"
+        if hallusion is not None:
+            l2, set_id, figure_id, question_id = hallusion
+            extra["figure_group"] = f"{l2}/{set_id}/{figure_id}"
+            extra["question_group"] = f"{l2}/{set_id}/{question_id}"
         group = None
         if circular and options:
             group = str(int(float(index)) % CIRCULAR_OFFSET)
@@ -214,6 +223,29 @@ def load_tsv(path: Path) -> list[Sample]:
                               image_path=None if image_b64 else image_path, image_b64=image_b64,
                               group=group, extra=extra))
     return samples
+
+
+def _int_index(value: Any) -> int | None:
+    """A numeric row index (MMBench, MME), or None for string ids (HallusionBench)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() else None
+
+
+def _hallusion_ids(row: dict) -> tuple[str, str, str, str] | None:
+    """(l2-category, set, figure, question) of a HallusionBench row: from ``set_id``/``figure_id``/
+    ``question_id`` columns, else from a string index ``<cat>_<l2>_<x>_<set>_<figure>_<question>``."""
+    l2 = _cell(row.get("l2-category"))
+    cols = [_cell(row.get(c)) for c in ("set_id", "figure_id", "question_id")]
+    if all(cols):
+        return (l2 or _cell(row.get("category")) or "", *cols)  # type: ignore[return-value]
+    index = str(row.get("index"))
+    parts = index.split("_")
+    if _int_index(index) is None and len(parts) >= 6:
+        return (l2 or parts[1], parts[3], parts[4], parts[5])
+    return None
 
 
 # ---------------------------------------------------------------- MM-Vet
@@ -237,7 +269,7 @@ def load_mmvet(path: Path) -> list[Sample]:
         caps = row.get("capability") or []
         answer = str(row["answer"])
         samples.append(Sample(id=str(sid), question=str(row["question"]), options=None, answer=answer,
-                              category=",".join(sorted(caps)), answer_kind=_kind(None, answer),
+                              category=",".join(sorted(caps)), answer_kind="open",
                               image_path=str((path.parent / "images" / row["imagename"]).resolve()),
                               extra={"capability": caps}))
     return samples

@@ -1,5 +1,12 @@
-"""What an evaluation shows: accuracy per mode and category, G→U − baseline deltas (overall, per
-category, per prompt family), the fidelity→gain correlation, plots and an HTML gallery."""
+"""What an evaluation shows: accuracy per mode and category (primary: the reference rules; secondary: the
+lenient reading), how many predictions were scored and how many failed, G→U − baseline deltas on paired
+samples (overall, per category, per prompt family, and the paper's transfer table: task category × prompt
+family), the benchmarks' own aggregates, the fidelity→gain regression beside the paper's, plots and an HTML
+gallery.
+
+A failed or refused prediction (a record with ``error``) is an error, never a wrong answer: it is counted
+in ``n_errors`` and left out of every accuracy and delta.
+"""
 
 from __future__ import annotations
 
@@ -15,86 +22,227 @@ from typing import Any
 from PIL import Image
 from scipy import stats
 
-from g2u.eval.scoring import circular_accuracy, hallusionbench_scores, mme_scores
+from g2u.eval.datasets import MMVET_CAPABILITIES
+from g2u.eval.scoring import (
+    circular_scores,
+    hallusionbench_scores,
+    mme_scores,
+    mmvet_scores,
+    score_record,
+)
+
+PAPER_FIDELITY_GAIN = {"r2": 0.27, "p": "<0.01"}
+"""The paper's fidelity→gain fit (VIEScore fidelity against accuracy gain), printed beside ours."""
 
 
-def _accuracy(records: Sequence[dict]) -> float:
-    return sum(bool(r["correct"]) for r in records) / len(records) if records else float("nan")
+def _score(record: dict, lenient: bool = False) -> float | None:
+    """Primary (reference-rule) score; records without their scoring fields keep their ``correct``."""
+    if record.get("error"):
+        return None
+    if "answer_kind" in record and "answer" in record:
+        return score_record(record, lenient=lenient)
+    return None if lenient else float(record["correct"])
 
 
-def accuracy_table(records: Sequence[dict]) -> dict[str, dict[str, float]]:
-    """{mode: {"overall": acc, "<category>": acc, ...}}"""
-    by_mode: dict[str, list[dict]] = defaultdict(list)
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def scored(records: Sequence[dict], lenient: bool = False) -> list[dict]:
+    """The records that have a score, each a copy with ``score`` (0–1) added."""
+    out = []
     for r in records:
-        by_mode[r["mode"]].append(r)
+        s = _score(r, lenient)
+        if s is not None:
+            out.append(dict(r, score=s))
+    return out
+
+
+def _by_mode(records: Sequence[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[r["mode"]].append(r)
+    return groups
+
+
+def accuracy_table(records: Sequence[dict], lenient: bool = False) -> dict[str, dict[str, float]]:
+    """{mode: {"overall": acc, "<category>": acc, ...}} over the scored records (errors left out)."""
     table = {}
-    for mode, rows in by_mode.items():
-        cats: dict[str, list[dict]] = defaultdict(list)
+    for mode, rows in _by_mode(scored(records, lenient)).items():
+        cats: dict[str, list[float]] = defaultdict(list)
         for r in rows:
-            cats[str(r.get("category") or "all")].append(r)
-        table[mode] = {"overall": _accuracy(rows), **{c: _accuracy(v) for c, v in sorted(cats.items())}}
+            cats[str(r.get("category") or "all")].append(r["score"])
+        table[mode] = {"overall": _mean([r["score"] for r in rows]),
+                       **{c: _mean(v) for c, v in sorted(cats.items())}}
     return table
 
 
+def counts(records: Sequence[dict]) -> dict[str, dict[str, int]]:
+    """{mode: {"n_scored", "n_errors"}}."""
+    out = {}
+    for mode, rows in _by_mode(records).items():
+        errors = sum(1 for r in rows if r.get("error"))
+        out[mode] = {"n_scored": len(rows) - errors, "n_errors": errors}
+    return out
+
+
+def _prompt_label(edit: dict) -> str | None:
+    return edit.get("prompt_name") or edit.get("prompt")
+
+
 def paired_gains(records: Sequence[dict], mode: str = "g2u", base: str = "baseline") -> list[dict]:
-    """Per sample: gain = correct(mode) − correct(base) ∈ {−1, 0, 1}, with the thought's family and SSIM."""
+    """Per sample scored in both modes: gain = score(mode) − score(base) ∈ [−1, 1], with the thought's
+    prompt and family, its edit magnitude (SSIM/PSNR) and its judged fidelity when there is one."""
     by_key = {(r["id"], r["mode"]): r for r in records}
     out = []
     for (sid, m), r in by_key.items():
         if m != mode or (sid, base) not in by_key:
             continue
         b = by_key[(sid, base)]
-        out.append({"id": sid, "category": r.get("category"), "family": (r.get("edit") or {}).get("family"),
-                    "ssim": (r.get("fidelity") or {}).get("ssim"), "psnr": (r.get("fidelity") or {}).get("psnr"),
-                    "gain": int(bool(r["correct"])) - int(bool(b["correct"]))})
+        s_mode, s_base = _score(r), _score(b)
+        if s_mode is None or s_base is None:
+            continue  # an error on either side: not a pair
+        edit = r.get("edit") or {}
+        fid = r.get("fidelity") or {}
+        judged = fid.get("judged") or {}
+        out.append({"id": sid, "category": r.get("category"), "family": edit.get("family"),
+                    "prompt": _prompt_label(edit), "ssim": fid.get("ssim"), "psnr": fid.get("psnr"),
+                    "viescore": judged.get("overall"), "sc": judged.get("semantic_consistency"),
+                    "pq": judged.get("perceptual_quality"), "judge_reason": judged.get("reason"),
+                    "gain": s_mode - s_base})
     return out
 
 
 def _mean_by(rows: Sequence[dict], key: str) -> dict[str, float]:
-    groups: dict[str, list[int]] = defaultdict(list)
+    groups: dict[str, list[float]] = defaultdict(list)
     for row in rows:
         groups[str(row.get(key) or "none")].append(row["gain"])
-    return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
+    return {k: _mean(v) for k, v in sorted(groups.items())}
+
+
+def transfer_table(gains: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """The paper's transfer table: mean accuracy delta per task category × prompt family
+    ({category: {family: delta}}), over paired samples."""
+    cells: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for g in gains:
+        if g.get("family"):
+            cells[str(g.get("category") or "all")][g["family"]].append(g["gain"])
+    return {cat: {fam: _mean(v) for fam, v in sorted(fams.items())} for cat, fams in sorted(cells.items())}
+
+
+def fidelity_metric(gains: Sequence[dict]) -> str:
+    """The judged VIEScore when any sample has one (the paper's fidelity), else SSIM (edit magnitude)."""
+    return "viescore" if any(g.get("viescore") is not None for g in gains) else "ssim"
+
+
+def _fit(pts: Sequence[tuple[float, float]]) -> dict[str, float]:
+    if len(pts) < 3 or len({x for x, _ in pts}) < 2 or len({y for _, y in pts}) < 2:
+        return {"r2": float("nan"), "p": float("nan"), "slope": float("nan"), "intercept": float("nan"),
+                "n": len(pts)}
+    fit = stats.linregress([x for x, _ in pts], [y for _, y in pts])
+    return {"r2": float(fit.rvalue**2), "p": float(fit.pvalue), "slope": float(fit.slope),
+            "intercept": float(fit.intercept), "n": len(pts)}
 
 
 def fidelity_gain_correlation(gains: Sequence[dict], metric: str = "ssim") -> dict[str, float]:
-    """Linear fit of gain on fidelity (the paper: fidelity bounds the gain): R², p, slope, n."""
-    pts = [(g[metric], g["gain"]) for g in gains if g.get(metric) is not None]
-    if len(pts) < 3 or len({x for x, _ in pts}) < 2 or len({y for _, y in pts}) < 2:
-        return {"r2": float("nan"), "p": float("nan"), "slope": float("nan"), "n": len(pts)}
-    fit = stats.linregress([x for x, _ in pts], [y for _, y in pts])
-    return {"r2": float(fit.rvalue**2), "p": float(fit.pvalue), "slope": float(fit.slope), "n": len(pts)}
+    """Per-sample linear fit of gain on fidelity (the paper: fidelity bounds the gain): R², p, slope, n."""
+    return _fit([(g[metric], g["gain"]) for g in gains if g.get(metric) is not None])
 
 
-def benchmark_scores(records: Sequence[dict]) -> dict[str, float]:
-    """The reference harnesses' own aggregates, where the records carry their groups: MMBench circular
-    accuracy, MME acc+/score, HallusionBench fAcc/qAcc."""
+def fidelity_gain_cells(gains: Sequence[dict], metric: str = "ssim") -> dict[str, Any]:
+    """The aggregated fit: one point per (prompt × category) cell, mean fidelity against mean gain."""
+    cells: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for g in gains:
+        if g.get(metric) is not None:
+            cells[(str(g.get("prompt") or g.get("family") or "none"), str(g.get("category") or "all"))].append(g)
+    points = {f"{p} × {c}": (_mean([g[metric] for g in v]), _mean([g["gain"] for g in v]), len(v))
+              for (p, c), v in sorted(cells.items())}
+    return {"fit": _fit([(x, y) for x, y, _ in points.values()]),
+            "cells": {k: {"fidelity": x, "gain": y, "n": n} for k, (x, y, n) in points.items()}}
+
+
+def _group_key(r: dict) -> str:
+    return str(r.get("group") or r["id"])
+
+
+def _whole_groups(rows: Sequence[dict], lenient: bool) -> list[dict]:
+    """Scored records of the groups (circular copies, questions of one image) none of whose members
+    failed: a group with an error cannot be judged all-right or not, so it is not scored."""
+    failed = {_group_key(r) for r in rows if _score(r, lenient) is None}
+    return scored([r for r in rows if _group_key(r) not in failed], lenient)
+
+
+def _is_mmvet(rows: Sequence[dict]) -> bool:
+    return bool(rows) and all(
+        set(str(r.get("category") or "?").split(",")) <= MMVET_CAPABILITIES for r in rows)
+
+
+def benchmark_scores(records: Sequence[dict], lenient: bool = False) -> dict[str, float]:
+    """The reference harnesses' own aggregates, where the records carry what they need: MMBench circular
+    accuracy (overall, per category, per l2-category), MME perception / cognition sums and per-category
+    scores, HallusionBench aAcc/fAcc/qAcc (overall, per category, per l2-category), MM-Vet per capability."""
     flat: dict[str, float] = {}
-    by_mode: dict[str, list[dict]] = defaultdict(list)
-    for r in records:
-        by_mode[r["mode"]].append(r)
-    for mode, rows in by_mode.items():
+    for mode, rows in _by_mode(records).items():
         mcq = [r for r in rows if r.get("answer_kind") == "mcq"]
         if any(r.get("group") not in (None, r["id"]) for r in mcq):
-            flat[f"circular/{mode}/acc"] = circular_accuracy(mcq)
+            for k, v in circular_scores(_whole_groups(mcq, lenient)).items():
+                flat[f"circular/{mode}/{'acc' if k == 'overall' else k}"] = v
         yesno = [r for r in rows if r.get("answer_kind") == "yesno"]
         if any(r.get("figure_group") for r in yesno):
-            flat.update({f"hallusionbench/{mode}/{k}": v for k, v in hallusionbench_scores(yesno).items()})
+            for split, values in hallusionbench_scores(scored(yesno, lenient)).items():
+                prefix = f"hallusionbench/{mode}" + ("" if split == "overall" else f"/{split}")
+                flat.update({f"{prefix}/{k}": v for k, v in values.items()})
         elif any(r.get("group") for r in yesno):
-            mme = mme_scores(yesno)
-            flat[f"mme/{mode}/score"] = mme.pop("total")["score"]
-            flat[f"mme/{mode}/acc_plus"] = sum(v["acc_plus"] for v in mme.values()) / len(mme)
+            mme = mme_scores(_whole_groups(yesno, lenient))
+            flat[f"mme/{mode}/perception"] = mme["perception"]
+            flat[f"mme/{mode}/cognition"] = mme["cognition"]
+            for cat, values in mme["categories"].items():
+                flat.update({f"mme/{mode}/category/{cat}/{k}": v for k, v in values.items()})
+        openq = [r for r in rows if r.get("answer_kind") == "open"]
+        if _is_mmvet(openq):
+            flat.update({f"mmvet/{mode}/{k}": v for k, v in mmvet_scores(scored(openq, lenient)).items()})
     return flat
 
 
-def compute_metrics(records: Sequence[dict]) -> dict[str, Any]:
-    """Flat metrics, named as MLflow logs them, plus the nested tables for artifacts."""
+def with_sample_fields(records: Sequence[dict], samples: Sequence[Any]) -> list[dict]:
+    """Records completed from their samples with what the aggregates need and older records lack
+    (``l2_category`` for MMBench/MMStar per-l2 scores)."""
+    by_id = {s.id: s for s in samples}
+    out = []
+    for r in records:
+        sample = by_id.get(r["id"])
+        l2 = sample.extra.get("l2-category") if sample is not None else None
+        out.append(dict(r, l2_category=l2) if l2 and not _has_l2(r) else r)
+    return out
+
+
+def _has_l2(record: dict) -> bool:
+    return bool(record.get("l2_category") or record.get("l2-category"))
+
+
+def compute_metrics(records: Sequence[dict], samples: Sequence[Any] | None = None) -> dict[str, Any]:
+    """Flat metrics, named as MLflow logs them, plus the nested tables for artifacts. ``samples`` (the
+    benchmark's ``Sample`` list) fills in fields the records may lack (l2-category)."""
+    if samples is not None:
+        records = with_sample_fields(records, samples)
     acc = accuracy_table(records)
     flat: dict[str, float] = {}
     for mode, row in acc.items():
         for cat, value in row.items():
             flat[f"acc/{mode}/overall" if cat == "overall" else f"acc/{mode}/category/{cat}"] = value
-    out: dict[str, Any] = {"accuracy": acc, "flat": flat, "n_errors": sum(1 for r in records if r.get("error"))}
+    for mode, rows in _by_mode(scored(records)).items():  # per l2-category, as the reference's report_acc
+        l2s: dict[str, list[float]] = defaultdict(list)
+        for r in rows:
+            if _has_l2(r):
+                l2s[str(r.get("l2_category") or r.get("l2-category"))].append(r["score"])
+        flat.update({f"acc/{mode}/l2/{k}": _mean(v) for k, v in sorted(l2s.items())})
+    for mode, row in accuracy_table(records, lenient=True).items():
+        flat[f"lenient/acc/{mode}/overall"] = row["overall"]
+    n = counts(records)
+    for mode, c in n.items():
+        flat[f"n_scored/{mode}"], flat[f"n_errors/{mode}"] = c["n_scored"], c["n_errors"]
+    out: dict[str, Any] = {"accuracy": acc, "counts": n, "flat": flat,
+                           "n_errors": sum(1 for r in records if r.get("error"))}
     if "baseline" in acc:
         for mode in acc:
             if mode == "baseline":
@@ -102,17 +250,29 @@ def compute_metrics(records: Sequence[dict]) -> dict[str, Any]:
             gains = paired_gains(records, mode)
             if not gains:
                 continue
-            delta = {"overall": sum(g["gain"] for g in gains) / len(gains)}
-            flat[f"delta/{mode}/overall"] = delta["overall"]
+            flat[f"delta/{mode}/n_paired"] = len(gains)
+            flat[f"delta/{mode}/overall"] = _mean([g["gain"] for g in gains])
             for cat, v in _mean_by(gains, "category").items():
                 flat[f"delta/{mode}/category/{cat}"] = v
             for fam, v in _mean_by(gains, "family").items():
                 if fam != "none":
                     flat[f"delta/{mode}/family/{fam}"] = v
-            corr = fidelity_gain_correlation(gains)
-            flat.update({f"fidelity_gain/{mode}/{k}": v for k, v in corr.items()})
+            transfer = transfer_table(gains)
+            for cat, fams in transfer.items():
+                flat.update({f"transfer/{mode}/{fam}/category/{cat}": v for fam, v in fams.items()})
+            metric = fidelity_metric(gains)
+            per_sample = fidelity_gain_correlation(gains, metric)
+            cells = fidelity_gain_cells(gains, metric)
+            flat.update({f"fidelity_gain/{mode}/{k}": v for k, v in per_sample.items()})
+            flat.update({f"fidelity_gain/{mode}/cells/{k}": v for k, v in cells["fit"].items()})
             out.setdefault("gains", {})[mode] = gains
+            out.setdefault("transfer", {})[mode] = transfer
+            out.setdefault("fidelity_gain", {})[mode] = {"metric": metric, "per_sample": per_sample,
+                                                         "cells": cells, "paper": PAPER_FIDELITY_GAIN}
     flat.update(benchmark_scores(records))
+    flat.update({f"lenient/{k}": v for k, v in benchmark_scores(records, lenient=True).items()
+                 if k.endswith(("/acc", "/perception", "/cognition", "/aAcc", "/fAcc", "/qAcc"))
+                 and k.count("/") == 2})
     timings: dict[str, list[float]] = defaultdict(list)
     for r in records:
         for stage, ms in (r.get("timings_ms") or {}).items():
@@ -121,12 +281,26 @@ def compute_metrics(records: Sequence[dict]) -> dict[str, Any]:
         values.sort()
         flat[f"time_ms/{name}/p50"] = values[len(values) // 2]
     flat["n_records"] = len(records)
+    flat["n_scored"] = len(records) - out["n_errors"]
     flat["n_errors"] = out["n_errors"]
     return out
 
 
+def transfer_markdown(metrics: dict[str, Any], mode: str = "g2u") -> str:
+    """The transfer table as Markdown (rows: task categories; columns: prompt families; points)."""
+    table = metrics.get("transfer", {}).get(mode) or {}
+    families = sorted({f for fams in table.values() for f in fams})
+    if not families:
+        return ""
+    lines = ["| category | " + " | ".join(families) + " |", "|---" * (len(families) + 1) + "|"]
+    for cat, fams in table.items():
+        cells = [f"{100 * fams[f]:+.1f}" if f in fams else "—" for f in families]
+        lines.append(f"| {cat} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_deltas(metrics: dict[str, Any], path: Path) -> Path | None:
-    """Bar chart of G→U − baseline per category."""
+    """Bar chart of G→U − baseline per category (paired samples)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,27 +323,38 @@ def plot_deltas(metrics: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
-def plot_fidelity_gain(metrics: dict[str, Any], path: Path) -> Path | None:
-    """Scatter of per-sample gain against SSIM(Î, I), with the linear fit."""
+_AXIS = {"viescore": "judged fidelity (VIEScore overall, 0–10)", "ssim": "edit magnitude: SSIM(thought, input)"}
+
+
+def plot_fidelity_gain(metrics: dict[str, Any], path: Path, mode: str = "g2u") -> Path | None:
+    """Scatter of per-sample gain against fidelity (judged VIEScore when present, else SSIM), with the
+    fit; the title puts our R² and p beside the paper's."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    gains = [g for g in metrics.get("gains", {}).get("g2u", []) if g.get("ssim") is not None]
-    if not gains:
+    info = metrics.get("fidelity_gain", {}).get(mode)
+    gains = metrics.get("gains", {}).get(mode, [])
+    if not info:
         return None
-    fig, ax = plt.subplots(figsize=(4, 3))
-    xs, ys = [g["ssim"] for g in gains], [g["gain"] for g in gains]
+    metric = info["metric"]
+    pts = [g for g in gains if g.get(metric) is not None]
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    xs, ys = [g[metric] for g in pts], [g["gain"] for g in pts]
     ax.scatter(xs, ys, alpha=0.6)
-    corr = fidelity_gain_correlation(gains)
-    if not math.isnan(corr["slope"]):
-        fit = stats.linregress(xs, ys)
+    fit = info["per_sample"]
+    if not math.isnan(fit["slope"]):
         lo, hi = min(xs), max(xs)
-        ax.plot([lo, hi], [fit.intercept + fit.slope * lo, fit.intercept + fit.slope * hi], color="black")
-    ax.set_xlabel("SSIM(thought, input)")
+        ax.plot([lo, hi], [fit["intercept"] + fit["slope"] * lo, fit["intercept"] + fit["slope"] * hi],
+                color="black")
+    ax.set_xlabel(_AXIS[metric])
     ax.set_ylabel("gain (G→U − baseline)")
-    ax.set_title(f"R²={corr['r2']:.3f}  p={corr['p']:.3g}  n={corr['n']}")
+    paper = info["paper"]
+    ax.set_title(f"ours: R²={fit['r2']:.3f} p={fit['p']:.3g} n={fit['n']}   "
+                 f"paper: R²={paper['r2']} p{paper['p']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -188,10 +373,30 @@ def _embedded(folder: Path, relative: str | None, side: int = 256) -> str | None
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _fidelity_html(fidelity: dict | None) -> str:
+    """Judged scores and the judge's reason when present, then the edit magnitude."""
+    esc = html.escape
+    fid = fidelity or {}
+    parts = []
+    judged = fid.get("judged")
+    if judged:
+        if judged.get("overall") is not None:
+            parts.append(f"VIEScore <b>{judged['overall']:.2f}</b> (SC {judged.get('semantic_consistency')}, "
+                         f"PQ {judged.get('perceptual_quality')})")
+        else:
+            parts.append("VIEScore: none")
+        if judged.get("reason"):
+            parts.append(f"<i>{esc(str(judged['reason'])[:400])}</i>")
+    if fid.get("ssim") is not None:
+        parts.append(f"edit magnitude: SSIM {fid['ssim']:.3f}, PSNR {fid.get('psnr', float('nan')):.1f} dB")
+    return "<br>".join(parts)
+
+
 def write_gallery(records: Sequence[dict], originals: dict[str, str], path: Path, limit: int = 200) -> Path:
-    """An HTML page: original | thought | question | answers of every mode, per sample (the first
-    ``limit``). ``originals`` and the records' thought paths are relative to ``path``'s folder; the images
-    are embedded, so the page is complete on its own and opens from the MLflow UI."""
+    """An HTML page: original | thought (prompt, judged fidelity and reason, edit magnitude) | question |
+    answers of every mode (✅ / ❌, ⚠ for an error), per sample (the first ``limit``). ``originals`` and the
+    records' thought paths are relative to ``path``'s folder; the images are embedded, so the page is
+    complete on its own and opens from the MLflow UI."""
     by_id: dict[str, dict[str, dict]] = defaultdict(dict)
     for r in records:
         by_id[r["id"]][r["mode"]] = r
@@ -201,19 +406,28 @@ def write_gallery(records: Sequence[dict], originals: dict[str, str], path: Path
         uri = _embedded(path.parent, relative)
         return f"<img src='{uri}' width='256' title='{esc(relative or '')}'>" if uri else "—"
 
+    def verdict(r: dict) -> str:
+        if r.get("error"):
+            err = r["error"]
+            return f"⚠ error: {esc(str(err.get('reason', err) if isinstance(err, dict) else err)[:200])}"
+        s = _score(r)
+        return "✅" if s == 1.0 else "❌" if s == 0.0 else f"{s:.2f}"
+
     rows = []
     for sid, modes in list(by_id.items())[:limit]:
         any_rec = next(iter(modes.values()))
-        thought = next((r["thought_path"] for r in modes.values() if r.get("thought_path")), None)
+        thought_rec = next((r for r in modes.values() if r.get("thought_path")), None)
         answers = "".join(
-            f"<li><b>{esc(m)}</b>: {esc(str(r.get('prediction', ''))[:200])} "
-            f"{'✅' if r.get('correct') else '❌'}</li>" for m, r in sorted(modes.items()))
+            f"<li><b>{esc(m)}</b>: {esc(str(r.get('prediction', ''))[:200])} {verdict(r)}</li>"
+            for m, r in sorted(modes.items()))
         edit = next((r.get("edit") for r in modes.values() if r.get("edit")), None) or {}
+        fid = next((r.get("fidelity") for r in modes.values() if r.get("fidelity")), None)
         opts = any_rec.get("options") or []
         rows.append(
             "<tr>"
             f"<td>{picture(originals.get(sid))}</td>"
-            f"<td>{picture(thought)}<br><small>{esc(edit.get('prompt', ''))}</small></td>"
+            f"<td>{picture(thought_rec['thought_path'] if thought_rec else None)}"
+            f"<br><small>{esc(edit.get('prompt', ''))}</small><br><small>{_fidelity_html(fid)}</small></td>"
             f"<td><b>{esc(sid)}</b><br>{esc(any_rec.get('question', ''))}"
             f"<br><small>{esc(' | '.join(map(str, opts)))}</small>"
             f"<br>gold: <b>{esc(str(any_rec.get('answer', '')))}</b></td>"

@@ -109,7 +109,8 @@ class OpenAIWriter:
               family: str | None = None, answer: str | None = None) -> WrittenPrompt:
         start = time.monotonic()
         if self.client is None:
-            return fallback(self.library, self.name, family, "no API key (set OPENAI_API_KEY)", start)
+            return fallback(self.library, self.name, family, "no API key (set OPENAI_API_KEY)", start,
+                            options, answer)
         key = cache_key(image, question, None, family, *self._identity)  # options are not sent: not in the key
         written = self.cache.get(key)
         if written is None:
@@ -117,7 +118,7 @@ class OpenAIWriter:
                 written = self._ask(self.messages(image, question, family), family,
                                     start + self.config.budget_s)
             except _GiveUp as stop:
-                return fallback(self.library, self.name, family, str(stop), start)
+                return fallback(self.library, self.name, family, str(stop), start, options, answer)
             self.cache.put(key, written)
         return guarded(self.library, self.name, written[0], written[1], options, answer, start)
 

@@ -45,9 +45,10 @@ class SelfWriter:
         try:
             [reply] = self.backend.answer([[image, text]], AnswerParams(max_new_tokens=MAX_NEW_TOKENS))
         except Exception as exc:  # the writer must not fail the prediction; stage II will surface a real fault
-            return fallback(self.library, self.name, family, f"backend error: {type(exc).__name__}: {exc}", start)
+            return fallback(self.library, self.name, family, f"backend error: {type(exc).__name__}: {exc}", start,
+                            options, answer)
         try:
             prompt, written_family = parse_reply(reply, family, plain_ok=True)
         except MalformedOutput as exc:
-            return fallback(self.library, self.name, family, f"malformed output: {exc}", start)
+            return fallback(self.library, self.name, family, f"malformed output: {exc}", start, options, answer)
         return guarded(self.library, self.name, prompt, written_family, options, answer, start)
