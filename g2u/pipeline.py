@@ -17,10 +17,10 @@ from typing import Any
 
 from g2u.backends import Backend, load_backend
 from g2u.errors import InputError
-from g2u.fidelity import fidelity
+from g2u.fidelity import edit_magnitude
 from g2u.images import check_edit_size, working_size
 from g2u.modes import MODES
-from g2u.prompts import PromptLibrary, default_library, find_leak
+from g2u.prompts import PromptLibrary, default_library, prompt_leak
 from g2u.types import AnswerParams, EditRecord, G2URequest, Thought, Turn
 
 MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -144,18 +144,18 @@ class G2UPipeline:
         outputs = self.backend.edit([requests[i].image for i in todo], [r.prompt for r in records], params)
         edit_ms = (time.perf_counter() - start) * 1000
 
-        # 3. Fidelity of each Î against its I.
+        # 3. Edit magnitude of each Î against its I (SSIM/PSNR; the judged fidelity is the evaluation's).
         for k, i in enumerate(todo):
             records[k].plan = outputs[k].plan
             start = time.perf_counter()
-            scores = fidelity(requests[i].image, outputs[k].image)
+            scores = edit_magnitude(requests[i].image, outputs[k].image)
             timings = {"write_prompt": write_ms[k], "edit": edit_ms, "fidelity": (time.perf_counter() - start) * 1000}
             thoughts[i] = Thought(image=outputs[k].image, edit=records[k], fidelity=scores, timings_ms=timings)
         return thoughts
 
     def _library_prompt(self, req: G2URequest):
         chosen = self.library.resolve(req.prompt, req.prompt_name, req.family)
-        leak = find_leak(chosen.text, req.options, req.gold_answer)
+        leak = prompt_leak(chosen, req.options, req.gold_answer)
         if leak:
             raise InputError("prompt" if req.prompt else "prompt_name", f"leaks the answer: {leak}")
         return chosen

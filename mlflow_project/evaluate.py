@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default="", help="inference token for --endpoint (default: $G2U_TOKEN)")
     p.add_argument("--out-dir", dest="out_dir", default="", help="default: outputs/eval/<benchmark>-<settings>")
     p.add_argument("--run-name", dest="run_name", default="")
+    p.add_argument("--fidelity-judge", dest="fidelity_judge", default="",
+                   help="judged fidelity (VIEScore) of each thought: none, openai, openai:MODEL (OpenAI-compatible "
+                        "endpoint) or self (the model's own understanding pathway); cached in the output folder")
     p.add_argument("--judge", default="", choices=["", "none", "openai"],
                    help="openai: rescore open answers with an LLM judge (OPENAI_BASE_URL/OPENAI_API_KEY, "
                         "model $G2U_JUDGE_MODEL or gpt-4o-mini); without a key the normalised match stands")
@@ -84,9 +87,10 @@ def run(args: argparse.Namespace, nested: bool = False) -> dict:
     import mlflow
 
     from g2u.eval.datasets import load_dataset
-    from g2u.eval.report import compute_metrics, plot_deltas, plot_fidelity_gain, write_gallery
+    from g2u.eval.report import compute_metrics, plot_deltas, plot_fidelity_gain, transfer_markdown, write_gallery
     from g2u.eval.runner import evaluate
-    from g2u.eval.scoring import llm_judge
+    from g2u.eval.scoring import mmvet_judge
+    from g2u.judge import make_judge
 
     config = config_from_args(args)
     samples = load_dataset(args.benchmark, limit=opt_int(args.limit))
@@ -97,10 +101,17 @@ def run(args: argparse.Namespace, nested: bool = False) -> dict:
         log_params({"benchmark": args.benchmark, "modes": ",".join(config.modes), **config.fields,
                     "limit": opt_int(args.limit), "batch_size": int(float(args.batch_size)), "model": predictor.label,
                     "endpoint": opt(args.endpoint), "n_samples": len(samples), "out_dir": str(out_dir),
-                    "judge": opt(args.judge) or "none"})
-        judge = llm_judge if opt(args.judge) == "openai" else None
-        result = evaluate(samples, predictor, config, out_dir, batch_size=int(float(args.batch_size)), judge=judge)
-        metrics = compute_metrics(result.records)
+                    "judge": opt(args.judge) or "none", "fidelity_judge": opt(args.fidelity_judge) or "none"})
+        judge = mmvet_judge if opt(args.judge) == "openai" else None
+        pipeline = getattr(predictor, "pipeline", None)
+        try:
+            fidelity_judge = make_judge(opt(args.fidelity_judge), backend=pipeline.backend if pipeline else None,
+                                        cache_dir=out_dir / "judge_cache")
+        except ValueError as exc:
+            raise InputError("fidelity_judge", str(exc)) from exc
+        result = evaluate(samples, predictor, config, out_dir, batch_size=int(float(args.batch_size)), judge=judge,
+                          fidelity_judge=fidelity_judge)
+        metrics = compute_metrics(result.records, samples)
         flat = {k: v for k, v in metrics["flat"].items() if isinstance(v, (int, float)) and v == v}
         mlflow.log_metrics({metric_name(k): v for k, v in flat.items()} |
                            {"computed": result.computed, "resumed": result.reused})
@@ -123,8 +134,11 @@ def run(args: argparse.Namespace, nested: bool = False) -> dict:
         plot_deltas(metrics, out_dir / "delta_per_category.png")
         plot_fidelity_gain(metrics, out_dir / "fidelity_vs_gain.png")
         write_gallery(result.records, originals, out_dir / "gallery.html")
+        (out_dir / "transfer.md").write_text(transfer_markdown(metrics))  # Δ per category × prompt family
+        (out_dir / "fidelity_gain.json").write_text(json.dumps(metrics.get("fidelity_gain", {}), indent=2,
+                                                               default=str))
         for name in ("predictions.jsonl", "metrics.json", "delta_per_category.png", "fidelity_vs_gain.png",
-                     "gallery.html"):
+                     "gallery.html", "transfer.md", "fidelity_gain.json"):
             if (out_dir / name).exists():
                 mlflow.log_artifact(str(out_dir / name))
         for folder in ("thoughts", "originals"):

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from g2u.eval.datasets import Sample
 from g2u.eval.scoring import score_sample
+from g2u.judge import attach_judgement
 from g2u.modes import MODES, needs_thought
 
 
@@ -123,9 +124,11 @@ def _end_torn_line(path: Path) -> None:
 
 def evaluate(samples: Sequence[Sample], predictor: Predictor, config: EvalConfig, out_dir: str | Path,
              batch_size: int = 4, progress: bool = True,
-             judge: Callable[[str, str, str], bool | None] | None = None) -> EvalResult:
+             judge: Callable[[str, str, str], bool | float | None] | None = None,
+             fidelity_judge: Callable | None = None) -> EvalResult:
     """Predict every (sample, mode) not already in ``out_dir/predictions.jsonl``; append as they come.
-    ``judge(question, answer, prediction)`` (e.g. ``scoring.llm_judge``) rescores open answers."""
+    ``judge(question, answer, prediction)`` (e.g. ``scoring.mmvet_judge``) rescores open answers;
+    ``fidelity_judge`` (``g2u.judge.make_judge``) adds the judged fidelity of each thought."""
     out = Path(out_dir)
     (out / "thoughts").mkdir(parents=True, exist_ok=True)
     path = out / "predictions.jsonl"
@@ -155,6 +158,7 @@ def evaluate(samples: Sequence[Sample], predictor: Predictor, config: EvalConfig
                     record["judge"] = verdict  # None: the judge could not answer; the match score stands
                     if verdict is not None:
                         record["correct"] = verdict
+                attach_judgement(record, fidelity_judge, sample.load_image(), out)
                 sink.write(json.dumps(record, ensure_ascii=False) + "\n")
                 if record.get("thought_path"):
                     reuse[record["id"]] = record
@@ -173,4 +177,5 @@ def evaluate(samples: Sequence[Sample], predictor: Predictor, config: EvalConfig
 def _sample_fields(sample: Sample) -> dict[str, Any]:
     return {"question": sample.question, "options": sample.options, "answer": sample.answer,
             "category": sample.category, "answer_kind": sample.answer_kind, "group": sample.group,
+            "l2_category": sample.extra.get("l2-category"),
             **{k: sample.extra[k] for k in ("figure_group", "question_group") if k in sample.extra}}
