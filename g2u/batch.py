@@ -20,12 +20,18 @@ from typing import Any
 
 from PIL import Image
 
+from g2u import deadline as _deadline
+from g2u.deadline import DeadlineExceeded, deadline
 from g2u.errors import InputError, error_body
 from g2u.pipeline import G2UPipeline, G2UResult
 from g2u.schema import parse_request
 from g2u.types import G2URequest, Thought
 
 logger = logging.getLogger(__name__)
+
+
+def deadline_clock() -> float:
+    return _deadline.clock()
 
 
 @dataclass
@@ -51,6 +57,8 @@ class Outcome:
     status: int = 200
     error: dict[str, Any] | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    deadline_at: float | None = None
+    """``g2u.deadline.clock()`` time after which the item is answered 504 instead of computed further."""
 
     @property
     def ok(self) -> bool:
@@ -61,8 +69,11 @@ class Batch:
     """One batch of raw items moving through the stages; every item carries its own outcome."""
 
     def __init__(self, pipeline: G2UPipeline, defaults: dict[str, Any] | None = None,
-                 max_pixels: int | None = None, on_error: Callable[[Outcome], None] | None = None):
+                 max_pixels: int | None = None, on_error: Callable[[Outcome], None] | None = None,
+                 deadline_s: float | None = None):
         self.pipeline = pipeline
+        self.deadline_s = deadline_s
+        """Seconds each item may take from its arrival (None: no deadline)."""
         self.defaults = dict(defaults or {})
         """Fields applied under every item's own (a model-config's ``handler.defaults``)."""
         self.max_pixels = max_pixels
@@ -73,7 +84,8 @@ class Batch:
     def parse(self, raws: Sequence[RawItem]) -> None:
         for raw in raws:
             start = time.perf_counter()
-            item = Outcome()
+            arrival = deadline_clock()
+            item = Outcome(deadline_at=arrival + self.deadline_s if self.deadline_s else None)
             try:
                 merged = dict(raw.fields)
                 for key, value in self.defaults.items():
@@ -82,6 +94,9 @@ class Batch:
                 kwargs = {"max_pixels": self.max_pixels} if self.max_pixels else {}
                 item.request = parse_request(merged, image=raw.image, **kwargs)
                 item.request.gold_answer = raw.gold_answer
+                if item.request.timeout_s is not None:  # the request's own limit, never past the server's
+                    own = arrival + item.request.timeout_s
+                    item.deadline_at = own if item.deadline_at is None else min(own, item.deadline_at)
                 self.pipeline.check(item.request)
                 item.thought = raw.thought
             except Exception as exc:  # noqa: BLE001 - every failure becomes this item's own answer
@@ -105,7 +120,7 @@ class Batch:
             for item, thought in zip(todo, pipe.imagine([it.request for it in todo])):
                 item.thought = thought
 
-        self._isolated([it for it, preset in zip(self.items, self._preset) if not preset], run)
+        self._isolated([it for it, preset in zip(self.items, self._preset) if not preset], run, "stage I")
 
     def understand(self) -> None:
         pipe = self.pipeline
@@ -114,7 +129,7 @@ class Batch:
             for item, result in zip(todo, pipe.understand([it.request for it in todo], [it.thought for it in todo])):
                 item.result = result
 
-        self._isolated(self.items, run)
+        self._isolated(self.items, run, "stage II")
 
     def outcomes(self) -> list[Outcome]:
         for item in self.items:
@@ -129,13 +144,19 @@ class Batch:
         if self.on_error is not None:
             self.on_error(item)
 
-    def _isolated(self, items: Sequence[Outcome], run: Callable[[Sequence[Outcome]], None]) -> None:
-        """Run one batched stage; if the batch fails, rerun item by item so only the culprit fails."""
+    def _isolated(self, items: Sequence[Outcome], run: Callable[[Sequence[Outcome]], None], stage: str) -> None:
+        """Run one batched stage under the batch's latest deadline; if the batch fails, rerun item by item
+        so only the culprit fails. A passed deadline fails the stage's items with 504 (no retry), and an
+        item whose own deadline passed meanwhile is answered 504 before the next stage."""
         todo = [it for it in items if it.ok]
         if not todo:
             return
         try:
-            run(todo)
+            with deadline(self._latest(todo)):
+                run(todo)
+        except DeadlineExceeded as exc:
+            for item in todo:
+                self.fail(item, exc)
         except Exception as exc:  # noqa: BLE001 - isolate the failing item, keep the caller alive
             if len(todo) == 1:
                 self.fail(todo[0], exc)
@@ -143,15 +164,25 @@ class Batch:
             logger.warning("a batch of %d failed (%s); retrying item by item", len(todo), exc)
             for item in todo:
                 try:
-                    run([item])
+                    with deadline(item.deadline_at):
+                        run([item])
                 except Exception as one:  # noqa: BLE001
                     self.fail(item, one)
+        now = deadline_clock()
+        for item in todo:
+            if item.ok and item.deadline_at is not None and now > item.deadline_at:
+                self.fail(item, DeadlineExceeded(f"the request's deadline passed during {stage}"))
+
+    @staticmethod
+    def _latest(items: Sequence[Outcome]) -> float | None:
+        ats = [it.deadline_at for it in items]
+        return None if any(a is None for a in ats) else max(ats)  # type: ignore[type-var]
 
 
 def run_batch(pipeline: G2UPipeline, raws: Sequence[RawItem], defaults: dict[str, Any] | None = None,
-              max_pixels: int | None = None) -> list[Outcome]:
+              max_pixels: int | None = None, deadline_s: float | None = None) -> list[Outcome]:
     """All stages over ``raws``: one ``Outcome`` per item, in order; never raises for one item's sake."""
-    batch = Batch(pipeline, defaults=defaults, max_pixels=max_pixels)
+    batch = Batch(pipeline, defaults=defaults, max_pixels=max_pixels, deadline_s=deadline_s)
     batch.parse(raws)
     batch.imagine()
     batch.understand()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from g2u.backends import Backend, load_backend
+from g2u.budget import WorkBudget, check_budget
 from g2u.errors import InputError
 from g2u.fidelity import edit_magnitude
 from g2u.images import check_edit_size, working_size
@@ -71,8 +72,11 @@ class G2UPipeline:
     """Runs validated G→U requests on one backend: ``imagine`` (stage I), ``understand`` (stage II), or
     both (``__call__``)."""
 
-    def __init__(self, backend: Backend, library: PromptLibrary | None = None, writer_config: Any = None):
+    def __init__(self, backend: Backend, library: PromptLibrary | None = None, writer_config: Any = None,
+                 budget: WorkBudget | None = None):
         self.backend = backend
+        self.budget = budget or WorkBudget.for_backend(backend.default_edit_area)
+        """Per-request work budget (``g2u.budget``): requests over it are refused before any work."""
         self.library = library or default_library()
         self.writer_config = writer_config
         """``g2u.writers.WriterConfig`` for the openai/self writers (None: read from the environment)."""
@@ -82,11 +86,13 @@ class G2UPipeline:
     def from_checkpoint(cls, checkpoint: str | None = None, backend: str | None = None, **kwargs) -> G2UPipeline:
         """Load a checkpoint (folder or hub id); none at all: the embedded demo checkpoint of ``backend``."""
         library, writer_config = kwargs.pop("library", None), kwargs.pop("writer_config", None)
+        budget = kwargs.pop("budget", None)
         if checkpoint is None and not (kwargs.get("editor") or kwargs.get("answerer")):
             from g2u.demo import ensure_demo_checkpoint
 
             checkpoint = str(ensure_demo_checkpoint(backend or "qwen_image_edit"))
-        return cls(load_backend(checkpoint, backend, **kwargs), library=library, writer_config=writer_config)
+        return cls(load_backend(checkpoint, backend, **kwargs), library=library, writer_config=writer_config,
+                   budget=budget)
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -116,10 +122,13 @@ class G2UPipeline:
             if name not in known:
                 raise InputError(name, f"is not read by the {self.backend.info.backend} backend")
         if not MODES[req.mode].needs_thought:
+            check_budget(req, None, self.budget)
             return
         if req.writer == "library":
             self._library_prompt(req)
-        self.backend.validate_edit(replace(req.edit, size=self._edit_size(req)))
+        size = self._edit_size(req)
+        self.backend.validate_edit(replace(req.edit, size=size))
+        check_budget(req, size, self.budget)
 
     # ------------------------------------------------------------------ stage I
     def imagine(self, requests: Sequence[G2URequest]) -> list[Thought | None]:

@@ -87,6 +87,8 @@ class CoreFields(BaseModel):
                              "(each image introduced, question last), `multiturn` (user [I, q, enhance first], "
                              "assistant [Î], user [I, q])")
     reasoning_tokens: int = Field(512, ge=1, le=4096, description="token budget of the `textual_cot` reasoning")
+    timeout_s: float | None = Field(None, gt=0, le=3600, description="seconds this request may take; past them it "
+                                    "is answered 504 (capped by the server's own deadline)")
     return_thought: bool = Field(False, description="include the thought Î as a base64 PNG in the response")
     id: str | None = Field(None, max_length=200, description="an id echoed back in the response")
 
@@ -296,7 +298,7 @@ def parse_request(fields: dict[str, Any], *, max_pixels: int = DEFAULT_MAX_PIXEL
     return G2URequest(image=pil, question=model.question, options=model.options, mode=model.mode,
                       prompt=model.prompt, prompt_name=model.prompt_name, family=model.family, writer=model.writer,
                       edit=edit, answer=AnswerParams(max_new_tokens=model.max_new_tokens), order=model.order,
-                      layout=model.layout, reasoning_tokens=model.reasoning_tokens,
+                      layout=model.layout, reasoning_tokens=model.reasoning_tokens, timeout_s=model.timeout_s,
                       return_thought=model.return_thought, id=model.id)
 
 
@@ -353,7 +355,7 @@ def pyfunc_columns() -> dict[str, str]:
     return {name: kinds[field_kind(name)] for name in FIELD_NAMES}
 
 
-PER_SAMPLE_FIELDS = ("image", "question", "options", "mode", "id", "return_thought")
+PER_SAMPLE_FIELDS = ("image", "question", "options", "mode", "id", "return_thought", "timeout_s")
 """Fields an evaluation sets per sample; every other field is an evaluation setting."""
 SETTING_FIELDS = tuple(n for n in FIELD_NAMES if n not in PER_SAMPLE_FIELDS)
 

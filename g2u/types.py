@@ -78,6 +78,8 @@ class G2URequest:
     reasoning_tokens: int = 512
     """Token budget of the ``textual_cot`` reasoning."""
     return_thought: bool = False
+    timeout_s: float | None = None
+    """Seconds the request may take (``g2u.batch`` caps it by the server's deadline)."""
     id: str | None = None
     gold_answer: str | None = None
     """Known answer (evaluation only): the leak guard also rejects edit prompts containing it."""

@@ -26,6 +26,7 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from g2u.batch import Batch, Outcome, RawItem, outcome_body
+from g2u.budget import WorkBudget
 from g2u.errors import InputError
 from g2u.images import DEFAULT_MAX_PIXELS, png_bytes
 from g2u.pipeline import G2UPipeline
@@ -40,6 +41,7 @@ STAGE_LATENCY = "g2u_stage_latency_seconds"
 BATCH_ITEMS = "g2u_batch_items"
 ERRORS = "g2u_errors"
 STAGES = ("preprocess", "edit", "understand", "postprocess")
+DEFAULT_DEADLINE_S = 300.0
 
 
 def _as_text(value: Any) -> Any:
@@ -88,7 +90,7 @@ class G2UHandler(BaseHandler):
         self.max_pixels = DEFAULT_MAX_PIXELS
         self.model_name = "g2u"
         self._batch_size = 0
-        self._batch: Batch | None = None
+        self.deadline_s: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def initialize(self, context: Any) -> None:
@@ -121,6 +123,18 @@ class G2UHandler(BaseHandler):
             raise ValueError(f"model-config handler.defaults.{exc.field}: {exc.reason}") from exc
         self.defaults = defaults
         self.max_pixels = int(cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
+        # Per-request work budget and deadline (g2u.budget, g2u.deadline): a request over the budget is refused
+        # before any work; one past its deadline is answered 504 while its batch-mates are answered.
+        budget = dict(cfg.get("budget") or {})
+        unknown = sorted(set(budget) - {"max_edit_work", "max_decode_tokens"})
+        if unknown:
+            raise ValueError(f"model-config handler.budget has unknown keys {unknown}")
+        self.pipeline.budget = WorkBudget.for_backend(self.pipeline.backend.default_edit_area, **budget)
+        self.deadline_s = float(cfg.get("deadline_s", DEFAULT_DEADLINE_S))
+        timeout = float((getattr(context, "model_yaml_config", None) or {}).get("responseTimeout", 0) or 0)
+        if timeout and self.deadline_s >= timeout:
+            raise ValueError(f"handler.deadline_s ({self.deadline_s}) must be below responseTimeout ({timeout}): "
+                             "past responseTimeout TorchServe kills the worker")
         self._init_metrics(context)
         self.initialized = True
         logger.info("G2U handler ready: %s", json.dumps(self.pipeline.model_info))
@@ -152,7 +166,8 @@ class G2UHandler(BaseHandler):
         start = time.perf_counter()
         self._batch_size = len(data)
         self._metric(BATCH_ITEMS, len(data))
-        batch = Batch(self.pipeline, defaults=self.defaults, max_pixels=self.max_pixels, on_error=self._count_error)
+        batch = Batch(self.pipeline, defaults=self.defaults, max_pixels=self.max_pixels, on_error=self._count_error,
+                      deadline_s=self.deadline_s)
         for row in data:
             try:
                 fields, image = split_fields(row)

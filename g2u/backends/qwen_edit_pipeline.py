@@ -21,6 +21,9 @@ from diffusers.pipelines.qwenimage.pipeline_output import QwenImagePipelineOutpu
 from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_shift, retrieve_timesteps
 from PIL import Image
 
+from g2u.deadline import check_deadline
+from g2u.errors import ModelError
+
 # Attention backends that honour a key-padding mask exactly (padded text positions get zero weight);
 # with any other backend, cond and uncond are only batched when no padding is needed.
 _MASKED_ATTENTION_BACKENDS = frozenset({"native", "_native_math", "_native_efficient"})
@@ -224,6 +227,10 @@ class QwenImageEditG2UPipeline(QwenImageEditPipeline):
                 # 6d. x_t -> x_t-1
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
                 progress_bar.update()
+                check_deadline("denoising")
+
+        if not torch.isfinite(latents).all():  # never an all-black thought answered as if it were one
+            raise ModelError(f"stage I produced non-finite latents ({num_inference_steps} steps)")
 
         # 7. Decode at the working size
         self._current_timestep = None

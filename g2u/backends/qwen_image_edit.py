@@ -23,6 +23,7 @@ from g2u.errors import CheckpointError, InputError
 from g2u.types import AnswerParams, ContentPart, EditParams
 
 REAL_DEFAULT_EDIT_AREA = 512 * 512
+MIN_STEPS = 2
 
 
 def _stock_processor_available() -> bool:
@@ -109,8 +110,9 @@ class QwenImageEditBackend(BackendBase):
             raise InputError(
                 "edit_size", f"item {index}: {width}x{height} is not a multiple of {self.size_multiple}"
             )
-        if params.steps < 1:
-            raise InputError("steps", f"item {index}: must be >= 1, got {params.steps}")
+        if params.steps < MIN_STEPS:  # one step: the scheduler's terminal shift divides 0 by 0 (NaN latents)
+            raise InputError("steps", f"Qwen-Image-Edit's flow-matching schedule needs >= {MIN_STEPS} steps, "
+                                      f"got {params.steps}")
         return width, height
 
     def edit_group(self, images: list[Image.Image], prompts: list[str], params: list[EditParams]) -> list[Image.Image]:

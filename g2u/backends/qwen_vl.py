@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import ProcessorMixin
+from transformers import ProcessorMixin, StoppingCriteriaList
 
+from g2u.deadline import deadline_criteria
 from g2u.types import AnswerParams, ContentPart, Turn
 
 IMAGE_TOKEN = "<|image_pad|>"
@@ -367,7 +368,8 @@ def generate_answers(
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
 
-    generate_kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens}
+    generate_kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens,
+                                       "stopping_criteria": StoppingCriteriaList([deadline_criteria()])}
     if params.temperature > 0:
         generate_kwargs.update(do_sample=True, temperature=params.temperature)
     else:

@@ -33,6 +33,7 @@ from g2u.backends.bagel.vision import (
     VitContainer,
     to_unit_tensor,
 )
+from g2u.deadline import check_deadline
 
 
 @dataclass(frozen=True)
@@ -264,6 +265,7 @@ class BagelModel(nn.Module):
                     out[r].append(tok)
             if all(done):
                 break
+            check_deadline("decoding")
         return out
 
 

@@ -17,6 +17,8 @@ import torch
 
 from g2u.backends.bagel.cache import KVCache
 from g2u.backends.bagel.model import BagelModel, latent_query_route
+from g2u.deadline import check_deadline
+from g2u.errors import ModelError
 
 RENORM_TYPES = ("global", "channel", "text_channel")
 
@@ -112,4 +114,7 @@ def denoise(model: BagelModel, cache: KVCache, noise: torch.Tensor, grid: tuple[
         v_text = parts.pop(0) if active > 1 and has_text else None
         v_img = parts.pop(0) if active > 1 and has_img else None
         x = x - combine(v, v_text, v_img, settings) * dt
+        check_deadline("denoising")
+    if not torch.isfinite(x).all():
+        raise ModelError(f"stage I produced non-finite latents ({settings.steps} steps)")
     return x
