@@ -22,6 +22,8 @@ if str(ROOT) not in sys.path:
 from handler import tsctl  # noqa: E402
 from load_tests import reliability as rel  # noqa: E402
 
+pytestmark = pytest.mark.e2e  # starts servers / subprocess pipelines: `make test-fast` skips it
+
 WRITER_BUDGET_S = 3.0
 
 

@@ -27,6 +27,8 @@ if str(ROOT) not in sys.path:  # the handler/ tools are run from the repository 
 
 from handler import archive, tsctl  # noqa: E402
 
+pytestmark = pytest.mark.e2e  # starts servers / subprocess pipelines: `make test-fast` skips it
+
 MODEL = "g2u"
 BATCH_DELAY_MS = 600  # long enough for four concurrent requests to meet in one batch
 READY_TIMEOUT_S = 180

@@ -4,7 +4,6 @@ visual thought never tells the answer, because of a writer."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,24 +19,19 @@ class WrittenPrompt:
     writer: str
     fallback: bool
     fallback_reason: str | None
-    latency_ms: float
 
 
-def fallback(library: PromptLibrary, writer: str, family: str | None, reason: str, start: float) -> WrittenPrompt:
+def fallback(library: PromptLibrary, writer: str, family: str | None, reason: str) -> WrittenPrompt:
     """The library prompt of ``family`` (the library's default family when it is None or unknown)."""
     prompt = library.resolve(None, None, family if family in FAMILIES else None)
-    return WrittenPrompt(prompt, writer, True, reason, _ms_since(start))
+    return WrittenPrompt(prompt, writer, True, reason)
 
 
 def guarded(library: PromptLibrary, writer: str, text: str, family: str, options: Sequence[str] | None,
-            answer: str | None, start: float) -> WrittenPrompt:
+            answer: str | None) -> WrittenPrompt:
     """The written prompt, or the library's when it names an option or the answer, or uses answer-like
     phrasing ("the answer is", "option B")."""
     leak = find_leak(text, options, answer)
     if leak:
-        return fallback(library, writer, family, f"leak: {leak}", start)
-    return WrittenPrompt(EditPrompt(None, family, text), writer, False, None, _ms_since(start))
-
-
-def _ms_since(start: float) -> float:
-    return (time.monotonic() - start) * 1000
+        return fallback(library, writer, family, f"leak: {leak}")
+    return WrittenPrompt(EditPrompt(None, family, text), writer, False, None)
