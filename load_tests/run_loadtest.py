@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--users", type=int, default=4)
     p.add_argument("--spawn-rate", type=float, default=2)
     p.add_argument("--duration", default="60s", help="locust --run-time, e.g. 30s, 5m")
+    p.add_argument("--requests", type=int, default=0,
+                   help="stop once this many requests completed (--duration then only bounds a hang)")
     p.add_argument("--max-failure-ratio", type=float, default=0.01)
     p.add_argument("--max-p95-ms", type=float, default=30000)
     p.add_argument("--out", default="outputs/loadtest")
@@ -58,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     if args.key_file:
         env["G2U_KEY_FILE"] = str(Path(args.key_file).resolve())
+    if args.requests:
+        env["G2U_MAX_REQUESTS"] = str(args.requests)
     locust = Path(sys.executable).parent / "locust"
     cmd = [str(locust if locust.exists() else "locust"), "-f", str(HERE / "locustfile.py"), "--headless",
            "--host", args.host, "-u", str(args.users), "-r", str(args.spawn_rate), "--run-time", args.duration,
@@ -84,12 +88,13 @@ def main(argv: list[str] | None = None) -> int:
 def log_to_mlflow(stats: dict, out: Path, args: argparse.Namespace) -> None:
     import mlflow
 
-    sys.path.insert(0, str(HERE.parent))
+    sys.path.insert(0, str(HERE.parent))  # run as a script: the repository root is not on sys.path
     from mlflow_project.common import log_params, setup_tracking
 
     setup_tracking()
     with mlflow.start_run(run_name="loadtest"):
         log_params({"host": args.host, "users": args.users, "duration": args.duration,
+                    "max_requests": os.environ.get("G2U_MAX_REQUESTS") or args.requests or "",
                            "max_failure_ratio": args.max_failure_ratio, "max_p95_ms": args.max_p95_ms,
                            "mode_mix": os.environ.get("G2U_MODE_MIX", "default"),
                            "bad_share": os.environ.get("G2U_BAD_SHARE", "0.05")})
