@@ -45,13 +45,13 @@ LOADTEST_DURATION ?= 60s
 .PHONY: evaluate ablation register loadtest reliability
 
 evaluate: install
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/mlflow run . --env-manager local -e evaluate $(MLFLOW_ARGS)
+	$(VENV)/bin/mlflow run . --env-manager local -e evaluate $(MLFLOW_ARGS)
 
 ablation: install
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/mlflow run . --env-manager local -e ablation $(MLFLOW_ARGS)
+	$(VENV)/bin/mlflow run . --env-manager local -e ablation $(MLFLOW_ARGS)
 
 register: install
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/mlflow run . --env-manager local -e register $(MLFLOW_ARGS)
+	$(VENV)/bin/mlflow run . --env-manager local -e register $(MLFLOW_ARGS)
 
 # Needs a running server (`make serve`); reads the token from TorchServe's key_file.json.
 loadtest: install
