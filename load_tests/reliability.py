@@ -196,10 +196,10 @@ def check_hostile(server: tsctl.Server) -> dict:
 
 
 def check_sustained(server: tsctl.Server, users: int, duration: str, out: Path, max_requests: int = 0,
-                    bad_share: float = 0.1) -> dict:
+                    bad_share: float = 0.1, max_p95_ms: float = 30000) -> dict:
     """Locust (its own process) for ``duration``, or until ``max_requests`` completed (``duration`` then only
     bounds a hang), while the worker's RSS is sampled every second. ``bad_share`` of the requests are bad
-    input that must get a 4xx."""
+    input that must get a 4xx; ``exit_code`` is 1 when a failure happened or p95 exceeds ``max_p95_ms``."""
     samples: list[tuple[float, float]] = []
     stop = threading.Event()
     start = time.monotonic()
@@ -214,7 +214,8 @@ def check_sustained(server: tsctl.Server, users: int, duration: str, out: Path, 
     env = {**os.environ, "G2U_STEPS": str(FAST["steps"]), "G2U_BAD_SHARE": str(bad_share)}
     cmd = [sys.executable, str(HERE / "run_loadtest.py"), "--host", server.url("inference"), "--users", str(users),
            "--spawn-rate", str(users), "--duration", duration, "--key-file", str(server.key_file),
-           "--out", str(out), "--max-failure-ratio", "0", "--requests", str(max_requests)]
+           "--out", str(out), "--max-failure-ratio", "0", "--max-p95-ms", str(max_p95_ms),
+           "--requests", str(max_requests)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     stop.set()
     sampler.join()

@@ -85,15 +85,15 @@ def test_security_token_loopback_no_fetching_no_key_in_logs(server):
 
 
 def test_sustained_load_has_no_unexpected_failures(server, tmp_path):
-    # Ends on 30 completed requests, however long they take here. A quarter are bad input that must get a
-    # 4xx (P(none among 30) = 0.75**30 < 0.02%).
-    report = rel.check_sustained(server, users=3, duration=HANG_GUARD, out=tmp_path / "locust", max_requests=30,
-                                 bad_share=0.25)
+    # Ends on 12 completed requests, however long they take here (no latency threshold: speed is the
+    # benchmark's). Half are bad input that must get a 4xx (P(none among 12) = 0.5**12 < 0.03%).
+    report = rel.check_sustained(server, users=3, duration=HANG_GUARD, out=tmp_path / "locust", max_requests=12,
+                                 bad_share=0.5, max_p95_ms=float("inf"))
     assert report["exit_code"] == 0, report["locust_tail"]
-    assert report["requests"] >= 30 and report["failures"] == 0, report["per_endpoint"]
+    assert report["requests"] >= 12 and report["failures"] == 0, report["per_endpoint"]
     assert any(name.endswith("bad input (expect 4xx)") for name in report["per_endpoint"])
     assert len(report["rss_samples"]) >= 2 and report["rss_mb_start"] > 50
-    # A gross leak (every request keeping its images) would add hundreds of MB over 30 requests.
+    # A gross leak (every request keeping its images) would add hundreds of MB.
     assert report["rss_growth_mb"] < 300, report["rss_samples"]
     for name in ("stats.json", "locust_stats.csv", "report.html"):
         assert (tmp_path / "locust" / name).is_file()
@@ -118,7 +118,7 @@ def test_mlflow_loadtest_entry_point_logs_stats_and_reports(server, tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": path, "G2U_MAX_REQUESTS": "4"}
     cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "--env-manager", "local", "-e", "loadtest",
            "-P", f"host={server.url('inference')}", "-P", f"key_file={server.key_file}", "-P", "users=2",
-           "-P", f"duration={HANG_GUARD}", "-P", "steps=2"]
+           "-P", f"duration={HANG_GUARD}", "-P", "steps=2", "-P", "max_p95_ms=inf"]  # no latency threshold here
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     mlflow.set_tracking_uri(uri)
