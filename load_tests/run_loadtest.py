@@ -19,8 +19,11 @@ HERE = Path(__file__).resolve().parent
 
 
 def read_stats(csv_prefix: Path) -> dict:
-    """Per-endpoint and aggregated numbers from locust's <prefix>_stats.csv."""
-    rows = list(csv.DictReader((csv_prefix.parent / f"{csv_prefix.name}_stats.csv").open()))
+    """Per-endpoint and aggregated numbers from <prefix>_final_stats.csv (the locustfile writes it at exit),
+    else from locust's <prefix>_stats.csv (a snapshot taken every second)."""
+    final = csv_prefix.parent / f"{csv_prefix.name}_final_stats.csv"
+    path = final if final.is_file() else csv_prefix.parent / f"{csv_prefix.name}_stats.csv"
+    rows = list(csv.DictReader(path.open()))
 
     def num(row: dict, key: str) -> float:
         value = row.get(key, "")
@@ -62,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         env["G2U_KEY_FILE"] = str(Path(args.key_file).resolve())
     if args.requests:
         env["G2U_MAX_REQUESTS"] = str(args.requests)
+    final_stats = out / "locust_final_stats.csv"
+    final_stats.unlink(missing_ok=True)  # never read a previous run's numbers
+    env["G2U_FINAL_STATS_CSV"] = str(final_stats.resolve())
     locust = Path(sys.executable).parent / "locust"
     cmd = [str(locust if locust.exists() else "locust"), "-f", str(HERE / "locustfile.py"), "--headless",
            "--host", args.host, "-u", str(args.users), "-r", str(args.spawn_rate), "--run-time", args.duration,
