@@ -1,4 +1,4 @@
-# g2u-serve: `make install`, `make test` (CI), `make serve` / `make stop` (TorchServe).
+# g2u-serve: `make install`, `make test` (CI, everything), `make test-fast` (unit tests), `make serve` / `make stop` (TorchServe).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test lint demo clean
+.PHONY: install test test-fast lint demo clean
 
 install: $(STAMP)
 
@@ -26,6 +26,11 @@ test: install
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
+# Unit tests only: no TorchServe, no `mlflow run`, no locust (the e2e marker, pyproject.toml).
+test-fast: install
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -m "not e2e"
+
 demo: install
 	$(VENV)/bin/g2u demo build demo_checkpoints
 
@@ -40,13 +45,13 @@ LOADTEST_DURATION ?= 60s
 .PHONY: evaluate ablation register loadtest reliability
 
 evaluate: install
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/mlflow run . --env-manager local -e evaluate $(MLFLOW_ARGS)
+	$(VENV)/bin/mlflow run . --env-manager local -e evaluate $(MLFLOW_ARGS)
 
 ablation: install
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/mlflow run . --env-manager local -e ablation $(MLFLOW_ARGS)
+	$(VENV)/bin/mlflow run . --env-manager local -e ablation $(MLFLOW_ARGS)
 
 register: install
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/mlflow run . --env-manager local -e register $(MLFLOW_ARGS)
+	$(VENV)/bin/mlflow run . --env-manager local -e register $(MLFLOW_ARGS)
 
 # Needs a running server (`make serve`); reads the token from TorchServe's key_file.json.
 loadtest: install

@@ -1,5 +1,5 @@
 """Added latency of each prompt-writer path (success, cache hit, every fallback), against the loopback
-OpenAI-compatible server of tests/test_writers.py. Prints numbers; it is not a test.
+OpenAI-compatible fake of g2u.testing.fake_http. Prints numbers; it is not a test.
 
     python load_tests/bench_writers.py
 """
@@ -10,15 +10,15 @@ import json
 import socket
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+from PIL import Image
 
-from test_writers import GOOD, IMAGE, FakeOpenAI  # noqa: E402
+from g2u.prompts import default_library
+from g2u.testing.fake_http import FakeHTTPServer
+from g2u.writers import WriterConfig, make_writer
 
-from g2u.prompts import default_library  # noqa: E402
-from g2u.writers import WriterConfig, make_writer  # noqa: E402
+IMAGE = Image.new("RGB", (64, 48), (120, 30, 200))
+GOOD = {"prompt": "Extend the picture to the left so the whole scene is visible.", "family": "extension"}
 
 SETTINGS = {"api_key": "k", "timeout_s": 1.0, "max_retries": 2, "budget_s": 4.0}
 
@@ -35,7 +35,7 @@ def run(label: str, w, question: str = "q?") -> None:
 
 
 def main() -> int:
-    srv = FakeOpenAI()
+    srv = FakeHTTPServer([{"content": json.dumps(GOOD)}])
     print(f"timeout {SETTINGS['timeout_s']} s, retries {SETTINGS['max_retries']}, budget {SETTINGS['budget_s']} s")
     scenarios = [
         ("500 then success", [{"status": 500, "error": {}}, {"content": json.dumps(GOOD)}]),

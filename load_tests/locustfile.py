@@ -7,24 +7,32 @@ Configured by environment variables (so the headless runner, CI and a person at 
   G2U_BAD_SHARE              share of deliberately bad requests that must get a 4xx (default 0.05)
   G2U_IMAGE_DIR              folder of images to send (default ../shared/data when present, else generated)
   G2U_STEPS                  edit steps per request (default: the server's)
+  G2U_MAX_REQUESTS           stop once this many requests have completed (default: run until --run-time);
+                             tests use it so a run is bounded by work done, not by the clock
+  G2U_FINAL_STATS_CSV        write the final request stats there at exit (locust's --csv files are a snapshot
+                             taken every second, so they can miss the last requests of a run)
 Run it through `make loadtest` / load_tests/run_loadtest.py, which adds thresholds and reports.
 """
 
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import json
 import os
 import random
 from pathlib import Path
 
-from locust import HttpUser, between, task
+import gevent
+from locust import HttpUser, between, events, task
+from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 from PIL import Image
 
 MODEL = os.environ.get("G2U_MODEL", "g2u")
 BAD_SHARE = float(os.environ.get("G2U_BAD_SHARE", "0.05"))
 STEPS = os.environ.get("G2U_STEPS")
+MAX_REQUESTS = int(os.environ.get("G2U_MAX_REQUESTS") or 0)
 FAMILIES = ("enhancement", "extension")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -85,6 +93,35 @@ BAD_REQUESTS = [
     ("wrong type", lambda img: {"image": img, "question": ["a", "list"]}),
     ("nan cfg", lambda img: {"image": img, "question": "q?", "text_cfg": "nan"}),
 ]
+
+
+@events.init.add_listener
+def _write_final_stats_at_exit(environment, **_kwargs) -> None:
+    """Locust's own CSV rows, written once more from the final stats when the run ends."""
+    path = os.environ.get("G2U_FINAL_STATS_CSV")
+    if not path:
+        return
+
+    def on_quit(**_quit) -> None:
+        with open(path, "w", newline="") as f:
+            StatsCSV(environment, PERCENTILES_TO_REPORT).requests_csv(csv.writer(f))
+
+    environment.events.quit.add_listener(on_quit)
+
+
+@events.init.add_listener
+def _stop_after_max_requests(environment, **_kwargs) -> None:
+    """With G2U_MAX_REQUESTS set, quit the run (as --run-time would) once that many requests completed."""
+    if not MAX_REQUESTS:
+        return
+    done = {"n": 0}
+
+    def on_request(**_request) -> None:
+        done["n"] += 1
+        if done["n"] == MAX_REQUESTS and environment.runner is not None:
+            gevent.spawn(environment.runner.quit)  # not from this user's greenlet: quit() stops the users
+
+    environment.events.request.add_listener(on_request)
 
 
 class G2UUser(HttpUser):

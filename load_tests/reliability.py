@@ -25,13 +25,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
 import requests
 from PIL import Image
 
+from g2u.testing.fake_http import FakeHTTPServer, hanging_endpoint, probe
 from handler import tsctl
 
 HERE = Path(__file__).resolve().parent
@@ -195,8 +195,11 @@ def check_hostile(server: tsctl.Server) -> dict:
             "worker_restarted": {p.pid for p in worker_processes(server)} != pids}
 
 
-def check_sustained(server: tsctl.Server, users: int, duration: str, out: Path) -> dict:
-    """Locust (its own process) for ``duration`` while the worker's RSS is sampled every second."""
+def check_sustained(server: tsctl.Server, users: int, duration: str, out: Path, max_requests: int = 0,
+                    bad_share: float = 0.1, max_p95_ms: float = 30000) -> dict:
+    """Locust (its own process) for ``duration``, or until ``max_requests`` completed (``duration`` then only
+    bounds a hang), while the worker's RSS is sampled every second. ``bad_share`` of the requests are bad
+    input that must get a 4xx; ``exit_code`` is 1 when a failure happened or p95 exceeds ``max_p95_ms``."""
     samples: list[tuple[float, float]] = []
     stop = threading.Event()
     start = time.monotonic()
@@ -208,10 +211,11 @@ def check_sustained(server: tsctl.Server, users: int, duration: str, out: Path) 
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    env = {**os.environ, "G2U_STEPS": str(FAST["steps"]), "G2U_BAD_SHARE": "0.1"}
+    env = {**os.environ, "G2U_STEPS": str(FAST["steps"]), "G2U_BAD_SHARE": str(bad_share)}
     cmd = [sys.executable, str(HERE / "run_loadtest.py"), "--host", server.url("inference"), "--users", str(users),
            "--spawn-rate", str(users), "--duration", duration, "--key-file", str(server.key_file),
-           "--out", str(out), "--max-failure-ratio", "0"]
+           "--out", str(out), "--max-failure-ratio", "0", "--max-p95-ms", str(max_p95_ms),
+           "--requests", str(max_requests)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     stop.set()
     sampler.join()
@@ -222,7 +226,8 @@ def check_sustained(server: tsctl.Server, users: int, duration: str, out: Path) 
     # Growth from the first sample after warm-up (10% of the run) to the last: the first requests allocate
     # caches (tokenizer, attention buffers) that are not a leak.
     warm = rss[max(1, len(rss) // 10)] if len(rss) > 1 else (rss[0] if rss else 0.0)
-    return {"users": users, "duration": duration, "exit_code": proc.returncode, "requests": agg.get("requests", 0),
+    return {"users": users, "duration": duration, "max_requests": max_requests, "exit_code": proc.returncode,
+            "requests": agg.get("requests", 0),
             "failures": agg.get("failures", -1), "rps": agg.get("rps"), "p50_ms": agg.get("p50_ms"),
             "p95_ms": agg.get("p95_ms"), "per_endpoint": stats.get("endpoints", {}),
             "rss_mb_start": rss[0] if rss else None, "rss_mb_after_warmup": warm,
@@ -231,12 +236,13 @@ def check_sustained(server: tsctl.Server, users: int, duration: str, out: Path) 
             "locust_tail": (proc.stdout + proc.stderr)[-2000:] if proc.returncode else ""}
 
 
-def check_worker_kill(server: tsctl.Server, clients: int = 2, after_s: float = 3.0, settle: int = 5,
+def check_worker_kill(server: tsctl.Server, clients: int = 2, after_requests: int = 4, settle: int = 5,
                       request_timeout: float = 60) -> dict:
-    """Kill the worker (SIGKILL) while ``clients`` threads send requests back to back; TorchServe starts a new
-    one. The recovery window runs from the kill to the first success of a request sent after it. In-flight
-    requests normally get TorchServe's 507 "Worker died."; now and then one is never answered (the frontend
-    loses it) and only the client's timeout ends it: those count as ``hung``."""
+    """Kill the worker (SIGKILL) once ``after_requests`` requests succeeded while ``clients`` threads send
+    requests back to back; TorchServe starts a new one. The recovery window runs from the kill to the first
+    success of a request sent after it. In-flight requests normally get TorchServe's 507 "Worker died.";
+    now and then one is never answered (the frontend loses it) and only the client's timeout ends it:
+    those count as ``hung``."""
     client = Client(server, timeout=request_timeout)
     old = {p.pid for p in worker_processes(server)}
     log: list[tuple[float, float, int]] = []
@@ -256,7 +262,9 @@ def check_worker_kill(server: tsctl.Server, clients: int = 2, after_s: float = 3
     threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(clients)]
     for t in threads:
         t.start()
-    time.sleep(after_s)
+    warm_deadline = time.monotonic() + 300  # bounds a hang only
+    while sum(1 for _, _, s in log if s == 200) < after_requests and time.monotonic() < warm_deadline:
+        stop.wait(0.1)
     killed_at = time.monotonic()
     for proc in worker_processes(server):
         proc.kill()
@@ -276,45 +284,15 @@ def check_worker_kill(server: tsctl.Server, clients: int = 2, after_s: float = 3
             "new_worker": bool(new) and not (new & old), "after_recovery": after}
 
 
-class FakeWriterEndpoint:
-    """An OpenAI-compatible endpoint that hangs on every request (the writer's 'hanging' fault); ``close``
-    turns it into a refused connection (the 'down' fault). Counts requests and the keys it was sent."""
-
-    def __init__(self, hang_s: float = 60):
-        outer = self
-        self.requests = 0
-        self.authorizations: list[str] = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
-                outer.requests += 1
-                outer.authorizations.append(self.headers.get("Authorization", ""))
-                time.sleep(hang_s)
-                self.send_response(504)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def writer_env(endpoint: FakeWriterEndpoint, budget_s: float) -> dict[str, str]:
+def writer_env(endpoint: FakeHTTPServer, budget_s: float) -> dict[str, str]:
     """The server's environment for the openai writer: the fake endpoint, a secret key, a short budget."""
     return {"OPENAI_BASE_URL": endpoint.base_url, "OPENAI_API_KEY": SECRET_KEY,
             "G2U_WRITER_TIMEOUT_S": str(budget_s / 2), "G2U_WRITER_BUDGET_S": str(budget_s)}
 
 
-def check_writer_faults(server: tsctl.Server, endpoint: FakeWriterEndpoint, budget_s: float) -> dict:
-    """With the writer's endpoint hanging, then down, answers still arrive with the library fallback."""
+def check_writer_faults(server: tsctl.Server, endpoint: FakeHTTPServer, budget_s: float) -> dict:
+    """With the writer's endpoint hanging (``g2u.testing.fake_http.hanging_endpoint``), then down, answers
+    still arrive with the library fallback."""
     client = Client(server)
     out = {}
     for phase in ("hanging", "down"):
@@ -329,8 +307,8 @@ def check_writer_faults(server: tsctl.Server, endpoint: FakeWriterEndpoint, budg
                       "writer": edit.get("writer"), "fallback": edit.get("writer_fallback"),
                       "reason": edit.get("writer_fallback_reason"), "prompt_name": edit.get("prompt_name"),
                       "response_has_key": SECRET_KEY in r.text}
-    out["endpoint_requests"] = endpoint.requests
-    out["key_sent_to_endpoint"] = any(SECRET_KEY in a for a in endpoint.authorizations)
+    out["endpoint_requests"] = endpoint.hits
+    out["key_sent_to_endpoint"] = any(SECRET_KEY in r["headers"].get("authorization", "") for r in endpoint.requests)
     return out
 
 
@@ -351,17 +329,14 @@ def check_security(server: tsctl.Server) -> dict:
                     listening.add(f"{conn.laddr.ip}:{conn.laddr.port}")
         except psutil.Error:
             pass
-    probe = _Probe()
-    try:
-        url_status = client.json({"image": f"{probe.url}/x.png", "question": "q?"}).status_code
-        fields_status = client.json({"image": b64(image_bytes()), "question": "q?", "url": probe.url}).status_code
-    finally:
-        probe.close()
+    with probe() as target:
+        url_status = client.json({"image": f"{target.url}/x.png", "question": "q?"}).status_code
+        fields_status = client.json({"image": b64(image_bytes()), "question": "q?", "url": target.url}).status_code
     leaked = [str(p) for p in server.log_dir.rglob("*") if p.is_file() and SECRET_KEY in p.read_text(errors="ignore")]
     return {"no_token_status": no_token, "wrong_token_status": wrong, "register_model_status": register.status_code,
             "listening": sorted(listening),
             "all_loopback": bool(listening) and all(_loopback(a) for a in listening),
-            "url_as_image_status": url_status, "url_field_status": fields_status, "probe_hits": probe.hits,
+            "url_as_image_status": url_status, "url_field_status": fields_status, "probe_hits": target.hits,
             "key_in_logs": leaked, "inference_address": inference}
 
 
@@ -369,31 +344,6 @@ def _loopback(address: str) -> bool:
     """Java reports IPv4 sockets as IPv4-mapped IPv6 (``::ffff:127.0.0.1``)."""
     host = address.rsplit(":", 1)[0].removeprefix("::ffff:")
     return host in ("127.0.0.1", "::1")
-
-
-class _Probe:
-    """A loopback HTTP server that counts hits: the server must never fetch a URL a request names."""
-
-    def __init__(self):
-        outer = self
-        self.hits = 0
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                outer.hits += 1
-                self.send_response(404)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 # ---------------------------------------------------------------- the report
@@ -442,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mlflow", action="store_true")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    endpoint = FakeWriterEndpoint()
+    endpoint = hanging_endpoint()
     with tempfile.TemporaryDirectory(prefix="g2u-reliability-") as tmp:
         server = tsctl.serve_demo(Path(tmp), extra_env=writer_env(endpoint, args.writer_budget))
         try:

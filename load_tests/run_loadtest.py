@@ -19,8 +19,11 @@ HERE = Path(__file__).resolve().parent
 
 
 def read_stats(csv_prefix: Path) -> dict:
-    """Per-endpoint and aggregated numbers from locust's <prefix>_stats.csv."""
-    rows = list(csv.DictReader((csv_prefix.parent / f"{csv_prefix.name}_stats.csv").open()))
+    """Per-endpoint and aggregated numbers from <prefix>_final_stats.csv (the locustfile writes it at exit),
+    else from locust's <prefix>_stats.csv (a snapshot taken every second)."""
+    final = csv_prefix.parent / f"{csv_prefix.name}_final_stats.csv"
+    path = final if final.is_file() else csv_prefix.parent / f"{csv_prefix.name}_stats.csv"
+    rows = list(csv.DictReader(path.open()))
 
     def num(row: dict, key: str) -> float:
         value = row.get(key, "")
@@ -46,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--users", type=int, default=4)
     p.add_argument("--spawn-rate", type=float, default=2)
     p.add_argument("--duration", default="60s", help="locust --run-time, e.g. 30s, 5m")
+    p.add_argument("--requests", type=int, default=0,
+                   help="stop once this many requests completed (--duration then only bounds a hang)")
     p.add_argument("--max-failure-ratio", type=float, default=0.01)
     p.add_argument("--max-p95-ms", type=float, default=30000)
     p.add_argument("--out", default="outputs/loadtest")
@@ -58,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     if args.key_file:
         env["G2U_KEY_FILE"] = str(Path(args.key_file).resolve())
+    if args.requests:
+        env["G2U_MAX_REQUESTS"] = str(args.requests)
+    final_stats = out / "locust_final_stats.csv"
+    final_stats.unlink(missing_ok=True)  # never read a previous run's numbers
+    env["G2U_FINAL_STATS_CSV"] = str(final_stats.resolve())
     locust = Path(sys.executable).parent / "locust"
     cmd = [str(locust if locust.exists() else "locust"), "-f", str(HERE / "locustfile.py"), "--headless",
            "--host", args.host, "-u", str(args.users), "-r", str(args.spawn_rate), "--run-time", args.duration,
@@ -84,12 +94,13 @@ def main(argv: list[str] | None = None) -> int:
 def log_to_mlflow(stats: dict, out: Path, args: argparse.Namespace) -> None:
     import mlflow
 
-    sys.path.insert(0, str(HERE.parent))
+    sys.path.insert(0, str(HERE.parent))  # run as a script: the repository root is not on sys.path
     from mlflow_project.common import log_params, setup_tracking
 
     setup_tracking()
     with mlflow.start_run(run_name="loadtest"):
         log_params({"host": args.host, "users": args.users, "duration": args.duration,
+                    "max_requests": os.environ.get("G2U_MAX_REQUESTS") or args.requests or "",
                            "max_failure_ratio": args.max_failure_ratio, "max_p95_ms": args.max_p95_ms,
                            "mode_mix": os.environ.get("G2U_MODE_MIX", "default"),
                            "bad_share": os.environ.get("G2U_BAD_SHARE", "0.05")})

@@ -12,6 +12,7 @@ import torch
 from diffusers import QwenImageEditPipeline
 from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit
 from PIL import Image
+from transformers import Qwen2VLProcessor
 
 from g2u.backends.base import Backend
 from g2u.backends.qwen_image_edit import QwenImageEditBackend
@@ -53,6 +54,15 @@ def ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def backend(ckpt) -> QwenImageEditBackend:
     return QwenImageEditBackend.from_pretrained(str(ckpt), device="cpu")
+
+
+def test_loading_prints_no_processor_type_warning(ckpt, capfd):
+    """diffusers checks the processor's type on every load: the image-only processor must be a
+    Qwen2VLProcessor, or each CLI call and worker start prints "Expected types for processor"."""
+    capfd.readouterr()
+    loaded = QwenImageEditBackend.from_pretrained(str(ckpt), device="cpu")
+    assert "Expected types" not in capfd.readouterr().err
+    assert isinstance(loaded.pipe.processor, Qwen2VLProcessor)
 
 
 def test_demo_checkpoint_has_the_real_layout_and_is_deterministic(ckpt, tmp_path):

@@ -1,5 +1,5 @@
 """The VIEScore-style fidelity judge: the score rule, the OpenAI-compatible path against the loopback
-chat-completions server of test_writers (the real `openai` client talks to it), the `self` path on a
+chat-completions server (g2u.testing.fake_http) (the real `openai` client talks to it), the `self` path on a
 scripted backend, the on-disk cache, and failures that never raise."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import math
 
 import pytest
 from PIL import Image
-from test_writers import FakeOpenAI
 
 from g2u.judge import FidelityJudge, OpenAIAsker, SelfAsker, make_judge, parse_scores, viescore
+from g2u.testing.fake_http import FakeHTTPServer
 
 ORIGINAL = Image.new("RGB", (40, 30), (10, 120, 200))
 THOUGHT = Image.new("RGB", (40, 30), (12, 118, 190))
@@ -21,7 +21,7 @@ PQ = json.dumps({"score": [9, 4], "reasoning": "natural but noisy"})
 
 @pytest.fixture
 def server():
-    fake = FakeOpenAI()
+    fake = FakeHTTPServer()
     fake.script = [{"content": SC}, {"content": PQ}]
     yield fake
     fake.close()

@@ -26,6 +26,8 @@ if str(ROOT) not in sys.path:
 from g2u.eval.runner import read_records  # noqa: E402
 from handler import tsctl  # noqa: E402
 
+pytestmark = pytest.mark.e2e  # starts servers / subprocess pipelines: `make test-fast` skips it
+
 FAST = ["-P", "steps=2", "-P", "batch_size=2"]
 
 

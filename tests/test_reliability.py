@@ -15,19 +15,24 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from g2u.testing.fake_http import hanging_endpoint
+from handler import tsctl
+from load_tests import reliability as rel
 
-from handler import tsctl  # noqa: E402
-from load_tests import reliability as rel  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.e2e  # starts servers / subprocess pipelines: `make test-fast` skips it
 
 WRITER_BUDGET_S = 3.0
+HANG_S = 30
+"""The writer endpoint's hang: far past the budget, so an answer before it shows the budget cut the wait."""
+HANG_GUARD = "300s"
+"""locust's --run-time where a run ends on a request count: it only ends a hang, never a healthy run."""
 
 
 @pytest.fixture(scope="module")
 def endpoint():
-    ep = rel.FakeWriterEndpoint(hang_s=30)
+    ep = hanging_endpoint(HANG_S)
     yield ep
     ep.close()
 
@@ -60,8 +65,10 @@ def test_writer_endpoint_hanging_or_down_still_answers_with_library_fallback(ser
         assert got["status"] == 200, got
         assert got["writer"] == "openai" and got["fallback"] is True and got["reason"], got
         assert got["prompt_name"], got  # the library prompt of the family replaced the missing one
-        assert got["write_prompt_ms"] <= (WRITER_BUDGET_S + 1.0) * 1000, got
+        assert got["write_prompt_ms"] < HANG_S * 1000, got  # the writer gave up; it never waited the hang out
         assert got["response_has_key"] is False
+    assert "timeout" in report["hanging"]["reason"], report["hanging"]
+    assert "connection error" in report["down"]["reason"], report["down"]
     assert report["endpoint_requests"] >= 1  # the hanging endpoint was really asked
     assert report["key_sent_to_endpoint"] is True  # the key goes to the endpoint, and only there
 
@@ -78,12 +85,15 @@ def test_security_token_loopback_no_fetching_no_key_in_logs(server):
 
 
 def test_sustained_load_has_no_unexpected_failures(server, tmp_path):
-    report = rel.check_sustained(server, users=3, duration="20s", out=tmp_path / "locust")
+    # Ends on 12 completed requests, however long they take here (no latency threshold: speed is the
+    # benchmark's). Half are bad input that must get a 4xx (P(none among 12) = 0.5**12 < 0.03%).
+    report = rel.check_sustained(server, users=3, duration=HANG_GUARD, out=tmp_path / "locust", max_requests=12,
+                                 bad_share=0.5, max_p95_ms=float("inf"))
     assert report["exit_code"] == 0, report["locust_tail"]
-    assert report["requests"] >= 20 and report["failures"] == 0, report["per_endpoint"]
+    assert report["requests"] >= 12 and report["failures"] == 0, report["per_endpoint"]
     assert any(name.endswith("bad input (expect 4xx)") for name in report["per_endpoint"])
-    assert len(report["rss_samples"]) >= 10 and report["rss_mb_start"] > 50
-    # A gross leak (every request keeping its images) would add hundreds of MB in 20 s.
+    assert len(report["rss_samples"]) >= 2 and report["rss_mb_start"] > 50
+    # A gross leak (every request keeping its images) would add hundreds of MB.
     assert report["rss_growth_mb"] < 300, report["rss_samples"]
     for name in ("stats.json", "locust_stats.csv", "report.html"):
         assert (tmp_path / "locust" / name).is_file()
@@ -91,8 +101,8 @@ def test_sustained_load_has_no_unexpected_failures(server, tmp_path):
 
 def test_load_runner_exits_nonzero_when_a_threshold_is_missed(server, tmp_path):
     cmd = [sys.executable, str(ROOT / "load_tests" / "run_loadtest.py"), "--host", server.url("inference"),
-           "--users", "1", "--duration", "4s", "--key-file", str(server.key_file), "--out", str(tmp_path),
-           "--max-p95-ms", "1"]
+           "--users", "1", "--requests", "2", "--duration", HANG_GUARD, "--key-file", str(server.key_file),
+           "--out", str(tmp_path), "--max-p95-ms", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "G2U_STEPS": "2"})
     assert proc.returncode == 1, proc.stdout + proc.stderr
     stats = json.loads((tmp_path / "stats.json").read_text())
@@ -103,22 +113,24 @@ def test_mlflow_loadtest_entry_point_logs_stats_and_reports(server, tmp_path):
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # PATH without the venv: the MLproject command must find the project's interpreter by itself.
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != Path(sys.executable).parent)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": path, "G2U_MAX_REQUESTS": "4"}
     cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "--env-manager", "local", "-e", "loadtest",
            "-P", f"host={server.url('inference')}", "-P", f"key_file={server.key_file}", "-P", "users=2",
-           "-P", "duration=6s", "-P", "steps=2"]
+           "-P", f"duration={HANG_GUARD}", "-P", "steps=2", "-P", "max_p95_ms=inf"]  # no latency threshold here
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     mlflow.set_tracking_uri(uri)
     [run] = mlflow.search_runs(experiment_names=["Default"], output_format="list")
-    assert run.data.metrics["aggregated.requests"] > 0 and run.data.metrics["passed"] == 1.0
+    assert run.data.metrics["aggregated.requests"] >= 4 and run.data.metrics["passed"] == 1.0
     names = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"stats.json", "report.html", "locust_stats.csv"} <= names
 
 
 def test_worker_killed_under_load_is_restarted_and_serves_again(server):
-    report = rel.check_worker_kill(server, clients=2, after_s=2.0, request_timeout=60)
-    assert report["requests_before_kill"] > 0
+    report = rel.check_worker_kill(server, clients=2, after_requests=2, request_timeout=60)
+    assert report["requests_before_kill"] >= 2
     assert report["new_worker"] is True
     assert report["recovery_window_s"] is not None and report["recovery_window_s"] < 120, report
     assert report["after_recovery"] == [200] * 5

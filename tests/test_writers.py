@@ -7,19 +7,18 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
 
-from g2u.backends.base import BackendInfo
+from g2u.backends.base import BackendBase, BackendInfo
 from g2u.pipeline import G2UPipeline
 from g2u.prompts import default_library
 from g2u.schema import parse_request
+from g2u.testing.fake_http import FakeHTTPServer, error
 from g2u.writers import WriterConfig, load_exemplars, make_writer
-from g2u.writers.openai_writer import retry_after_s
+from g2u.writers.openai_writer import BACKOFF_S, OpenAIWriter, retry_after_s
 from g2u.writers.reply import MalformedOutput, parse_reply
 
 IMAGE = Image.new("RGB", (64, 48), (120, 30, 200))
@@ -27,82 +26,22 @@ GOOD = {"prompt": "Extend the picture to the left so the whole scene is visible.
 LIBRARY = default_library()
 
 
-class FakeOpenAI:
-    """Answers POST /v1/chat/completions from a script: each entry is one reply (status, content or error or
-    raw body, headers, delay before replying, drip = seconds between body bytes); the last entry repeats.
-    Records every request's path, headers and JSON body."""
-
-    def __init__(self):
-        self.script: list[dict] = [{"content": json.dumps(GOOD)}]
-        self.requests: list[dict] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms ACK stall
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
-                                       "body": body})
-                step = outer.script[min(len(outer.requests), len(outer.script)) - 1]
-                time.sleep(step.get("delay", 0))
-                payload = step.get("raw")
-                if payload is None:
-                    payload = json.dumps(step["error"] if "error" in step else completion(step["content"]))
-                data = payload.encode()
-                try:
-                    self.send_response(step.get("status", 200))
-                    for k, v in step.get("headers", {}).items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    if step.get("drip"):
-                        for i in range(len(data)):
-                            self.wfile.write(data[i:i + 1])
-                            self.wfile.flush()
-                            time.sleep(step["drip"])
-                    else:
-                        self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout): expected
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def completion(content: str) -> dict:
-    return {"id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": "gpt-4o-mini",
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-
-
-def error(status: int, headers: dict | None = None) -> dict:
-    return {"status": status, "headers": headers or {}, "error": {"error": {"message": f"status {status}"}}}
-
-
 @pytest.fixture
 def server():
-    fake = FakeOpenAI()
-    yield fake
-    fake.close()
+    with FakeHTTPServer([{"content": json.dumps(GOOD)}]) as fake:
+        yield fake
 
 
-def writer(server: FakeOpenAI, **overrides):
+def recording_writer(server: FakeHTTPServer, **overrides) -> tuple[OpenAIWriter, list[float]]:
+    """An openai writer whose waits between attempts (back-off, Retry-After) are recorded, not slept."""
+    waits: list[float] = []
     settings = {"base_url": server.base_url, "api_key": "test-key", "timeout_s": 0.5, "max_retries": 2,
                 "budget_s": 3.0, **overrides}
-    return make_writer("openai", backend=None, library=LIBRARY, config=WriterConfig(**settings))
+    return OpenAIWriter(LIBRARY, WriterConfig(**settings), sleep=waits.append), waits
+
+
+def writer(server: FakeHTTPServer, **overrides) -> OpenAIWriter:
+    return recording_writer(server, **overrides)[0]
 
 
 def closed_port() -> int:
@@ -113,10 +52,11 @@ def closed_port() -> int:
 
 # ---------------------------------------------------------------------------------------------- openai writer
 def test_success_sends_image_question_exemplars_and_key_never_options(server):
-    out = writer(server).write(IMAGE, "What is left of the tree?", ["a unicycle", "a walrus"], None)
+    w = make_writer("openai", backend=None, library=LIBRARY,
+                    config=WriterConfig(base_url=server.base_url, api_key="test-key"))
+    out = w.write(IMAGE, "What is left of the tree?", ["a unicycle", "a walrus"], None)
     assert not out.fallback and out.fallback_reason is None and out.writer == "openai"
     assert out.prompt.text == GOOD["prompt"] and out.prompt.family == "extension" and out.prompt.name is None
-    assert out.latency_ms > 0
     [req] = server.requests
     assert req["path"] == "/v1/chat/completions" and req["headers"]["authorization"] == "Bearer test-key"
     body = req["body"]
@@ -164,37 +104,39 @@ def test_file_cache_survives_a_new_writer(server, tmp_path):
 
 
 def test_slow_reply_past_the_timeout_falls_back_within_the_budget(server):
-    server.script = [{"content": json.dumps(GOOD), "delay": 3.0}]
+    server.script = [{"content": json.dumps(GOOD), "delay": 60}]  # released when the server closes
     start = time.monotonic()
     out = writer(server, timeout_s=0.3, max_retries=5, budget_s=1.0).write(IMAGE, "q?", None, "extension")
-    elapsed = time.monotonic() - start
     assert out.fallback and "timeout" in out.fallback_reason
     assert out.prompt.family == "extension" and out.prompt.name  # the library prompt of the family
-    assert elapsed < 1.0 + 0.5
+    # The budget, not max_retries, ends it: 1.0 s of 0.3 s attempts starts at most 4 of the 6 allowed.
+    assert 1 <= len(server.requests) <= 4
+    assert time.monotonic() - start < 30  # hang guard only: the writer never waited for the 60 s reply
 
 
 def test_trickling_reply_cannot_outlast_the_budget(server):
     # Each byte arrives well inside the read timeout, so only the hard per-attempt deadline stops it.
-    server.script = [{"content": json.dumps(GOOD), "drip": 0.05}]
+    server.script = [{"content": json.dumps(GOOD), "drip": 0.05}]  # the whole body would take ~15 s
     start = time.monotonic()
     out = writer(server, timeout_s=0.4, max_retries=0, budget_s=0.8).write(IMAGE, "q?", None, None)
-    assert out.fallback and "timeout" in out.fallback_reason and time.monotonic() - start < 0.8 + 0.5
+    assert out.fallback and "timeout" in out.fallback_reason and len(server.requests) == 1
+    assert time.monotonic() - start < 10  # hang guard only: the writer did not read the trickle to its end
 
 
 def test_429_with_retry_after_is_honoured_then_succeeds(server):
     server.script = [error(429, {"Retry-After": "1"}), {"content": json.dumps(GOOD)}]
-    start = time.monotonic()
-    out = writer(server, budget_s=5.0).write(IMAGE, "q?", None, None)
+    w, waits = recording_writer(server, budget_s=30.0)
+    out = w.write(IMAGE, "q?", None, None)
     assert not out.fallback and len(server.requests) == 2
-    assert time.monotonic() - start >= 0.95
+    assert waits == [pytest.approx(1.0, abs=0.01)]  # the server's wait, not our own back-off
 
 
 def test_429_with_retry_after_past_the_budget_falls_back_at_once(server):
     server.script = [error(429, {"Retry-After": "30"})]
-    start = time.monotonic()
-    out = writer(server, budget_s=2.0).write(IMAGE, "q?", None, None)
+    w, waits = recording_writer(server, budget_s=2.0)
+    out = w.write(IMAGE, "q?", None, None)
     assert out.fallback and "429" in out.fallback_reason and "Retry-After 30" in out.fallback_reason
-    assert time.monotonic() - start < 1.0 and len(server.requests) == 1
+    assert waits == [] and len(server.requests) == 1  # no wait that could not end inside the budget
 
 
 def test_500_is_retried(server):
@@ -252,12 +194,13 @@ def test_no_key_falls_back_without_any_request(server):
     assert out.prompt == LIBRARY.default("extension")
 
 
-def test_connection_refused_falls_back():
-    w = make_writer("openai", backend=None, library=LIBRARY, config=WriterConfig(
-        base_url=f"http://127.0.0.1:{closed_port()}/v1", api_key="k", timeout_s=0.5, max_retries=1, budget_s=2.0))
-    start = time.monotonic()
+def test_connection_refused_is_retried_after_a_back_off_then_falls_back():
+    waits: list[float] = []
+    w = OpenAIWriter(LIBRARY, WriterConfig(base_url=f"http://127.0.0.1:{closed_port()}/v1", api_key="k",
+                                           timeout_s=0.5, max_retries=1, budget_s=30.0), sleep=waits.append)
     out = w.write(IMAGE, "q?", None, None)
-    assert out.fallback and "connection error" in out.fallback_reason and time.monotonic() - start < 2.5
+    assert out.fallback and "connection error" in out.fallback_reason and "after 2 attempts" in out.fallback_reason
+    assert len(waits) == 1 and BACKOFF_S <= waits[0] <= BACKOFF_S * 1.25  # one jittered back-off between
 
 
 def test_retry_after_header_forms():
@@ -370,18 +313,17 @@ def test_self_writer(reply, fallback, reason):
 
 
 # ---------------------------------------------------------------------------------------------- in the loop
-class FakeBackend:
+class FakeBackend(BackendBase):
     """The Backend protocol at its smallest: stage I returns the input resized, stage II says 'A'."""
 
     info = BackendInfo("fake", "none", True, "cpu", "float32")
     size_multiple = 16
     default_edit_area = 32 * 32
-    extra_modes = ()
 
     def __init__(self):
         self.edit_prompts: list[str] = []
 
-    def edit(self, images, prompts, params):
+    def edit_group(self, images, prompts, params):
         self.edit_prompts += list(prompts)
         return [img.resize(p.size) for img, p in zip(images, params)]
 

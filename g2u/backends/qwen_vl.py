@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import ProcessorMixin, StoppingCriteriaList
+from transformers import ProcessorMixin, Qwen2VLProcessor, StoppingCriteriaList
 
 from g2u.deadline import deadline_criteria
 from g2u.types import AnswerParams, ContentPart, Turn
@@ -92,8 +92,12 @@ _TOKENIZER_CORPUS = (
 )
 
 
-class QwenVLImageProcessor(ProcessorMixin):
+class QwenVLImageProcessor(Qwen2VLProcessor):
     """Qwen2-VL / Qwen2.5-VL processor for images only (no video processor, hence no torchvision).
+
+    A ``Qwen2VLProcessor`` (diffusers' Qwen-Image pipelines check the processor's type, and warn on every
+    load otherwise) whose own ``__init__`` declares no video processor: ProcessorMixin takes its
+    sub-processors from that signature, so only the image processor and the tokenizer are loaded and saved.
 
     Behaves like ``Qwen2VLProcessor`` for images: each ``<|image_pad|>`` is expanded to
     ``prod(image_grid_thw) / merge_size²`` copies, and the outputs are ``input_ids``, ``attention_mask``,
@@ -111,7 +115,7 @@ class QwenVLImageProcessor(ProcessorMixin):
         self.video_token_id = getattr(tokenizer, "video_token_id", None) or tokenizer.convert_tokens_to_ids(
             self.video_token
         )
-        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)  # not Qwen2VL's
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         merge_length = self.image_processor.merge_size**2

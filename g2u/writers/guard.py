@@ -6,7 +6,6 @@ tells the answer, because of a writer."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,10 +21,9 @@ class WrittenPrompt:
     writer: str
     fallback: bool
     fallback_reason: str | None
-    latency_ms: float
 
 
-def fallback(library: PromptLibrary, writer: str, family: str | None, reason: str, start: float,
+def fallback(library: PromptLibrary, writer: str, family: str | None, reason: str,
              options: Sequence[str] | None = None, answer: str | None = None) -> WrittenPrompt:
     """The library prompt of ``family`` (the library's default family when it is None or unknown),
     re-checked; a default that fails gives way to the first library prompt that passes."""
@@ -37,18 +35,14 @@ def fallback(library: PromptLibrary, writer: str, family: str | None, reason: st
             raise ValueError(f"prompt library: no prompt passes the leak guard ({prompt.name!r} {leak})")
         reason = f"{reason}; library default {prompt.name!r} {leak}, used {clean[0].name!r}"
         prompt = clean[0]
-    return WrittenPrompt(prompt, writer, True, reason, _ms_since(start))
+    return WrittenPrompt(prompt, writer, True, reason)
 
 
 def guarded(library: PromptLibrary, writer: str, text: str, family: str, options: Sequence[str] | None,
-            answer: str | None, start: float) -> WrittenPrompt:
+            answer: str | None) -> WrittenPrompt:
     """The written prompt, or the library's when it names an option or the answer, or uses answer-like
     phrasing ("the answer is", "option B")."""
     leak = find_leak(text, options, answer)
     if leak:
-        return fallback(library, writer, family, f"leak: {leak}", start, options, answer)
-    return WrittenPrompt(EditPrompt(None, family, text), writer, False, None, _ms_since(start))
-
-
-def _ms_since(start: float) -> float:
-    return (time.monotonic() - start) * 1000
+        return fallback(library, writer, family, f"leak: {leak}", options, answer)
+    return WrittenPrompt(EditPrompt(None, family, text), writer, False, None)

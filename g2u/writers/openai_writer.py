@@ -11,7 +11,7 @@ import hashlib
 import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import openai
@@ -93,7 +93,10 @@ class OpenAIWriter:
 
     name = "openai"
 
-    def __init__(self, library: PromptLibrary, config: WriterConfig | None = None):
+    def __init__(self, library: PromptLibrary, config: WriterConfig | None = None, *,
+                 sleep: Callable[[float], None] = time.sleep):
+        """``sleep`` waits out back-offs and Retry-After between attempts (tests pass one that records)."""
+        self._sleep = sleep
         self.library = library
         self.config = config or WriterConfig.from_env()
         self.exemplars = load_exemplars(self.config.exemplars)
@@ -109,7 +112,7 @@ class OpenAIWriter:
               family: str | None = None, answer: str | None = None) -> WrittenPrompt:
         start = time.monotonic()
         if self.client is None:
-            return fallback(self.library, self.name, family, "no API key (set OPENAI_API_KEY)", start,
+            return fallback(self.library, self.name, family, "no API key (set OPENAI_API_KEY)",
                             options, answer)
         key = cache_key(image, question, None, family, *self._identity)  # options are not sent: not in the key
         written = self.cache.get(key)
@@ -118,9 +121,9 @@ class OpenAIWriter:
                 written = self._ask(self.messages(image, question, family), family,
                                     start + self.config.budget_s)
             except _GiveUp as stop:
-                return fallback(self.library, self.name, family, str(stop), start, options, answer)
+                return fallback(self.library, self.name, family, str(stop), options, answer)
             self.cache.put(key, written)
-        return guarded(self.library, self.name, written[0], written[1], options, answer, start)
+        return guarded(self.library, self.name, written[0], written[1], options, answer)
 
     def messages(self, image: Image.Image, question: str, family: str | None = None) -> list[dict[str, Any]]:
         """System instruction, the K exemplar turns, then the picture and the question: W(I, q) as in the
@@ -167,7 +170,7 @@ class OpenAIWriter:
                 except MalformedOutput as exc:
                     raise _GiveUp(f"malformed output: {exc}") from None
             if attempt + 1 < attempts:
-                time.sleep(max(0.0, min(wait, deadline - time.monotonic())))
+                self._sleep(max(0.0, min(wait, deadline - time.monotonic())))
         raise _GiveUp(f"{reason} (after {attempts} attempt{'s' if attempts > 1 else ''})")
 
     def _attempt(self, messages: list[dict[str, Any]], timeout: float) -> Any:

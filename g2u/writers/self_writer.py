@@ -4,7 +4,6 @@ to imagine); it is here to measure that. Same contract, validation and leak guar
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 from PIL import Image
@@ -40,15 +39,14 @@ class SelfWriter:
 
     def write(self, image: Image.Image, question: str, options: Sequence[str] | None = None,
               family: str | None = None, answer: str | None = None) -> WrittenPrompt:
-        start = time.monotonic()
         text = f"{self.instruction}Image: (attached)\n{request_text(question, None, family)}\nReply:"
         try:
             [reply] = self.backend.answer([[image, text]], AnswerParams(max_new_tokens=MAX_NEW_TOKENS))
         except Exception as exc:  # the writer must not fail the prediction; stage II will surface a real fault
-            return fallback(self.library, self.name, family, f"backend error: {type(exc).__name__}: {exc}", start,
+            return fallback(self.library, self.name, family, f"backend error: {type(exc).__name__}: {exc}",
                             options, answer)
         try:
             prompt, written_family = parse_reply(reply, family, plain_ok=True)
         except MalformedOutput as exc:
-            return fallback(self.library, self.name, family, f"malformed output: {exc}", start, options, answer)
-        return guarded(self.library, self.name, prompt, written_family, options, answer, start)
+            return fallback(self.library, self.name, family, f"malformed output: {exc}", options, answer)
+        return guarded(self.library, self.name, prompt, written_family, options, answer)
