@@ -60,7 +60,8 @@ def _pg(tool: str, *args: str, user: pwd.struct_passwd | None, **kwargs) -> subp
 
 @contextmanager
 def postgres_server(workdir: Path | None = None) -> Iterator[str]:
-    """Yield the SQLAlchemy URI (``postgresql+psycopg2://``) of a fresh PostgreSQL database; stop the server and remove it afterwards."""
+    """Yield the SQLAlchemy URI (``postgresql+psycopg2://``) of a fresh PostgreSQL database; stop the server
+    and remove its data directory afterwards, whatever happens inside."""
     import psycopg2
 
     user = _server_user()

@@ -188,11 +188,7 @@ def test_gpu_requests_match_the_model_configs_devices():
                                  ROOT / "handler" / "model-config.multi-gpu.yaml")
     assert multi["minWorkers"] == multi["maxWorkers"] == len(multi["deviceIds"]) > 1
     assert multi["handler"]["checkpoint"] == "/models/checkpoints/x"
-    split = yaml.safe_load((ROOT / "handler" / "model-config.split-2gpu.yaml").read_text())
-    assert split["parallelType"] == "custom" and split["parallelLevel"] == 2
-    assert len(split["deviceIds"]) == split["parallelLevel"] * split["minWorkers"]
-    for cfg in (multi, split):  # every other TorchServe key is the shipped one's
-        assert set(cfg["handler"]) >= set(single["handler"])
+    assert set(multi["handler"]) >= set(single["handler"])  # every handler key of the shipped config
 
 
 class _Management(BaseHTTPRequestHandler):

@@ -18,8 +18,9 @@ for path in (ROOT, TESTS):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from scripts.pg_tracking import PG_BIN, mlflow_server, postgres_server  # noqa: E402
 from test_mlflow_project import FAST, VENV_BIN, finished_runs, make_benchmark, mlflow_run  # noqa: E402
+
+from scripts.pg_tracking import PG_BIN, mlflow_server, postgres_server  # noqa: E402
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
