@@ -75,8 +75,9 @@ def test_resumed_ray_run_computes_only_the_missing_and_reuses_earlier_thoughts(l
     evaluate(samples[:2], LocalPredictor(G2UPipeline.from_checkpoint(checkpoint, "qwen_image_edit")),
              CONFIG, out, batch_size=2, progress=False)
     # ... resumed on Ray, with a third mode whose answers need the thoughts the first run made
-    config = EvalConfig(modes=("baseline", "g2u", "replace"), steps=2, seed=0)
     predictor = _predictor(checkpoint)
+    # the model label is part of the settings (evaluate sets it from the predictor): the same as in-process
+    config = EvalConfig(modes=("baseline", "g2u", "replace"), steps=2, seed=0, model=predictor.label)
     done_before = read_records(out / "predictions.jsonl")
     chunks = [[(s, ["replace"])] for s in samples[:2]]
     reuse = {r["id"]: r for r in done_before if r.get("thought_path")}
