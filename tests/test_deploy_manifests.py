@@ -249,3 +249,21 @@ def test_probe_against_a_real_torchserve_with_token_auth_on(tmp_path):
         assert not probe.ready(server.config, server.key_file, model="no_such_model")
     finally:
         server.stop()
+
+
+def test_the_multi_gpu_model_config_is_what_the_archive_packs(tmp_path, demo_root):
+    import zipfile
+
+    mar = archive.build_archive(tmp_path / "store", demo_dir=demo_root,
+                                template=ROOT / "handler" / "model-config.multi-gpu.yaml")
+    with zipfile.ZipFile(mar) as z:
+        packed = yaml.safe_load(z.read("model-config.yaml"))
+    assert packed["deviceIds"] == [0, 1, 2, 3] and packed["minWorkers"] == 4
+    assert packed["handler"]["checkpoint"] == "checkpoint"
+
+
+def test_the_container_refuses_to_start_without_an_archive_or_a_checkpoint(tmp_path):
+    with pytest.raises(SystemExit, match="G2U_CHECKPOINT"):
+        entrypoint.ensure_archive(tmp_path, "g2u", {})
+    (tmp_path / "g2u.mar").write_bytes(b"PK")
+    assert entrypoint.ensure_archive(tmp_path, "g2u", {}) == tmp_path / "g2u.mar"

@@ -152,5 +152,9 @@ class RayPredictor:
 
     def predict(self, samples: Sequence[Sample], modes: Sequence[Sequence[str]], config: EvalConfig,
                 thought_dir: Path, reuse: dict[str, dict]) -> list[dict]:
-        chunk = [(s, list(m)) for s, m in zip(samples, modes)]
-        return [rec for _, records in self.run_batches([chunk], config, thought_dir, reuse) for rec in records]
+        """One runner batch, one sample per actor call (the batch spreads over the pool), records in input
+        order. Each call starts the pool anew (pipelines load again): a runner that streams through
+        ``run_batches`` loads them once per run."""
+        chunks = [[(s, list(m))] for s, m in zip(samples, modes)]
+        by_id = {chunk[0][0].id: records for chunk, records in self.run_batches(chunks, config, thought_dir, reuse)}
+        return [rec for s in samples for rec in by_id[s.id]]
