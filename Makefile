@@ -42,7 +42,7 @@ LOADTEST_HOST ?= http://127.0.0.1:8080
 LOADTEST_USERS ?= 4
 LOADTEST_DURATION ?= 60s
 
-.PHONY: evaluate ablation register loadtest reliability
+.PHONY: evaluate ablation register loadtest reliability test-postgres
 
 evaluate: install
 	$(VENV)/bin/mlflow run . --env-manager local -e evaluate $(MLFLOW_ARGS)
@@ -52,6 +52,12 @@ ablation: install
 
 register: install
 	$(VENV)/bin/mlflow run . --env-manager local -e register $(MLFLOW_ARGS)
+
+# MLflow on a real database: a throw-away PostgreSQL 15 (system package, loopback, free port, stopped
+# afterwards) under `mlflow server`; evaluate, register and a models:/name@alias load against it.
+test-postgres: install
+	$(PIP) install --disable-pip-version-check -q -e ".[postgres]"
+	$(PY) -m pytest -q -m postgres tests/test_postgres_tracking.py
 
 # Needs a running server (`make serve`); reads the token from TorchServe's key_file.json.
 loadtest: install

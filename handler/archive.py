@@ -34,9 +34,11 @@ def ensure_demo(demo_dir: Path, backend: str = DEFAULT_DEMO, seed: int = 0) -> P
     return folder
 
 
-def model_config(checkpoint: str, backend: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The shipped model-config yaml with the checkpoint and any TorchServe keys replaced."""
-    cfg = yaml.safe_load(MODEL_CONFIG.read_text())
+def model_config(checkpoint: str, backend: str | None, overrides: dict[str, Any],
+                 template: Path = MODEL_CONFIG) -> dict[str, Any]:
+    """The model-config yaml (the shipped one, or e.g. model-config.multi-gpu.yaml) with the checkpoint and
+    any TorchServe keys replaced."""
+    cfg = yaml.safe_load(Path(template).read_text())
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     cfg.setdefault("handler", {})["checkpoint"] = checkpoint
     if backend:
@@ -46,7 +48,8 @@ def model_config(checkpoint: str, backend: str | None, overrides: dict[str, Any]
 
 def build_archive(export_path: Path, *, model_name: str = "g2u", checkpoint: str | None = None,
                   backend: str | None = None, demo_dir: Path = ROOT / "demo_checkpoints",
-                  demo_backend: str = DEFAULT_DEMO, overrides: dict[str, Any] | None = None) -> Path:
+                  demo_backend: str = DEFAULT_DEMO, overrides: dict[str, Any] | None = None,
+                  template: Path = MODEL_CONFIG) -> Path:
     """Write ``export_path/model_name.mar`` and return its path."""
     export_path.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="g2u-mar-") as tmp:
@@ -59,11 +62,11 @@ def build_archive(export_path: Path, *, model_name: str = "g2u", checkpoint: str
                 raise SystemExit(f"checkpoint folder {checkpoint!r} does not exist")
             # A folder is referenced by absolute path; anything else is passed on as is (a hub id).
             ref = str(path.resolve()) if path.exists() else checkpoint
-            cfg = model_config(ref, backend, overrides or {})
+            cfg = model_config(ref, backend, overrides or {}, template)
         else:
             demo = ensure_demo(demo_dir, demo_backend)
             shutil.copytree(demo, extra / "checkpoint")
-            cfg = model_config("checkpoint", backend, overrides or {})
+            cfg = model_config("checkpoint", backend, overrides or {}, template)
         (stage / "model-config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
         archiver = Path(sys.executable).with_name("torch-model-archiver")
         tool = [str(archiver)] if archiver.exists() else [sys.executable, "-m", "model_archiver.model_packaging"]
@@ -86,10 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--demo-dir", type=Path, default=ROOT / "demo_checkpoints")
     p.add_argument("--batch-size", type=int, help="override batchSize")
     p.add_argument("--max-batch-delay", type=int, help="override maxBatchDelay (ms)")
+    p.add_argument("--model-config", type=Path, default=Path(os.environ.get("G2U_MODEL_CONFIG") or MODEL_CONFIG),
+                   help="model-config yaml to pack (default: handler/model-config.yaml; "
+                        "handler/model-config.multi-gpu.yaml: one worker per GPU)")
     args = p.parse_args(argv)
     mar = build_archive(args.export_path, model_name=args.model_name, checkpoint=args.checkpoint,
                         backend=args.backend, demo_dir=args.demo_dir,
-                        overrides={"batchSize": args.batch_size, "maxBatchDelay": args.max_batch_delay})
+                        overrides={"batchSize": args.batch_size, "maxBatchDelay": args.max_batch_delay},
+                        template=args.model_config)
     print(f"archive: {mar} ({mar.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -1,0 +1,1 @@
+"""Container and Kubernetes deployment of g2u-serve (Dockerfile, manifests, entrypoint, probes)."""
