@@ -10,6 +10,7 @@ from pathlib import Path
 
 from g2u.backends import BACKENDS
 from g2u.errors import CheckpointError, InputError
+from g2u.memory import OFFLOAD, QUANTIZE
 from g2u.schema import add_request_arguments
 
 
@@ -24,7 +25,8 @@ def _predict(args: argparse.Namespace) -> int:
     # Validate the input before paying for a model load; the backend checks its own modes after.
     validate_fields({k: v for k, v in fields.items() if k != "image"})
     start = time.perf_counter()
-    pipe = G2UPipeline.from_checkpoint(args.checkpoint, args.backend, device=args.device, dtype=args.dtype)
+    pipe = G2UPipeline.from_checkpoint(args.checkpoint, args.backend, device=args.device, dtype=args.dtype,
+                                       offload=args.offload, quantize=args.quantize)
     load_s = time.perf_counter() - start
     start = time.perf_counter()
     [outcome] = run_batch(pipe, [RawItem(fields, image)])
@@ -76,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=list(BACKENDS), help="default: detected from the folder")
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--dtype", help="bfloat16, float16, float32 (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--offload", default="none", choices=OFFLOAD, help="CPU offload to fit a smaller GPU (g2u.memory)")
+    p.add_argument("--quantize", default="none", choices=QUANTIZE,
+                   help="weight-only quantization: int8 (torchao, CPU too), fp8 (torchao), nf4 (bitsandbytes)")
     p.add_argument("--out", default="outputs", help="folder for the thought PNG")
     p.set_defaults(func=_predict)
 

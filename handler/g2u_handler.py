@@ -115,7 +115,9 @@ class G2UHandler(BaseHandler):
         writer_config = WriterConfig.from_env()
         self.pipeline = G2UPipeline.from_checkpoint(checkpoint, cfg.get("backend") or None, device=device,
                                                     dtype=None if dtype in (None, "auto") else dtype,
-                                                    writer_config=writer_config)
+                                                    writer_config=writer_config,
+                                                    offload=cfg.get("offload") or "none",
+                                                    quantize=cfg.get("quantize") or "none")
         defaults = dict(cfg.get("defaults") or {})
         try:  # the schema checks the configured defaults as it checks requests
             validate_settings(defaults)

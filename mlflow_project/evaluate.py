@@ -32,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", default="0")
     p.add_argument("--batch-size", dest="batch_size", default="4")
     p.add_argument("--endpoint", default="", help="TorchServe predictions URL: send requests there instead")
+    p.add_argument("--executor", default="local", help="local (this process) or ray (Ray Data actors, each with a "
+                                                       "pipeline; the driver alone writes predictions)")
+    p.add_argument("--ray-address", dest="ray_address", default="", help="a Ray cluster (ray://host:10001, auto); "
+                                                                         "default: a local Ray")
+    p.add_argument("--ray-actors", dest="ray_actors", default="1", help="Ray actors (one pipeline, one GPU each)")
+    p.add_argument("--offload", default="none", help="none, model, sequential, group (g2u.memory; GPU only)")
+    p.add_argument("--quantize", default="none", help="none, int8 (CPU too), fp8, nf4 (GPU) weight-only")
     p.add_argument("--token", default="", help="inference token for --endpoint (default: $G2U_TOKEN)")
     p.add_argument("--out-dir", dest="out_dir", default="", help="default: outputs/eval/<benchmark>-<settings>")
     p.add_argument("--run-name", dest="run_name", default="")
@@ -57,18 +64,33 @@ def config_from_args(args: argparse.Namespace):
 def make_predictor(args: argparse.Namespace):
     """One predictor per model: the ablation's rows share it, so a multi-GB checkpoint loads once."""
     return _predictor(opt(args.endpoint), opt(args.token) or os.environ.get("G2U_TOKEN"), opt(args.checkpoint),
-                      opt(args.backend))
+                      opt(args.backend), opt(args.offload) or "none", opt(args.quantize) or "none",
+                      opt(args.executor) or "local", opt(args.ray_address), int(float(args.ray_actors or 1)))
 
 
 @functools.lru_cache(maxsize=2)
-def _predictor(endpoint: str | None, token: str | None, checkpoint: str | None, backend: str | None):
-    from g2u.eval.predictors import EndpointPredictor, LocalPredictor
+def _predictor(endpoint: str | None, token: str | None, checkpoint: str | None, backend: str | None,
+               offload: str, quantize: str, executor: str, ray_address: str | None, ray_actors: int):
+    from g2u.eval.predictors import EndpointPredictor
 
     if endpoint:
         return EndpointPredictor(endpoint, token=token)
-    from g2u.pipeline import G2UPipeline
+    from g2u.eval.ray_executor import RayPredictor, local_predictor, model_label
 
-    return LocalPredictor(G2UPipeline.from_checkpoint(checkpoint, backend))
+    fit = {"offload": offload, "quantize": quantize} if (offload, quantize) != ("none", "none") else {}
+    if executor == "ray":  # actors each hold one pipeline (one GPU each where there are GPUs)
+        import torch
+
+        label = model_label(checkpoint, backend) + "".join(f"+{k}={v}" for k, v in fit.items())
+        return RayPredictor(functools.partial(local_predictor, checkpoint, backend, **fit), label,
+                            address=ray_address, concurrency=ray_actors,
+                            num_gpus=1 if torch.cuda.is_available() else 0)
+    if executor != "local":
+        raise InputError("executor", f"must be local or ray, got {executor!r}")
+    predictor = local_predictor(checkpoint, backend, **fit)
+    # A quantized or offloaded model never resumes into the full-precision model's predictions.
+    predictor.label += "".join(f"+{k}={v}" for k, v in fit.items())
+    return predictor
 
 
 def default_out_dir(args: argparse.Namespace, config) -> Path:

@@ -43,10 +43,29 @@ def detect_backend(checkpoint: str) -> str:
 
 
 def load_backend(checkpoint: str | None, backend: str | None = None, *, editor: str | None = None,
-                 answerer: str | None = None, device: str | None = None, dtype: str | None = None) -> Backend:
-    """Load the backend for ``checkpoint`` (detected from its layout unless ``backend`` is given)."""
+                 answerer: str | None = None, device: str | None = None, dtype: str | None = None,
+                 offload: str = "none", quantize: str = "none") -> Backend:
+    """Load the backend for ``checkpoint`` (detected from its layout unless ``backend`` is given).
+    ``offload``/``quantize`` fit it into a smaller GPU (``g2u.memory``): checked before any weight is read,
+    then the weights are loaded on the CPU and quantized or offloaded onto ``device``."""
     if backend is not None and backend not in BACKENDS:
         raise CheckpointError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if offload == "none" and quantize == "none":
+        return _load(checkpoint, backend, editor, answerer, device, dtype)
+    from g2u.devices import dtype_name, resolve_device, resolve_dtype
+    from g2u.memory import apply_memory_fit, validate_memory_fit
+
+    target = resolve_device(device)
+    name = backend or ("decoupled" if editor or answerer else detect_backend(checkpoint) if checkpoint else None)
+    validate_memory_fit(offload, quantize, target, name)
+    staging = "cpu" if target.type == "cuda" else device  # the fit moves (or offloads) the weights itself
+    loaded = _load(checkpoint, backend, editor, answerer, staging, dtype or dtype_name(resolve_dtype(None, target)))
+    apply_memory_fit(loaded, offload=offload, quantize=quantize, device=target)
+    return loaded
+
+
+def _load(checkpoint: str | None, backend: str | None, editor: str | None, answerer: str | None,
+          device: str | None, dtype: str | None) -> Backend:
     if editor or answerer:
         if not (editor and answerer):
             raise CheckpointError("the decoupled backend needs both editor= and answerer=")

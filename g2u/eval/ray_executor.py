@@ -45,7 +45,8 @@ def local_predictor(checkpoint: str | None = None, backend: str | None = None, *
 def model_label(checkpoint: str | None = None, backend: str | None = None) -> str:
     """The label ``LocalPredictor`` would report (``backend:checkpoint``), without loading any weights: a
     Ray run and an in-process run of one model resume each other's predictions."""
-    from g2u.backends import detect_backend, ensure_demo_checkpoint
+    from g2u.backends import detect_backend
+    from g2u.demo import ensure_demo_checkpoint
 
     if checkpoint is None:
         checkpoint = str(ensure_demo_checkpoint(backend or "qwen_image_edit"))

@@ -143,8 +143,13 @@ def evaluate(samples: Sequence[Sample], predictor: Predictor, config: EvalConfig
     bar = tqdm(total=sum(len(m) for _, m in todo), desc="evaluate", unit="pred", disable=not progress)
     _end_torn_line(path)
     with path.open("a") as sink:
-        for chunk in _chunks(todo, batch_size):
-            records = predictor.predict([s for s, _ in chunk], [m for _, m in chunk], config, out / "thoughts", reuse)
+        chunks = list(_chunks(todo, batch_size))
+        if hasattr(predictor, "run_batches"):  # a pool of workers (Ray) streams chunks back as they finish
+            stream = predictor.run_batches(chunks, config, out / "thoughts", reuse)
+        else:
+            stream = ((c, predictor.predict([s for s, _ in c], [m for _, m in c], config, out / "thoughts", reuse))
+                      for c in chunks)
+        for chunk, records in stream:
             by_id = {s.id: s for s, _ in chunk}
             for record in records:
                 sample = by_id[record["id"]]
