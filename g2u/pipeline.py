@@ -150,6 +150,9 @@ class G2UPipeline:
         return chosen
 
     def _edit_size(self, req: G2URequest) -> tuple[int, int]:
+        plan_edit_size = getattr(self.backend, "plan_edit_size", None)
+        if plan_edit_size is not None:  # the backend's own rule and limits (g2u.sizing), issue 13
+            return plan_edit_size(req.image.size, size=req.edit.size, area=req.edit.area).size
         if req.edit.size is not None:
             return check_edit_size(req.edit.size, self.backend.size_multiple)
         area = req.edit.area or self.backend.default_edit_area
