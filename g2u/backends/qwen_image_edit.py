@@ -81,7 +81,7 @@ def load_text_encoder(path_or_id: str, dtype: torch.dtype) -> Any:
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot load the text encoder of {path_or_id!r}: {exc}") from exc
     missing = [k for k in info.get("missing_keys", ()) if "lm_head" in k]
-    if missing and not model.config.get_text_config().tie_word_embeddings:
+    if missing and not getattr(model.config, "tie_word_embeddings", False):
         raise CheckpointError(
             f"{path_or_id}/text_encoder has no LM head ({', '.join(sorted(missing))} missing): it can encode "
             "prompts for editing but cannot answer; use a checkpoint whose text_encoder keeps lm_head.weight"
