@@ -55,7 +55,6 @@ from g2u.sizing import (
     edit_plan,
     place,
     prepare_contents,
-    scaled_rule,
 )
 from g2u.types import AnswerParams, ContentPart, EditParams
 
@@ -88,8 +87,11 @@ class BagelBackend:
         scale = demo_scale(demo_scale_area) if demo_scale_area else 1.0
         self.size_limits = SizeLimits(multiple=self.size_multiple, max_side=model.dims.max_edit_side)
         """Stage-I limits: the checkpoint's latent grid (real: 64 tokens × 16 px = 1024 a side)."""
-        name = "bagel:ImageTransform(1024,512,16)" + (f" scaled {scale:g} (demo)" if scale != 1 else "")
-        self.default_size_rule = (name, scaled_rule(bagel_rule(VAE_MAX_SIDE, VAE_MIN_SIDE, 16, VAE_MAX_PIXELS), scale))
+        # a demo checkpoint runs the same transform with its sides scaled to its tiny grid (64/32 for 64²)
+        max_side, min_side = int(VAE_MAX_SIDE * scale), int(VAE_MIN_SIDE * scale)
+        name = f"bagel:ImageTransform({max_side},{min_side},{self.size_multiple})" + (" (demo)" if scale != 1 else "")
+        self.default_size_rule = (name, bagel_rule(max_side, min_side, self.size_multiple,
+                                                   int(VAE_MAX_PIXELS * scale * scale)))
         self.stage2_max_pixels = stage2_max_pixels
         """Cap on each stage-II image (``None``: the ViT transform's own 14·14·9·1024)."""
         self.last_stage2: list[dict | None] = []
