@@ -261,6 +261,8 @@ class Stage2Sizing:
     rule_name: str
     rule: Callable[[int, int], tuple[float, float]]
     limits: SizeLimits
+    pre: Callable[[Image.Image], Image.Image] | None = None
+    """A resize the model applies before its stage-II one (BAGEL: its generation-side transform first)."""
 
     def plan(self, image_size: tuple[int, int]) -> SizePlan:
         return plan(image_size, self.rule_name, self.rule(*image_size), self.limits)
@@ -272,6 +274,8 @@ class Stage2Sizing:
         first = self.plan(images[0].size)
         out, placements = [], []
         for img in images:
+            if self.pre is not None:
+                img = self.pre(img)
             p = place(img.size, first.size, self.limits.multiple)
             out.append(p.apply(img))
             placements.append({"input": list(img.size), "resize": list(p.resize),

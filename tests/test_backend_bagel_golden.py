@@ -22,6 +22,7 @@ from g2u.backends.bagel.sampler import SamplerSettings, combine, denoise
 from g2u.backends.bagel.vae import decode_latents, encode_latents
 from g2u.backends.bagel.vision import to_unit_tensor
 from g2u.demo.bagel import build_bagel_demo
+from g2u.types import AnswerParams
 
 GOLDEN = Path(__file__).parent / "golden" / "bagel"
 BF16_REL = 0.05
@@ -97,6 +98,13 @@ def test_understanding_logits_and_greedy_tokens(backend, golden, meta):
     ours = torch.cat([x.reshape(-1, x.shape[-1]) for x in logits])[: meta["text_tokens"]]
     _close(ours, golden["text_logits"])
     assert tokens == golden["text_tokens"].tolist()[: len(tokens)]
+
+
+def test_answer_reads_the_image_as_the_inferencer_does(backend, golden, meta):
+    """The public stage-II call (its sizing included: BAGEL's transform, then the ViT's) answers what the
+    official inferencer answered."""
+    (answer,) = backend.answer([[golden_picture(), QUESTION]], AnswerParams(max_new_tokens=meta["text_tokens"]))
+    assert answer == backend.decode_text(golden["text_tokens"].tolist())
 
 
 def test_vae_round_trip(backend, golden, meta):
