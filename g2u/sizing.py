@@ -261,8 +261,9 @@ class Stage2Sizing:
     rule_name: str
     rule: Callable[[int, int], tuple[float, float]]
     limits: SizeLimits
-    pre: Callable[[Image.Image], Image.Image] | None = None
-    """A resize the model applies before its stage-II one (BAGEL: its generation-side transform first)."""
+    pre: Callable[[tuple[int, int]], SizePlan] | None = None
+    """A resize the model applies before its stage-II one (BAGEL: its generation-side transform first),
+    as the plan for an image size; reported under ``pre``."""
 
     def plan(self, image_size: tuple[int, int]) -> SizePlan:
         return plan(image_size, self.rule_name, self.rule(*image_size), self.limits)
@@ -274,12 +275,14 @@ class Stage2Sizing:
         first = self.plan(images[0].size)
         out, placements = [], []
         for img in images:
+            record: dict = {"input": list(img.size)}
             if self.pre is not None:
-                img = self.pre(img)
+                pre = self.pre(img.size)
+                img = pre.placement.apply(img)
+                record["pre"] = pre.record()
             p = place(img.size, first.size, self.limits.multiple)
             out.append(p.apply(img))
-            placements.append({"input": list(img.size), "resize": list(p.resize),
-                               "pad": list(p.pad) if p.pad else None})
+            placements.append({**record, "resize": list(p.resize), "pad": list(p.pad) if p.pad else None})
         return out, {"rule": self.rule_name, "size": list(first.size), "images": placements}
 
 

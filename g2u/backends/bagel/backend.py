@@ -113,11 +113,9 @@ class BagelBackend:
             w, h = edit_rule(width, height)
             return fit_size(max(1, round(w)), max(1, round(h)), max_side, min(VIT_MIN_SIDE, max_side), patch, cap)
 
-        def pre(image: Image.Image) -> Image.Image:  # the inferencer's vae_transform resize, before the ViT's
-            return self.plan_edit_size(image.size).placement.apply(image)
-
+        # pre: the inferencer's vae_transform resize, before the ViT's
         return Stage2Sizing(f"bagel:vit ImageTransform(980,224,14) of {self.default_size_rule[0]}", rule,
-                            SizeLimits(multiple=patch, max_side=max_side, max_pixels=cap), pre=pre)
+                            SizeLimits(multiple=patch, max_side=max_side, max_pixels=cap), pre=self.plan_edit_size)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None,
