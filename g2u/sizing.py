@@ -314,6 +314,14 @@ def qwen_vl_stage2(min_pixels: int, max_pixels: int, factor: int = 28, max_aspec
     return Stage2Sizing(f"qwen_vl_smart_resize:{min_pixels}-{top}", rule, limits)
 
 
+def stage2_cap(params) -> int | None:
+    """A per-call stage-II pixel cap, where the answer parameters carry one (``stage2_max_pixels``)."""
+    cap = getattr(params, "stage2_max_pixels", None)
+    if cap is not None and (not isinstance(cap, int) or cap < 1):
+        raise InputError("stage2_max_pixels", f"must be a positive integer, got {cap!r}")
+    return cap
+
+
 def prepare_contents(contents, stage2: Stage2Sizing | None) -> tuple[list[list], list[dict | None]]:
     """Every request's images (PIL parts) at its first image's stage-II size; text parts untouched.
     Returns the new contents and one record per request (``None`` for a request without images)."""

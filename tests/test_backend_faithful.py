@@ -103,6 +103,9 @@ def test_stage2_reads_original_and_thought_at_one_size_even_for_a_strip(name, ba
 
 def test_stage2_cap_is_configurable(qwen):
     cap = 28 * 28 * 6
+    qwen.answer([[_picture((900, 700)), "What?"]], AnswerParams(max_new_tokens=2))
+    w, h = qwen.last_stage2[0]["size"]
+    assert w * h > cap  # the processor's own max_pixels by default
     qwen.stage2_max_pixels = cap
     try:
         qwen.answer([[_picture((900, 700)), "What?"]], AnswerParams(max_new_tokens=2))
@@ -110,6 +113,11 @@ def test_stage2_cap_is_configurable(qwen):
         assert w * h <= cap
     finally:
         qwen.stage2_max_pixels = None
+    per_call = AnswerParams(max_new_tokens=2)
+    per_call.stage2_max_pixels = 28 * 28 * 4  # a request's own cap, where the schema carries one
+    qwen.answer([[_picture((900, 700)), "What?"]], per_call)
+    w, h = qwen.last_stage2[0]["size"]
+    assert w * h <= 28 * 28 * 4
 
 
 # ------------------------------------------------------------------------------------------ BAGEL think

@@ -40,6 +40,7 @@ from g2u.sizing import (
     place,
     prepare_contents,
     qwen_vl_stage2_for,
+    stage2_cap,
 )
 from g2u.types import AnswerParams, ContentPart, EditParams
 
@@ -327,8 +328,8 @@ class DecoupledBackend:
 
         # Qwen-VL answerers: every image of a request at one capped size; others (LLaVA) resize all images
         # to their fixed input size in the processor already.
-        contents, self.last_stage2 = prepare_contents(contents, qwen_vl_stage2_for(self.processor,
-                                                                                   self.stage2_max_pixels))
+        contents, self.last_stage2 = prepare_contents(contents, qwen_vl_stage2_for(
+            self.processor, stage2_cap(params) or self.stage2_max_pixels))
         return generate_answers(self.answer_model, self.processor, contents, params)
 
 

@@ -39,6 +39,7 @@ from g2u.sizing import (
     qwen_image_edit_rule,
     qwen_vl_stage2_for,
     scaled_rule,
+    stage2_cap,
 )
 from g2u.types import AnswerParams, ContentPart, EditParams
 
@@ -127,8 +128,9 @@ class QwenImageEditBackend:
         """The working size of an input: ``size`` if given, else ``area``, else the stock rule."""
         return edit_plan(image_size, self.size_limits, self.default_size_rule, size=size, area=area)
 
-    def stage2_sizing(self):
-        return qwen_vl_stage2_for(self.pipe.processor, self.stage2_max_pixels)
+    def stage2_sizing(self, cap: int | None = None):
+        """Stage-II sizing under ``cap`` (a request's), else ``stage2_max_pixels``, else the processor's."""
+        return qwen_vl_stage2_for(self.pipe.processor, cap or self.stage2_max_pixels)
 
     @property
     def answer_model(self) -> Any:
@@ -253,7 +255,7 @@ class QwenImageEditBackend:
     def answer(self, contents: Sequence[Sequence[ContentPart]], params: AnswerParams) -> list[str]:
         """Stage II with the pipeline's own text encoder and processor (no second copy of the weights).
         Each request's images are first brought to one stage-II size (``last_stage2`` says how)."""
-        contents, self.last_stage2 = prepare_contents(contents, self.stage2_sizing())
+        contents, self.last_stage2 = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)))
         return generate_answers(self.pipe.text_encoder, self.pipe.processor, contents, params)
 
 

@@ -55,6 +55,7 @@ from g2u.sizing import (
     edit_plan,
     place,
     prepare_contents,
+    stage2_cap,
 )
 from g2u.types import AnswerParams, ContentPart, EditParams
 
@@ -101,12 +102,13 @@ class BagelBackend:
         """The working size of an input: ``size`` if given, else ``area``, else BAGEL's transform."""
         return edit_plan(image_size, self.size_limits, self.default_size_rule, size=size, area=area)
 
-    def stage2_sizing(self) -> Stage2Sizing:
+    def stage2_sizing(self, cap: int | None = None) -> Stage2Sizing:
         """The understanding size of a request's first image (the inferencer's generation-side resize,
         then the ViT transform); every image of the request is read at that size."""
         patch = self.model.vit_model.patch_size
         max_side = min(VIT_MAX_SIDE, self.model.dims.vit_max_per_side * patch)
-        cap = min(VIT_MAX_PIXELS, self.stage2_max_pixels) if self.stage2_max_pixels else VIT_MAX_PIXELS
+        cap = cap or self.stage2_max_pixels
+        cap = min(VIT_MAX_PIXELS, cap) if cap else VIT_MAX_PIXELS
         edit_rule = self.default_size_rule[1]
 
         def rule(width: int, height: int) -> tuple[int, int]:
@@ -246,7 +248,7 @@ class BagelBackend:
         """Stage II: one answer per request from its interleaved parts, all requests in one batch."""
         if not contents:
             return []
-        contents, self.last_stage2 = prepare_contents(contents, self.stage2_sizing())
+        contents, self.last_stage2 = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)))
         cache = self.answer_context(contents)
         ids = self.model.decode(cache, params.max_new_tokens, params.temperature)
         return [self.decode_text(x) for x in ids]
@@ -263,7 +265,7 @@ class BagelBackend:
             raise InputError("max_think_tokens", f"must be >= 1, got {max_think_tokens}")
         if not contents:
             return []
-        contents, self.last_stage2 = prepare_contents(contents, self.stage2_sizing())
+        contents, self.last_stage2 = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)))
         system = [TextSegment(self.encode_text(VLM_THINK_SYSTEM_PROMPT))]
         rows = [system + [self._segment(part) for part in parts] for parts in contents]
         cache = self.model.new_cache(len(rows))
