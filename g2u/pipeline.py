@@ -19,7 +19,6 @@ from g2u.backends import Backend, load_backend
 from g2u.budget import WorkBudget, check_budget
 from g2u.errors import InputError
 from g2u.fidelity import edit_magnitude
-from g2u.images import check_edit_size, working_size
 from g2u.modes import MODES
 from g2u.prompts import PromptLibrary, default_library, prompt_leak
 from g2u.types import AnswerParams, EditRecord, G2URequest, Thought, Turn
@@ -44,6 +43,8 @@ class G2UResult:
     id: str | None = None
     layout: str | None = None
     """The stage-II layout a thought mode used (None: a mode without a thought)."""
+    stage2: dict[str, Any] | None = None
+    """How stage II sized the request's images (one size for I and Î; ``g2u.sizing``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready result (the thought image itself is left to the caller: PNG file or base64)."""
@@ -55,6 +56,7 @@ class G2UResult:
         if self.reasoning is not None:
             out["reasoning"] = self.reasoning
         out["layout"] = self.layout
+        out["stage2"] = self.stage2
         out["timings_ms"] = self.timings_ms
         out["model"] = self.model
         return out
@@ -126,7 +128,7 @@ class G2UPipeline:
             return
         if req.writer == "library":
             self._library_prompt(req)
-        size = self._edit_size(req)
+        size = self._plan(req).size
         self.backend.validate_edit(replace(req.edit, size=size))
         check_budget(req, size, self.budget)
 
@@ -169,10 +171,10 @@ class G2UPipeline:
             raise InputError("prompt" if req.prompt else "prompt_name", f"leaks the answer: {leak}")
         return chosen
 
-    def _edit_size(self, req: G2URequest) -> tuple[int, int]:
-        if req.edit.size is not None:
-            return check_edit_size(req.edit.size, self.backend.size_multiple)
-        return working_size(*req.image.size, self.backend.default_edit_area, self.backend.size_multiple)
+    def _plan(self, req: G2URequest):
+        """The working size by the backend's own rule and limits (``g2u.sizing``): the request's
+        ``edit_size``, else its ``edit_area``, else the model's rule; any input shape fits."""
+        return self.backend.plan_edit_size(req.image.size, size=req.edit.size, area=req.edit.area)
 
     def _edit_record(self, req: G2URequest) -> EditRecord:
         fallback, reason, writer = False, None, req.writer
@@ -182,11 +184,11 @@ class G2UPipeline:
             written = self._writer(req.writer).write(req.image, req.question, req.options, req.family,
                                                      answer=req.gold_answer)
             chosen, fallback, reason = written.prompt, written.fallback, written.fallback_reason
-        e = req.edit
+        e, plan = req.edit, self._plan(req)
         return EditRecord(prompt=chosen.text, prompt_name=chosen.name, family=chosen.family, writer=writer,
                           steps=e.steps, text_cfg=e.text_cfg, image_cfg=e.image_cfg, seed=e.seed,
-                          size=self._edit_size(req), writer_fallback=fallback, writer_fallback_reason=reason,
-                          options=dict(e.options))
+                          size=plan.size, writer_fallback=fallback, writer_fallback_reason=reason,
+                          options=dict(e.options), sizing=plan.record())
 
     def _writer(self, name: str):
         if name not in self._writers:
@@ -203,24 +205,37 @@ class G2UPipeline:
             if MODES[req.mode].needs_thought and thought is None:
                 raise InputError("mode", f"{req.mode} needs a thought: run imagine() first")
 
-        # 1. Modes that reason in text write their reasoning first (one batched pass).
+        # 1. Modes that reason in text write their reasoning first (one batched pass). A backend with its
+        #    own reasoning format (BAGEL's think prompt) reasons and answers in one go.
         reasoning: dict[int, str] = {}
+        answered: dict[int, str] = {}
         cot = [i for i, r in enumerate(requests) if "R" in (MODES[r.mode].parts or ())]
         cot_ms = 0.0
         if cot:
             start = time.perf_counter()
-            contents = [[requests[i].image, f"{self._question(requests[i])}\n{COT_INSTRUCTION}"] for i in cot]
-            texts = self._answer_grouped(contents, [AnswerParams(max_new_tokens=requests[i].reasoning_tokens)
-                                                    for i in cot])
-            reasoning = dict(zip(cot, texts))
+            think_answer = getattr(self.backend, "think_answer", None)
+            for i in cot:
+                req = requests[i]
+                if think_answer is not None:
+                    [(reasoning[i], answered[i])] = think_answer(
+                        [[req.image, f"{self._question(req)}\n{self._instruction(req)}"]], req.answer,
+                        max_think_tokens=req.reasoning_tokens)
+            todo = [i for i in cot if i not in answered]
+            contents = [[requests[i].image, f"{self._question(requests[i])}\n{COT_INSTRUCTION}"] for i in todo]
+            texts, _ = self._answer_grouped(contents, [replace(requests[i].answer, max_new_tokens=requests[i]
+                                                               .reasoning_tokens) for i in todo])
+            reasoning.update(zip(todo, texts))
             cot_ms = (time.perf_counter() - start) * 1000
 
         # 2. Each answer prompt in its mode's order: [I, q, Î], [Î, q], [I, q], [I, q, reasoning].
-        contents = [self._contents(r, t, reasoning.get(i)) for i, (r, t) in enumerate(zip(requests, thoughts))]
+        rest = [i for i in range(len(requests)) if i not in answered]
+        contents = [self._contents(requests[i], thoughts[i], reasoning.get(i)) for i in rest]
 
-        # 3. Stage II, batched.
+        # 3. Stage II, batched; the backend reports how it sized each request's images.
         start = time.perf_counter()
-        answers = self._answer_grouped(contents, [r.answer for r in requests])
+        texts, stage2 = self._answer_grouped(contents, [requests[i].answer for i in rest])
+        answers = {**answered, **dict(zip(rest, texts))}
+        stage2_of = dict(zip(rest, stage2))
         understand_ms = (time.perf_counter() - start) * 1000
 
         # 4. Assemble the results.
@@ -234,11 +249,16 @@ class G2UPipeline:
             timings["total"] = round(sum(timings.values()), 2)
             results.append(G2UResult(answer=answers[i], mode=req.mode, model=self.model_info, timings_ms=timings,
                                      thought=thought, reasoning=reasoning.get(i), id=req.id,
-                                     layout=req.layout if MODES[req.mode].needs_thought else None))
+                                     layout=req.layout if MODES[req.mode].needs_thought else None,
+                                     stage2=stage2_of.get(i)))
         return results
 
     def _question(self, req: G2URequest) -> str:
         return format_question(req.question, req.options)
+
+    @staticmethod
+    def _instruction(req: G2URequest) -> str:
+        return MCQ_INSTRUCTION if req.options else OPEN_INSTRUCTION
 
     def _contents(self, req: G2URequest, thought: Thought | None, reasoning: str | None) -> list[Any]:
         """The answer prompt. Modes with fixed parts (and the ``paper`` layout, in ``order``) lay them out
@@ -246,7 +266,7 @@ class G2UPipeline:
         ``labelled`` introduces each image and puts the question last; ``multiturn`` is the authors'
         concat variant: user [I, q + enhance first], assistant [Î], user [I, q]."""
         mode = MODES[req.mode]
-        instruction = MCQ_INSTRUCTION if req.options else OPEN_INSTRUCTION
+        instruction = self._instruction(req)
         question = self._question(req)
         thought_part = self.backend.thought_part(thought.image, mode) if thought is not None else None
         if mode.parts is None and req.layout == "labelled":
@@ -270,14 +290,19 @@ class G2UPipeline:
                 parts.append(images[key])
         return parts
 
-    def _answer_grouped(self, contents: list[list[Any]], params: list[AnswerParams]) -> list[str]:
-        """One backend call per distinct AnswerParams (requests almost always share one)."""
+    def _answer_grouped(self, contents: list[list[Any]],
+                        params: list[AnswerParams]) -> tuple[list[str], list[dict | None]]:
+        """One backend call per distinct AnswerParams (requests almost always share one); returns the
+        answers and, per request, how the backend sized its stage-II images."""
         out: list[str | None] = [None] * len(contents)
+        sizing: list[dict | None] = [None] * len(contents)
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(params):
-            groups.setdefault((p.max_new_tokens, p.temperature), []).append(i)
+            groups.setdefault((p.max_new_tokens, p.temperature, p.stage2_max_pixels), []).append(i)
         for idx in groups.values():
             texts = self.backend.answer([contents[i] for i in idx], params[idx[0]])
-            for i, text in zip(idx, texts):
+            records = list(getattr(self.backend, "last_stage2", None) or [None] * len(idx))
+            for k, (i, text) in enumerate(zip(idx, texts)):
                 out[i] = text
-        return out  # type: ignore[return-value]
+                sizing[i] = records[k] if k < len(records) else None
+        return out, sizing  # type: ignore[return-value]

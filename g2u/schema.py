@@ -79,6 +79,13 @@ class CoreFields(BaseModel):
     edit_size: tuple[int, int] | None = Field(
         None, description="working size `WIDTHxHEIGHT` (multiples of the backend's stride; default: the "
                           "input's aspect at the backend's area)", json_schema_extra={"stage": "edit"})
+    edit_area: int | None = Field(None, ge=64 * 64, le=4096 * 4096,
+                                  description="working area in pixels when `edit_size` is not given, e.g. 262144 "
+                                              "for the fast 512² setting (default: the backend's own size rule)",
+                                  json_schema_extra={"stage": "edit"})
+    stage2_max_pixels: int | None = Field(None, ge=28 * 28, le=40_000_000,
+                                          description="cap on each stage-II image, I and Î alike (default: the "
+                                                      "answer model's processor setting)")
     max_new_tokens: int = Field(32, ge=1, le=2048, description="answer length budget in tokens")
     order: tuple[str, ...] = Field(DEFAULT_ORDER, description="g2u answer-prompt order of image `I`, question "
                                                               "`q` and thought `T`, e.g. `I,q,T` (the paper's)")
@@ -294,10 +301,12 @@ def parse_request(fields: dict[str, Any], *, max_pixels: int = DEFAULT_MAX_PIXEL
 
     options = _backend_options(model)
     edit = EditParams(steps=model.steps, text_cfg=model.text_cfg, image_cfg=model.image_cfg, seed=model.seed,
-                      size=model.edit_size, options=options)
+                      size=model.edit_size, area=model.edit_area, options=options)
     return G2URequest(image=pil, question=model.question, options=model.options, mode=model.mode,
                       prompt=model.prompt, prompt_name=model.prompt_name, family=model.family, writer=model.writer,
-                      edit=edit, answer=AnswerParams(max_new_tokens=model.max_new_tokens), order=model.order,
+                      edit=edit, order=model.order,
+                      answer=AnswerParams(max_new_tokens=model.max_new_tokens,
+                                          stage2_max_pixels=model.stage2_max_pixels),
                       layout=model.layout, reasoning_tokens=model.reasoning_tokens, timeout_s=model.timeout_s,
                       return_thought=model.return_thought, id=model.id)
 

@@ -41,6 +41,8 @@ class EditParams:
     image_cfg: float = 1.0
     seed: int = 0
     size: tuple[int, int] | None = None
+    area: int | None = None
+    """Working area in pixels when ``size`` is not given (None: the backend's own size rule)."""
     negative_prompt: str = " "
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -56,6 +58,8 @@ class AnswerParams:
 
     max_new_tokens: int = 32
     temperature: float = 0.0
+    stage2_max_pixels: int | None = None
+    """Cap on each stage-II image (None: the backend's, by default its processor's own ``max_pixels``)."""
 
 
 @dataclass
@@ -111,6 +115,8 @@ class EditRecord:
     writer_fallback_reason: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     """Backend options the request set (BAGEL's think, cfg_interval...)."""
+    sizing: dict[str, Any] | None = None
+    """How the working size was reached: ``{"rule", "input", "size", "resize", "pad"}`` (``g2u.sizing``)."""
     plan: str | None = None
     """The textual plan decoded before generation (BAGEL ``think``)."""
 

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
     import pandas as pd
 
-    from g2u.backends import ensure_demo_checkpoint
+    from g2u.demo import ensure_demo_checkpoint
     from mlflow_project.pyfunc_model import G2UPyfuncModel, pyfunc_signature
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

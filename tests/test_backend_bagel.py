@@ -22,8 +22,7 @@ from g2u.backends.bagel.model import LatentSegment, TextSegment, VitSegment
 from g2u.backends.bagel.sampler import SamplerSettings, combine, denoise
 from g2u.backends.bagel.vae import encode_latents
 from g2u.backends.bagel.vision import to_unit_tensor
-from g2u.backends.base import Backend
-from g2u.demo import read_demo_marker
+from g2u.backends.base import Backend, read_demo_marker
 from g2u.demo.bagel import DEMO_EDIT_AREA, build_bagel_demo
 from g2u.errors import CheckpointError, InputError
 from g2u.modes import MODES
@@ -94,7 +93,7 @@ def test_demo_build_is_deterministic(demo_dir, tmp_path):
 def test_loads_every_tensor_the_builder_wrote(backend, demo_dir):
     assert isinstance(backend, Backend)
     assert backend.info.backend == "bagel" and backend.info.demo is True
-    assert backend.extra_modes == ("vae_concat",)
+    assert "vae_concat" in backend.modes
     assert backend.size_multiple == 16 and backend.default_edit_area == DEMO_EDIT_AREA
     state = backend.model.state_dict()
     with safe_open(str(demo_dir / "ema.safetensors"), "pt") as f:

@@ -92,7 +92,7 @@ def test_load_reports_demo_and_shares_one_text_model(backend):
     assert backend.info.dtype == "float32" and backend.info.device == "cpu"
     assert backend.default_edit_area == DEMO_EDIT_AREA
     assert backend.size_multiple == 16
-    assert backend.extra_modes == ()
+    assert "vae_concat" not in backend.modes
     assert backend.answer_model is backend.pipe.text_encoder
     vlms = [
         c

@@ -17,7 +17,7 @@ from g2u.backends.base import Backend, BackendBase, BackendInfo
 from g2u.errors import CheckpointError
 
 BACKENDS = ("qwen_image_edit", "decoupled", "bagel")
-_QWEN_EDIT_CLASSES = ("QwenImageEditPipeline",)
+_QWEN_EDIT_CLASSES = ("QwenImageEditPipeline", "QwenImageEditPlusPipeline")
 
 __all__ = ["BACKENDS", "Backend", "BackendBase", "BackendInfo", "detect_backend", "load_backend"]
 

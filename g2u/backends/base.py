@@ -53,6 +53,19 @@ class Backend(Protocol):
     """Pixel area of the automatic working size (512² for real checkpoints, small for demo ones)."""
     options_model: type[BaseModel] | None
     """The backend's own request fields (``g2u.schema.BACKEND_OPTIONS``), None when it has none."""
+    last_stage2: list[dict | None]
+    """How the last ``answer`` call sized each request's images (one size for I and Î, ``g2u.sizing``)."""
+
+    def plan_edit_size(self, image_size: tuple[int, int], size: tuple[int, int] | None = None,
+                       area: int | None = None) -> Any:
+        """The working size of an input (``g2u.sizing.SizePlan``): ``size`` if given (checked against the
+        backend's limits), else ``area``, else the model's own rule; any aspect fits (clamped, padded
+        only where a limit forces it)."""
+        ...
+
+    def stage2_sizing(self, cap: int | None = None) -> Any:
+        """How stage II sizes a request's images under a pixel cap (None: the processor's own)."""
+        ...
 
     @property
     def modes(self) -> tuple[str, ...]: ...
@@ -84,6 +97,7 @@ class BackendBase:
     size_multiple: int
     default_edit_area: int
     options_model: type[BaseModel] | None = None
+    last_stage2: list[dict | None] = []
 
     @property
     def modes(self) -> tuple[str, ...]:

@@ -30,10 +30,22 @@ from PIL import Image
 from g2u.backends.base import BackendBase, BackendInfo, read_demo_marker
 from g2u.devices import dtype_name, resolve_device, resolve_dtype
 from g2u.errors import CheckpointError, G2UError, InputError, ModelError
+from g2u.sizing import (
+    SizeLimits,
+    SizePlan,
+    area_target,
+    demo_scale,
+    edit_plan,
+    place,
+    prepare_contents,
+    qwen_vl_stage2_for,
+    stage2_cap,
+)
 from g2u.types import AnswerParams, ContentPart, EditParams
 
 BACKEND_FILE = "g2u_backend.json"
 REAL_DEFAULT_EDIT_AREA = 512 * 512
+MAX_EDIT_SIDE = 2048
 _QWEN_VL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 
 __all__ = ["BACKEND_FILE", "DecoupledBackend", "load_decoupled_dir"]
@@ -208,6 +220,20 @@ class DecoupledBackend(BackendBase):
         self.default_edit_area = int(default_edit_area)
         self._adapter = _editor_adapter(editor)
         self.size_multiple = self._adapter.size_multiple
+        demo = info.demo
+        scale = demo_scale(self.default_edit_area, 512) if demo else 1.0
+        self.size_limits = SizeLimits(multiple=self.size_multiple,
+                                      max_side=max(self.size_multiple, int(MAX_EDIT_SIDE * scale)))
+        """Any diffusers editor: no rule of its own here, the input's aspect at ``default_edit_area``."""
+        area = self.default_edit_area
+        self.default_size_rule = (f"area:{area}", lambda w, h: area_target((w, h), area))
+        self.stage2_max_pixels: int | None = None
+        """Cap on each stage-II image for Qwen-VL answerers (``None``: the processor's ``max_pixels``)."""
+        self.last_stage2: list[dict | None] = []
+
+    def plan_edit_size(self, image_size: tuple[int, int], size: tuple[int, int] | None = None,
+                       area: int | None = None) -> SizePlan:
+        return edit_plan(image_size, self.size_limits, self.default_size_rule, size=size, area=area)
 
     @classmethod
     def from_pretrained(cls, editor: str, answerer: str, device: str | torch.device | None = None,
@@ -260,8 +286,8 @@ class DecoupledBackend(BackendBase):
         first = params[0]
         size = first.size
         assert size is not None  # checked by validate_edit
-        batch = [img.convert("RGB").resize(size, Image.Resampling.LANCZOS)
-                 if img.size != size or img.mode != "RGB" else img for img in images]
+        # resized (padded where a limit forced it) to the working size, as plan_edit_size reported
+        batch = [place(img.size, size, self.size_multiple).apply(img) for img in images]
         kwargs = self._adapter.call_kwargs(first, len(images))
         try:
             result = self.editor(prompt=prompts, image=batch, generator=self.generators(params),
@@ -283,6 +309,10 @@ class DecoupledBackend(BackendBase):
         """One batched chat-template generation over all requests (see ``qwen_vl.generate_answers``)."""
         from g2u.backends.qwen_vl import generate_answers
 
+        # Qwen-VL answerers: every image of a request at one capped size; others (LLaVA) resize all images
+        # to their fixed input size in the processor already.
+        contents, self.last_stage2 = prepare_contents(contents, qwen_vl_stage2_for(
+            self.processor, stage2_cap(params) or self.stage2_max_pixels))
         return generate_answers(self.answer_model, self.processor, contents, params)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from g2u.backends.base import DEMO_MARKER, read_demo_marker
 
-DEMO_BACKENDS = ("qwen_image_edit", "decoupled", "decoupled_kontext", "bagel")
+DEMO_BACKENDS = ("qwen_image_edit", "qwen_image_edit_plus", "decoupled", "decoupled_kontext", "bagel")
 
 
 def write_demo_marker(folder: Path, seed: int, default_edit_area: int) -> None:
@@ -27,10 +27,11 @@ def build_demo_checkpoints(out_dir: str | Path, seed: int = 0, backends=DEMO_BAC
     """Write one demo checkpoint per backend under ``out_dir``; returns {backend: folder}."""
     from g2u.demo.bagel import build_bagel_demo
     from g2u.demo.decoupled import build_decoupled_demo, build_decoupled_kontext_demo
-    from g2u.demo.qwen import build_qwen_image_edit_demo
+    from g2u.demo.qwen import build_qwen_image_edit_demo, build_qwen_image_edit_plus_demo
 
     builders = {
         "qwen_image_edit": build_qwen_image_edit_demo,
+        "qwen_image_edit_plus": build_qwen_image_edit_plus_demo,
         "decoupled": build_decoupled_demo,
         "decoupled_kontext": build_decoupled_kontext_demo,
         "bagel": build_bagel_demo,

@@ -57,7 +57,13 @@ MODEL_INDEX = {
 }
 
 
-def build_qwen_image_edit_demo(folder: Path, seed: int = 0) -> None:
+def build_qwen_image_edit_plus_demo(folder: Path, seed: int = 0) -> None:
+    """A tiny random Qwen-Image-Edit-Plus (the 2509/2511 releases): the same components in the same layout,
+    model_index.json naming ``QwenImageEditPlusPipeline`` (what tells the two apart)."""
+    build_qwen_image_edit_demo(folder, seed=seed, pipeline_class="QwenImageEditPlusPipeline")
+
+
+def build_qwen_image_edit_demo(folder: Path, seed: int = 0, pipeline_class: str = "QwenImageEditPipeline") -> None:
     """Write a tiny random Qwen-Image-Edit checkpoint to ``folder`` (same seed → identical files)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -96,6 +102,6 @@ def build_qwen_image_edit_demo(folder: Path, seed: int = 0) -> None:
     save_qwen_vl_processor(folder / "tokenizer", processor, with_vision=False)
     save_qwen_vl_processor(folder / "processor", processor)
 
-    index = {**MODEL_INDEX, "_diffusers_version": diffusers.__version__}
+    index = {**MODEL_INDEX, "_class_name": pipeline_class, "_diffusers_version": diffusers.__version__}
     (folder / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     write_demo_marker(folder, seed, default_edit_area=DEMO_EDIT_AREA)

@@ -8,6 +8,13 @@ planning system prompt) and appended to the conditional context.
 
 Stage II (answer) uses BAGEL's chat layout: each image and each text part becomes its own segment in
 order, and the answer is decoded from ``<|im_start|>`` until ``<|im_end|>``, greedy by default.
+``think_answer`` is BAGEL's own textual reasoning: its understanding think system prompt first, one
+decode that writes ``<think> … </think>`` and then the answer, read after the reasoning.
+
+Sizes (``g2u.sizing``), as BAGEL's inferencer: the working size is its image transform
+(``ImageTransform(1024, 512, 16)``) of the input, and the ViT of the edit context reads that same resized
+image; stage II reads every image of a request at the original's understanding size (the same transform,
+then the ViT's ``ImageTransform(980, 224, 14)``), capped by ``stage2_max_pixels``.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from g2u.backends.bagel.loading import load_model, load_tokenizer, load_vae
 from g2u.backends.bagel.model import BagelModel, LatentSegment, Segment, TextSegment, VitSegment
 from g2u.backends.bagel.params import (
     GEN_THINK_SYSTEM_PROMPT,
+    VLM_THINK_SYSTEM_PROMPT,
     BagelOptions,
     VaeImage,
     bagel_options,
@@ -32,17 +40,33 @@ from g2u.backends.bagel.params import (
 )
 from g2u.backends.bagel.sampler import RENORM_TYPES, SamplerSettings, denoise
 from g2u.backends.bagel.vae import decode_latents, encode_latents
-from g2u.backends.bagel.vision import to_unit_tensor
+from g2u.backends.bagel.vision import VIT_MAX_PIXELS, VIT_MAX_SIDE, VIT_MIN_SIDE, to_unit_tensor
 from g2u.backends.base import BackendBase, BackendInfo, read_demo_marker
 from g2u.devices import dtype_name, resolve_device, resolve_dtype
 from g2u.errors import InputError
 from g2u.modes import Mode
+from g2u.sizing import (
+    SizeLimits,
+    SizePlan,
+    Stage2Sizing,
+    bagel_rule,
+    check_explicit,
+    demo_scale,
+    edit_plan,
+    place,
+    prepare_contents,
+    stage2_cap,
+)
 from g2u.types import AnswerParams, ContentPart, EditOutput, EditParams, Turn
 
-REAL_DEFAULT_EDIT_AREA = 512 * 512
+REAL_DEFAULT_EDIT_AREA = 1024 * 1024
 VAE_MAX_SIDE = 1024
 VAE_MIN_SIDE = 512
-"""BAGEL's generation-side transform (``ImageTransform(1024, 512, 16)``), for VAE images in answers."""
+VAE_MAX_PIXELS = 14 * 14 * 9 * 1024
+"""BAGEL's generation-side transform (``ImageTransform(1024, 512, 16)``): edits and VAE images in answers."""
+DEFAULT_THINK_TOKENS = 512
+"""Budget of ``think_answer`` (reasoning and answer together, as the inferencer's ``max_think_token_n``)."""
+THINK_END = "</think>"
 
 
 class BagelBackend(BackendBase):
@@ -50,21 +74,55 @@ class BagelBackend(BackendBase):
 
     options_model = BagelOptions
 
-    def __init__(self, model: BagelModel, vae, tokenizer, info: BackendInfo, default_edit_area: int):
+    def __init__(self, model: BagelModel, vae, tokenizer, info: BackendInfo, default_edit_area: int, *,
+                 demo_scale_area: int | None = None, stage2_max_pixels: int | None = None):
         self.model = model
         self.vae = vae
         self.tokenizer = tokenizer
         self.info = info
         self.default_edit_area = default_edit_area
         self.size_multiple = model.dims.size_multiple
+        scale = demo_scale(demo_scale_area) if demo_scale_area else 1.0
+        self.size_limits = SizeLimits(multiple=self.size_multiple, max_side=model.dims.max_edit_side)
+        """Stage-I limits: the checkpoint's latent grid (real: 64 tokens × 16 px = 1024 a side)."""
+        # a demo checkpoint runs the same transform with its sides scaled to its tiny grid (64/32 for 64²)
+        max_side, min_side = int(VAE_MAX_SIDE * scale), int(VAE_MIN_SIDE * scale)
+        name = f"bagel:ImageTransform({max_side},{min_side},{self.size_multiple})" + (" (demo)" if scale != 1 else "")
+        self.default_size_rule = (name, bagel_rule(max_side, min_side, self.size_multiple,
+                                                   int(VAE_MAX_PIXELS * scale * scale)))
+        self.stage2_max_pixels = stage2_max_pixels
+        """Cap on each stage-II image (``None``: the ViT transform's own 14·14·9·1024)."""
+        self.last_stage2: list[dict | None] = []
+
+    def plan_edit_size(self, image_size: tuple[int, int], size: tuple[int, int] | None = None,
+                       area: int | None = None) -> SizePlan:
+        """The working size of an input: ``size`` if given, else ``area``, else BAGEL's transform."""
+        return edit_plan(image_size, self.size_limits, self.default_size_rule, size=size, area=area)
+
+    def stage2_sizing(self, cap: int | None = None) -> Stage2Sizing:
+        """The understanding size of a request's first image (the inferencer's generation-side resize,
+        then the ViT transform); every image of the request is read at that size."""
+        patch = self.model.vit_model.patch_size
+        max_side = min(VIT_MAX_SIDE, self.model.dims.vit_max_per_side * patch)
+        cap = cap or self.stage2_max_pixels
+        cap = min(VIT_MAX_PIXELS, cap) if cap else VIT_MAX_PIXELS
+        edit_rule = self.default_size_rule[1]
+
+        def rule(width: int, height: int) -> tuple[int, int]:
+            w, h = edit_rule(width, height)
+            return fit_size(max(1, round(w)), max(1, round(h)), max_side, min(VIT_MIN_SIDE, max_side), patch, cap)
+
+        # pre: the inferencer's vae_transform resize, before the ViT's
+        return Stage2Sizing(f"bagel:vit ImageTransform(980,224,14) of {self.default_size_rule[0]}", rule,
+                            SizeLimits(multiple=patch, max_side=max_side, max_pixels=cap), pre=self.plan_edit_size)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None,
                         dtype: str | torch.dtype | None = None, demo: bool | None = None,
-                        default_edit_area: int | None = None) -> BagelBackend:
+                        default_edit_area: int | None = None, stage2_max_pixels: int | None = None) -> BagelBackend:
         """Load a local folder in the released layout (``ema.safetensors``, ``ae.safetensors``,
         ``llm_config.json``, ``vit_config.json``, tokenizer files). ``demo``/``default_edit_area`` default
-        to the folder's demo marker; a real checkpoint has none (``demo=False``, 512² working area)."""
+        to the folder's demo marker; a real checkpoint has none (``demo=False``, BAGEL's own transform)."""
         folder = Path(path)
         check_layout(folder)
         dev = resolve_device(device)
@@ -79,7 +137,8 @@ class BagelBackend(BackendBase):
         vae = load_vae(folder, dev, torch_dtype)
         info = BackendInfo(backend="bagel", checkpoint=str(path), demo=bool(demo), device=str(dev),
                            dtype=dtype_name(torch_dtype))
-        return cls(model, vae, tokenizer, info, default_edit_area)
+        return cls(model, vae, tokenizer, info, default_edit_area, demo_scale_area=default_edit_area if demo else None,
+                   stage2_max_pixels=stage2_max_pixels)
 
     # ------------------------------------------------------------------ text
     def encode_text(self, text: str) -> list[int]:
@@ -93,12 +152,7 @@ class BagelBackend(BackendBase):
         """Reject what BAGEL cannot honour, per request, before any batched call."""
         if params.size is None:
             raise InputError("edit_size", "the working size must be resolved before edit()")
-        width, height = params.size
-        m, limit = self.size_multiple, self.model.dims.max_edit_side
-        if width <= 0 or height <= 0 or width % m or height % m:
-            raise InputError("edit_size", f"{width}x{height} is not a multiple of {m}")
-        if max(width, height) > limit:
-            raise InputError("edit_size", f"{width}x{height} exceeds BAGEL's latent grid ({limit} px a side)")
+        check_explicit(tuple(params.size), self.size_limits)
         if params.steps < 2:
             raise InputError("steps", f"BAGEL's sampler needs >= 2 timesteps (steps − 1 model evaluations), "
                                       f"got {params.steps}")
@@ -130,6 +184,9 @@ class BagelBackend(BackendBase):
         patch = model.dims.latent_patch
         grid = (height // self.size_multiple, width // self.size_multiple)
         generators = [torch.Generator().manual_seed(s) for s in seeds]
+        # As the inferencer: the input resized once to the working size (padded where a limit forces it);
+        # the VAE and the ViT of the edit context both read that image.
+        images = [place(img.size, size, self.size_multiple).apply(img) for img in images]
         pixels = torch.stack([to_unit_tensor(img, size) for img in images]).to(model.device)
         latents = encode_latents(self.vae, pixels, generators).float().cpu()
         context = [patchify(z, patch) for z in latents]
@@ -174,6 +231,7 @@ class BagelBackend(BackendBase):
         """Stage II: one answer per request from its interleaved parts, all requests in one batch."""
         if not contents:
             return []
+        contents, self.last_stage2 = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)))
         cache = self.answer_context(contents)
         ids = self.model.decode(cache, params.max_new_tokens, params.temperature)
         return [self.decode_text(x) for x in ids]
@@ -182,6 +240,41 @@ class BagelBackend(BackendBase):
         """A thought enters the answer prompt as ViT features (``g2u``), or as VAE latents through the
         generation expert (``vae_concat``: ``answer`` lays a ``VaeImage`` out as latents)."""
         return VaeImage(image) if mode.thought_as == "vae" else super().thought_part(image, mode)
+
+    @torch.inference_mode()
+    def think_answer(self, contents: Sequence[Sequence[ContentPart]], params: AnswerParams,
+                     max_think_tokens: int = DEFAULT_THINK_TOKENS) -> list[tuple[str, str]]:
+        """Textual CoT the way BAGEL does it (inferencer ``think=True, understanding_output=True``): its
+        understanding think system prompt, then the request's parts, then one decode of at most
+        ``max_think_tokens`` that writes ``<think> reasoning </think> answer``. Returns (reasoning, answer)
+        per request. Where the budget ends before ``</think>`` closes (or nothing follows it), the answer
+        is decoded in a second pass from the parts plus the reasoning, with ``params.max_new_tokens``."""
+        if max_think_tokens < 1:
+            raise InputError("max_think_tokens", f"must be >= 1, got {max_think_tokens}")
+        if not contents:
+            return []
+        contents, self.last_stage2 = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)))
+        system = [TextSegment(self.encode_text(VLM_THINK_SYSTEM_PROMPT))]
+        rows = [system + [self._segment(part) for part in parts] for parts in contents]
+        cache = self.model.new_cache(len(rows))
+        self.model.extend(cache, rows)
+        texts = [self.tokenizer.decode(ids, skip_special_tokens=True)
+                 for ids in self.model.decode(cache, max_think_tokens, params.temperature)]
+        out: list[tuple[str, str] | None] = [None] * len(texts)
+        retry = []
+        for i, text in enumerate(texts):
+            reasoning, closed, answer = text.partition(THINK_END)
+            reasoning = reasoning.replace("<think>", "").strip()
+            if closed and answer.strip():
+                out[i] = (reasoning, answer.strip())
+            else:
+                retry.append(i)
+        if retry:
+            follow = [[*contents[i], f"Reasoning: {out_reasoning(texts[i])}"] for i in retry]
+            answers = self.answer(follow, params)
+            for i, answer in zip(retry, answers):
+                out[i] = (out_reasoning(texts[i]), answer)
+        return out  # type: ignore[return-value]
 
     def answer_context(self, contents: Sequence[Sequence[ContentPart | VaeImage]]) -> KVCache:
         """The prefilled cache of answer prompts (one row per request)."""
@@ -207,6 +300,11 @@ class BagelBackend(BackendBase):
         pixels = to_unit_tensor(image, size)[None].to(self.model.device)
         z = encode_latents(self.vae, pixels, None).float().cpu()[0]
         return LatentSegment(patchify(z, self.model.dims.latent_patch), (size[1] // m, size[0] // m))
+
+
+def out_reasoning(text: str) -> str:
+    """The reasoning part of a think decode (without the tags)."""
+    return text.partition(THINK_END)[0].replace("<think>", "").strip()
 
 
 def _to_image(x: torch.Tensor) -> Image.Image:

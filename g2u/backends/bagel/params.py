@@ -19,6 +19,14 @@ GEN_THINK_SYSTEM_PROMPT = (
 )
 """BAGEL's system prompt for generating with a textual plan first (its ``think`` mode)."""
 
+VLM_THINK_SYSTEM_PROMPT = (
+    "You should first think about the reasoning process in the mind and then provide the user with the "
+    "answer. \nThe reasoning process is enclosed within <think> </think> tags, i.e. <think> reasoning "
+    "process here </think> answer here"
+)
+"""BAGEL's system prompt for understanding with a textual reasoning first (inferencer ``think`` +
+``understanding_output``)."""
+
 DEFAULT_TIMESTEP_SHIFT = 3.0
 DEFAULT_CFG_INTERVAL = (0.0, 1.0)
 DEFAULT_RENORM_TYPE = "text_channel"

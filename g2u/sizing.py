@@ -1,0 +1,351 @@
+"""Working sizes: each model's own resize rule, made explicit, for any input shape.
+
+Stage I runs at a *working size* and stage II reads images at a *stage-II size*. Both are computed here,
+before any model runs, and reported back to the user: the size, the rule that produced it, and what was
+done to the pixels (a plain resize, or a resize plus padding where a limit forces it). Nothing in a
+model is left to resize silently.
+
+The rules are the references' own (read from their code, not copied):
+
+* BAGEL — its inference image transform (``ImageTransform(1024, 512, 16)``): longest side ≤ 1024,
+  shortest ≥ 512 unless that breaks the long-side cap, ≤ 14·14·9·1024 pixels, sides rounded to 16.
+  (``g2u.backends.bagel.layout.fit_size`` implements it.)
+* Qwen-Image-Edit — diffusers' ``calculate_dimensions(1024 * 1024, width / height)``: the input's aspect
+  at ~1024² pixels, sides rounded to 32 (``QwenImageEditPipeline``/``QwenImageEditPlusPipeline``).
+* Qwen2/2.5-VL stage II — transformers' ``smart_resize`` (sides multiples of 28, ``min_pixels`` ≤ area ≤
+  ``max_pixels``, aspect ratio < 200).
+
+Every valid image gets a size: the rule's size is clamped into the backend's limits keeping the aspect as
+far as they allow; where the aspect cannot be kept (a 8000×20 strip on a grid whose sides are at least 16
+pixels and at most 1024) the content is resized to fit and padded to the working size, centred, and the
+padding is reported. We never crop: every input pixel reaches the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PIL import Image
+
+from g2u.errors import InputError
+
+PAD_FILL = (0, 0, 0)
+"""Padding colour: black, the zero of the models' [-1, 1] input normalisation is grey, but black keeps
+the padded band visibly separate from the content in the thought."""
+
+
+@dataclass(frozen=True)
+class SizeLimits:
+    """What a model can take: sides multiples of ``multiple`` within [``min_side``, ``max_side``],
+    at most ``max_pixels`` pixels, and (stage II on Qwen-VL) an aspect ratio below ``max_aspect``."""
+
+    multiple: int
+    max_side: int
+    min_side: int | None = None
+    max_pixels: int | None = None
+    max_aspect: float | None = None
+
+    @property
+    def smallest(self) -> int:
+        return max(self.multiple, self.min_side or self.multiple)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How an image is put into a target size: resized to ``resize`` and, when that is smaller than
+    ``size``, padded (``pad`` = left, top, right, bottom) to exactly ``size``."""
+
+    size: tuple[int, int]
+    resize: tuple[int, int]
+    pad: tuple[int, int, int, int] | None = None
+
+    def apply(self, image: Image.Image) -> Image.Image:
+        img = image.convert("RGB")
+        if img.size != self.resize:
+            img = img.resize(self.resize, Image.Resampling.BICUBIC)
+        if self.pad is None:
+            return img
+        canvas = Image.new("RGB", self.size, PAD_FILL)
+        canvas.paste(img, (self.pad[0], self.pad[1]))
+        return canvas
+
+    def unpad(self, image: Image.Image) -> Image.Image:
+        """The content region of an image made at ``size`` (the padding cut away again)."""
+        if self.pad is None:
+            return image
+        left, top, _, _ = self.pad
+        return image.crop((left, top, left + self.resize[0], top + self.resize[1]))
+
+
+@dataclass(frozen=True)
+class SizePlan:
+    """A working size and how it was reached, reported in ``edit.size`` / ``edit.sizing``."""
+
+    input: tuple[int, int]
+    rule: str
+    placement: Placement
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.placement.size
+
+    def record(self) -> dict:
+        """JSON for the result: ``{"rule", "input", "size", "resize", "pad"}`` (pad ``None`` if none)."""
+        p = self.placement
+        return {"rule": self.rule, "input": list(self.input), "size": list(p.size), "resize": list(p.resize),
+                "pad": list(p.pad) if p.pad else None}
+
+
+def _check_input(width: int, height: int) -> None:
+    if width < 1 or height < 1:
+        raise InputError("image", f"has no pixels ({width}x{height})")
+
+
+def aspect_tolerance(size: tuple[int, int], multiple: int) -> float:
+    """The aspect change that rounding the shorter side to the stride can cause at ``size``: stretching
+    within it is what the references' own rounding does; beyond it the content is padded instead."""
+    return 1.0 + multiple / min(size)
+
+
+def place(image_size: tuple[int, int], size: tuple[int, int], multiple: int) -> Placement:
+    """Put an image of ``image_size`` into ``size``: a plain resize when the aspects agree up to the
+    stride's rounding, else a resize that keeps the aspect plus centred padding."""
+    w, h = image_size
+    _check_input(w, h)
+    tw, th = size
+    distortion = (tw / th) / (w / h)
+    if max(distortion, 1 / distortion) <= aspect_tolerance(size, multiple):
+        return Placement(size=(tw, th), resize=(tw, th))
+    scale = min(tw / w, th / h)
+    rw, rh = min(tw, max(1, round(w * scale))), min(th, max(1, round(h * scale)))
+    left, top = (tw - rw) // 2, (th - rh) // 2
+    return Placement(size=(tw, th), resize=(rw, rh), pad=(left, top, tw - rw - left, th - rh - top))
+
+
+def clamp(width: float, height: float, limits: SizeLimits) -> tuple[int, int]:
+    """A size as close to ``width``×``height`` as the limits allow, keeping the aspect while they do:
+    scale down to ``max_side``/``max_pixels``, up to the smallest side, then round each side to the
+    stride within its bounds (a side that cannot hold the aspect is pinned to a bound)."""
+    m, lo, hi = limits.multiple, limits.smallest, limits.max_side
+    cap = hi / max(width, height)
+    if limits.max_pixels is not None:
+        cap = min(cap, math.sqrt(limits.max_pixels / (width * height)))
+    scale = min(1.0, cap)
+    if min(width, height) * scale < lo:  # too small a short side: lift it, as far as the caps allow
+        scale = min(lo / min(width, height), cap)
+    w, h = width * scale, height * scale
+
+    def side(x: float) -> int:
+        return int(min(hi // m * m, max(lo + (-lo) % m, round(x / m) * m)))
+
+    w_i, h_i = side(w), side(h)
+    while limits.max_pixels is not None and w_i * h_i > limits.max_pixels and max(w_i, h_i) > lo:
+        if w_i >= h_i:
+            w_i -= m
+        else:
+            h_i -= m
+    while limits.max_aspect is not None and max(w_i, h_i) >= limits.max_aspect * min(w_i, h_i):
+        if w_i >= h_i:  # shorten the long side: the pixel cap stays met; place() pads the content
+            w_i -= m
+        else:
+            h_i -= m
+    return w_i, h_i
+
+
+def plan(image_size: tuple[int, int], rule: str, target: tuple[float, float], limits: SizeLimits) -> SizePlan:
+    """The plan for an image whose model rule asks for ``target``: clamped into ``limits``, then placed."""
+    w, h = image_size
+    _check_input(w, h)
+    size = clamp(*target, limits)
+    return SizePlan(input=(w, h), rule=rule, placement=place((w, h), size, limits.multiple))
+
+
+def area_target(image_size: tuple[int, int], area: int) -> tuple[float, float]:
+    """The input's aspect at ``area`` pixels (the ``area`` option, e.g. the fast 512² setting)."""
+    w, h = image_size
+    ratio = w / h
+    tw = math.sqrt(area * ratio)
+    return tw, tw / ratio
+
+
+def check_area(area: int, limits: SizeLimits) -> int:
+    if not isinstance(area, int) or area < limits.smallest**2:
+        raise InputError("edit_area", f"must be an integer of at least {limits.smallest ** 2} pixels, got {area!r}")
+    return area
+
+
+def check_explicit(size: tuple[int, int], limits: SizeLimits, field: str = "edit_size") -> tuple[int, int]:
+    """An ``edit_size`` the user sent: honoured exactly or refused (never changed)."""
+    w, h = size
+    m, lo, hi = limits.multiple, limits.smallest, limits.max_side
+    for s in (w, h):
+        if not lo <= s <= hi:
+            raise InputError(field, f"each side must be in [{lo}, {hi}] for this backend, got {w}x{h}")
+        if s % m:
+            raise InputError(field, f"each side must be a multiple of {m} for this backend, got {w}x{h}")
+    if limits.max_pixels is not None and w * h > limits.max_pixels:
+        raise InputError(field, f"{w}x{h} has more than this backend's {limits.max_pixels} pixels")
+    return w, h
+
+
+def edit_plan(image_size: tuple[int, int], limits: SizeLimits, default_rule: tuple[str, Callable],
+              size: tuple[int, int] | None = None, area: int | None = None) -> SizePlan:
+    """The stage-I plan: an explicit ``size`` (validated, aspect handled by ``place``), else ``area``
+    (the input's aspect at that many pixels), else the model's own rule ``default_rule = (name, fn)``
+    where ``fn(width, height) -> (width, height)``."""
+    w, h = image_size
+    _check_input(w, h)
+    if size is not None:
+        size = check_explicit(tuple(size), limits)
+        return SizePlan(input=(w, h), rule="explicit", placement=place((w, h), size, limits.multiple))
+    if area is not None:
+        area = check_area(area, limits)
+        return plan((w, h), f"area:{area}", area_target((w, h), area), limits)
+    name, fn = default_rule
+    return plan((w, h), name, fn(w, h), limits)
+
+
+# ---------------------------------------------------------------------------------------- the rules
+def qwen_image_edit_rule(area: int = 1024 * 1024) -> Callable[[int, int], tuple[int, int]]:
+    """diffusers' own rule: ``calculate_dimensions(area, width / height)`` (sides multiples of 32)."""
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_dimensions
+
+    def rule(width: int, height: int) -> tuple[int, int]:
+        tw, th = calculate_dimensions(area, width / height)
+        return max(tw, 1), max(th, 1)  # the stock rule rounds an extreme side to 0; clamp() lifts it
+
+    return rule
+
+
+def bagel_rule(max_side: int = 1024, min_side: int = 512, stride: int = 16,
+               max_pixels: int = 14 * 14 * 9 * 1024) -> Callable[[int, int], tuple[int, int]]:
+    """BAGEL's inferencer transform ``ImageTransform(max_side, min_side, stride)``."""
+    from g2u.backends.bagel.layout import fit_size
+
+    def rule(width: int, height: int) -> tuple[int, int]:
+        return fit_size(width, height, max_side, min_side, stride, max_pixels)
+
+    return rule
+
+
+def demo_scale(default_edit_area: int, reference_side: int = 1024) -> float:
+    """How much a demo checkpoint shrinks a real rule: its marker's working area against the real ~1024²."""
+    return math.sqrt(default_edit_area) / reference_side
+
+
+Rule = Callable[[int, int], tuple[float, float]]
+"""A model's size rule: input (width, height) → the size it would run at."""
+
+
+def scaled_rule(rule: Rule, scale: float) -> Rule:
+    """A real rule with its output scaled (demo checkpoints: the real rule's size on their tiny grid;
+    ``clamp`` then rounds to the demo's stride)."""
+    if scale == 1.0:
+        return rule
+
+    def scaled(width: int, height: int) -> tuple[float, float]:
+        w, h = rule(width, height)
+        return w * scale, h * scale
+
+    return scaled
+
+
+# ---------------------------------------------------------------------------------------- stage II
+@dataclass(frozen=True)
+class Stage2Sizing:
+    """Stage-II resolution policy of a backend: every image of one request (I and Î) is brought to the
+    same size, computed from the request's first image by ``rule`` under ``limits``."""
+
+    rule_name: str
+    rule: Callable[[int, int], tuple[float, float]]
+    limits: SizeLimits
+    pre: Callable[[tuple[int, int]], SizePlan] | None = None
+    """A resize the model applies before its stage-II one (BAGEL: its generation-side transform first),
+    as the plan for an image size; reported under ``pre``."""
+
+    def plan(self, image_size: tuple[int, int]) -> SizePlan:
+        return plan(image_size, self.rule_name, self.rule(*image_size), self.limits)
+
+    def prepare(self, images: list[Image.Image]) -> tuple[list[Image.Image], dict | None]:
+        """All images at the first one's stage-II size; returns them and the record of what was done."""
+        if not images:
+            return [], None
+        first = self.plan(images[0].size)
+        out, placements = [], []
+        for img in images:
+            record: dict = {"input": list(img.size)}
+            if self.pre is not None:
+                pre = self.pre(img.size)
+                img = pre.placement.apply(img)
+                record["pre"] = pre.record()
+            p = place(img.size, first.size, self.limits.multiple)
+            out.append(p.apply(img))
+            placements.append({**record, "resize": list(p.resize), "pad": list(p.pad) if p.pad else None})
+        return out, {"rule": self.rule_name, "size": list(first.size), "images": placements}
+
+
+def qwen_vl_stage2(min_pixels: int, max_pixels: int, factor: int = 28, max_aspect: float = 200.0,
+                   cap: int | None = None) -> Stage2Sizing:
+    """Qwen2/2.5-VL: ``smart_resize`` within [min_pixels, min(max_pixels, cap)], aspect kept below 200
+    (a wider image is padded). ``cap`` is the configurable stage-II budget (``None``: the processor's)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    top = min(max_pixels, cap) if cap else max_pixels
+    top = max(top, min_pixels)
+    # the longest side any image may have: at the lowest allowed short side and the aspect bound
+    longest = min(top // factor, int(math.sqrt(top * (max_aspect - 1))))
+    limits = SizeLimits(multiple=factor, max_side=longest // factor * factor,
+                        min_side=factor, max_pixels=top, max_aspect=max_aspect)
+
+    def rule(width: int, height: int) -> tuple[float, float]:
+        w, h = float(width), float(height)
+        bound = max_aspect - 1  # strictly below the processor's bound, with room for rounding
+        if max(w, h) / min(w, h) > bound:  # pad the short side up to the bound first
+            if w > h:
+                h = w / bound
+            else:
+                w = h / bound
+        w, h = max(w, factor), max(h, factor)
+        rh, rw = smart_resize(int(round(h)), int(round(w)), factor=factor, min_pixels=min_pixels, max_pixels=top)
+        return rw, rh
+
+    return Stage2Sizing(f"qwen_vl_smart_resize:{min_pixels}-{top}", rule, limits)
+
+
+def stage2_cap(params) -> int | None:
+    """A per-call stage-II pixel cap, where the answer parameters carry one (``stage2_max_pixels``)."""
+    cap = getattr(params, "stage2_max_pixels", None)
+    if cap is not None and (not isinstance(cap, int) or cap < 1):
+        raise InputError("stage2_max_pixels", f"must be a positive integer, got {cap!r}")
+    return cap
+
+
+def prepare_contents(contents, stage2: Stage2Sizing | None) -> tuple[list[list], list[dict | None]]:
+    """Every request's images (PIL parts) at its first image's stage-II size; text parts untouched.
+    Returns the new contents and one record per request (``None`` for a request without images)."""
+    out, records = [], []
+    for parts in contents:
+        parts = list(parts)
+        idx = [i for i, p in enumerate(parts) if isinstance(p, Image.Image)]
+        if stage2 is None or not idx:
+            out.append(parts)
+            records.append(None)
+            continue
+        images, record = stage2.prepare([parts[i] for i in idx])
+        for i, img in zip(idx, images):
+            parts[i] = img
+        out.append(parts)
+        records.append(record)
+    return out, records
+
+
+def qwen_vl_stage2_for(processor, cap: int | None = None) -> Stage2Sizing | None:
+    """The stage-II sizing of a Qwen2/2.5-VL processor (``None`` for processors of other families)."""
+    ip = getattr(processor, "image_processor", None)
+    size = getattr(ip, "size", None) or {}
+    if ip is None or "shortest_edge" not in size or not hasattr(ip, "merge_size"):
+        return None
+    factor = ip.patch_size * ip.merge_size
+    return qwen_vl_stage2(int(size["shortest_edge"]), int(size["longest_edge"]), factor=factor, cap=cap)
