@@ -358,9 +358,9 @@ def test_stop_leaves_no_process_or_port(server):
 
 def test_a_model_that_fails_to_load_is_reported_not_waited_on_forever(tmp_path):
     """initialize() raising leaves /ping Healthy; the READY wait must fail fast with the model log's tail."""
-    start = time.monotonic()
     with pytest.raises(RuntimeError) as info:
-        tsctl.serve_demo(tmp_path, model_name=MODEL, extra_env={"G2U_WRITER_BUDGET_S": "soon"}, ready_timeout=150)
-    assert "G2U_WRITER_BUDGET_S must be a number" in str(info.value)  # the cause, from the model log
-    assert time.monotonic() - start < 150
+        tsctl.serve_demo(tmp_path, model_name=MODEL, extra_env={"G2U_WRITER_BUDGET_S": "soon"}, ready_timeout=600)
+    # The cause, read from the model log: the wait ended on the failed load, not on the (long) READY bound.
+    assert "G2U_WRITER_BUDGET_S must be a number" in str(info.value)
+    assert "worker died" in str(info.value)  # detected from the dying worker, not waited out
     assert not list(tmp_path.glob("logs/tmp/.model_server.pid"))  # stopped again
