@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import torch
-from g2u.requests import parse_request
+from g2u.schema import parse_request
 from PIL import Image
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from g2u.requests import parse_request
+from g2u.schema import parse_request
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -59,8 +59,8 @@ def test_every_shape_is_edited_at_its_reported_size(name, bagel, qwen):
         assert max(w, h) <= backend.size_limits.max_side and min(w, h) >= backend.size_multiple
         params = EditParams(steps=2, size=plan.size, text_cfg=1.0)
         backend.validate_edit(params)
-        (thought,) = backend.edit([_picture(shape)], ["sharpen the details"], [params])
-        assert thought.size == plan.size
+        (out,) = backend.edit([_picture(shape)], ["sharpen the details"], [params])
+        assert out.image.size == plan.size
 
 
 def test_pipeline_reports_the_backend_plan_in_edit_size(bagel):
@@ -68,7 +68,9 @@ def test_pipeline_reports_the_backend_plan_in_edit_size(bagel):
     req = parse_request({"question": "What is in the picture?", "steps": 2, "text_cfg": 1.0},
                         image=_picture((4000, 60)))
     (thought,) = pipe.imagine([req])
-    assert tuple(thought.edit.size) == bagel.plan_edit_size((4000, 60)).size == thought.image.size
+    plan = bagel.plan_edit_size((4000, 60))
+    assert tuple(thought.edit.size) == plan.size == thought.image.size
+    assert thought.edit.sizing == plan.record() and thought.edit.to_dict()["sizing"]["input"] == [4000, 60]
 
 
 def test_bagel_edit_context_vit_reads_the_resized_image(bagel, monkeypatch):
@@ -175,7 +177,8 @@ def test_plus_layout_loads_as_the_plus_variant_and_edits(demo_root):
     assert isinstance(backend.pipe, QwenImageEditPlusPipeline) and backend.plus
     assert backend.info.demo
     plan = backend.plan_edit_size((96, 64))
-    (thought,) = backend.edit([_picture((96, 64))], ["sharpen"], [EditParams(steps=2, size=plan.size)])
+    (out,) = backend.edit([_picture((96, 64))], ["sharpen"], [EditParams(steps=2, size=plan.size)])
+    thought = out.image
     assert thought.size == plan.size
     (answer,) = backend.answer([[_picture((96, 64)), "What?", thought]], AnswerParams(max_new_tokens=2))
     assert isinstance(answer, str)

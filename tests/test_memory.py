@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from g2u.requests import parse_request
+from g2u.schema import parse_request
 from PIL import Image
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
