@@ -16,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --disable-pip-version-check -q torch==2.13.0
-	$(PIP) install --disable-pip-version-check -q -e ".[serve,eval,load,dev]"
+	$(PIP) install --disable-pip-version-check -q -e ".[serve,eval,load,dev,fit,ray,postgres]"
 	touch $(STAMP)
 
 lint: install
@@ -56,7 +56,6 @@ register: install
 # MLflow on a real database: a throw-away PostgreSQL 15 (system package, loopback, free port, stopped
 # afterwards) under `mlflow server`; evaluate, register and a models:/name@alias load against it.
 test-postgres: install
-	$(PIP) install --disable-pip-version-check -q -e ".[postgres]"
 	$(PY) -m pytest -q -m postgres tests/test_postgres_tracking.py
 
 # Needs a running server (`make serve`); reads the token from TorchServe's key_file.json.
