@@ -25,7 +25,7 @@ ray = pytest.importorskip("ray", reason="pip install -e '.[ray]'")
 from g2u.eval.ray_executor import RayPredictor, local_predictor, model_label  # noqa: E402
 
 pytestmark = pytest.mark.e2e
-CONFIG = EvalConfig(modes=("baseline", "g2u"), steps=2, seed=0)
+CONFIG = EvalConfig.create(("baseline", "g2u"), steps=2, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_resumed_ray_run_computes_only_the_missing_and_reuses_earlier_thoughts(l
     # ... resumed on Ray, with a third mode whose answers need the thoughts the first run made
     predictor = _predictor(checkpoint)
     # the model label is part of the settings (evaluate sets it from the predictor): the same as in-process
-    config = EvalConfig(modes=("baseline", "g2u", "replace"), steps=2, seed=0, model=predictor.label)
+    config = EvalConfig.create(("baseline", "g2u", "replace"), model=predictor.label, steps=2, seed=0)
     done_before = read_records(out / "predictions.jsonl")
     chunks = [[(s, ["replace"])] for s in samples[:2]]
     reuse = {r["id"]: r for r in done_before if r.get("thought_path")}
