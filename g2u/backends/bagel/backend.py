@@ -37,7 +37,7 @@ from g2u.backends.base import BackendBase, BackendInfo, read_demo_marker
 from g2u.devices import dtype_name, resolve_device, resolve_dtype
 from g2u.errors import InputError
 from g2u.modes import Mode
-from g2u.types import AnswerParams, ContentPart, EditOutput, EditParams
+from g2u.types import Answer, AnswerParams, ContentPart, EditOutput, EditParams
 
 REAL_DEFAULT_EDIT_AREA = 512 * 512
 VAE_MAX_SIDE = 1024
@@ -170,13 +170,18 @@ class BagelBackend(BackendBase):
 
     # ------------------------------------------------------------------ stage II
     @torch.inference_mode()
-    def answer(self, contents: Sequence[Sequence[ContentPart | VaeImage]], params: AnswerParams) -> list[str]:
+    def answer(self, contents: Sequence[Sequence[ContentPart | VaeImage]],
+               params: AnswerParams) -> list[str] | list[Answer]:
         """Stage II: one answer per request from its interleaved parts, all requests in one batch."""
         if not contents:
             return []
         cache = self.answer_context(contents)
-        ids = self.model.decode(cache, params.max_new_tokens, params.temperature)
-        return [self.decode_text(x) for x in ids]
+        probs: list[list[float]] | None = [] if params.return_scores else None
+        ids = self.model.decode(cache, params.max_new_tokens, params.temperature, token_probs=probs)
+        texts = [self.decode_text(x) for x in ids]
+        if probs is None:
+            return texts
+        return [Answer(t, sum(p) / len(p) if p else 0.0, p[0] if p else 0.0) for t, p in zip(texts, probs)]
 
     def thought_part(self, image: Image.Image, mode: Mode) -> Image.Image | VaeImage:
         """A thought enters the answer prompt as ViT features (``g2u``), or as VAE latents through the
