@@ -89,7 +89,7 @@ class G2URequest:
     thought: Image.Image | None = None
     """A thought brought by the caller: stage I is skipped and this image is used instead."""
     gated: Any = None
-    """Set by ``G2UPipeline.imagine`` when the confidence gate answered from the baseline (``g2u.gate.GateDecision``)."""
+    """Set by ``G2UPipeline.imagine`` when the confidence gate ran (a ``g2u.gate.GateDecision``)."""
 
 
 @dataclass
