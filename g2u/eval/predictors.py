@@ -52,6 +52,8 @@ class LocalPredictor:
         def raw(sample: Sample, mode: str, thought: Thought | None = None) -> RawItem:
             fields = {"question": sample.question, "options": sample.options, "id": sample.id,
                       **config.request_fields(mode)}
+            if sample.thought_path and needs_thought(mode) and thought is None:
+                fields["thought"] = sample.thought_bytes()  # brought by another system: used, not generated
             return RawItem(fields, images[sample.id], gold_answer=sample.answer, thought=thought)
 
         # 1. One thought per sample: reloaded when an earlier run saved it, else stage I (batched).
