@@ -86,7 +86,9 @@ class ThoughtCache:
         self.directory = Path(directory).expanduser()
         self.max_mb = max_mb
         self._store = diskcache.Cache(str(self.directory), size_limit=int(max_mb * 2**20),
-                                      eviction_policy="least-recently-used", cull_limit=10)
+                                      eviction_policy="least-recently-used", cull_limit=2)
+        # cull_limit 2: each write evicts at most two least-recently-used entries while over the bound, so
+        # the folder shrinks back under it without emptying most of the cache at once (the default culls 10).
         self._identities: dict[int, str] = {}
 
     @classmethod
