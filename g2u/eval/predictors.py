@@ -77,6 +77,8 @@ class LocalPredictor:
                 if item.ok and item.thought is not None:
                     item.thought.image.save(thought_dir / _thought_name(sample.id, config))
                     thoughts[sample.id] = item.thought
+                elif item.ok:  # the confidence gate answered without a thought; stage II asks it again
+                    continue
                 else:
                     failed[sample.id] = item
 
@@ -101,6 +103,7 @@ class LocalPredictor:
             record = {"id": sample.id, "mode": mode, "prediction": result.answer,
                       "edit": out["edit"], "fidelity": out["fidelity"], "timings_ms": out["timings_ms"],
                       "reasoning": result.reasoning, "model": out["model"]}
+            record.update({k: out[k] for k in ("gate", "candidates", "selection") if k in out})
             if result.thought is not None:
                 record["thought_path"] = f"thoughts/{_thought_name(sample.id, config)}"
             records.append(record)
