@@ -139,11 +139,12 @@ def test_ablation_nested_runs_and_table(project_env, tmp_path):
     runs = finished_runs()
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 7
+    assert len(parents) == 1 and len(children) == 11  # the paper's 7 rows and issue 17's 4 (vae_concat: BAGEL only)
     assert {"ablation.md", "ablation.csv"} <= artifact_names(parents[0].info.run_id)
     table = parents[0].data.tags["mlflow.note.content"]
     for row in ("baseline", "textual_cot", "replace", "g2u P_E (library)", "g2u P_X (library)", "self-prompt",
-                "openai writer"):
+                "openai writer", "g2u router", "g2u 3 candidates (confidence)", "g2u 3 candidates (agreement)",
+                "g2u gate τ=0.5"):
         assert row in table
 
 
