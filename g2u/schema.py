@@ -313,6 +313,8 @@ def _backend_options(model: BaseModel) -> dict[str, Any]:
 def validate_settings(fields: dict[str, Any]) -> dict[str, Any]:
     """Partial fields (evaluation settings, model-config defaults): validated, returned as set (parsed).
     A placeholder question stands in for the per-sample one."""
+    if fields.get("thought") not in (None, ""):
+        raise InputError("thought", "is an image brought with each request, not a setting")
     model = validate_fields({"question": "?", **fields})
     out = {k: getattr(model, k) for k in model.model_fields_set if k not in ("question", "image")}
     return {**out, **_backend_options(model)}

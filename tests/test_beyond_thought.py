@@ -109,3 +109,12 @@ def test_dataset_thought_path_column(tmp_path, rgb_image):
     assert one.thought_path == str((tmp_path / "thoughts" / "a.png").resolve())
     assert one.thought_bytes() == (tmp_path / "thoughts" / "a.png").read_bytes()
     assert two.thought_path is None and "thought_path" not in one.extra
+
+
+def test_a_thought_is_never_a_setting():
+    from g2u.errors import InputError
+    from g2u.schema import validate_settings
+
+    with pytest.raises(InputError) as err:
+        validate_settings({"thought": "aGk="})
+    assert err.value.field == "thought"
