@@ -171,7 +171,7 @@ class G2UPipeline:
 
         # 2. Thoughts the caller brought are used as they are.
         for i in [i for i in todo if requests[i].thought is not None]:
-            thoughts[i] = self._provided(requests[i])
+            thoughts[i] = replace(self._provided(requests[i]), gate=requests[i].gated)
         todo = [i for i in todo if requests[i].thought is None]
         if not todo:
             return thoughts
@@ -224,7 +224,7 @@ class G2UPipeline:
 
         for i in todo:
             cands = [made[(i, k)] for k in range(len(records[i]))]
-            thoughts[i] = replace(cands[0], candidates=cands) if len(cands) > 1 else cands[0]
+            thoughts[i] = replace(cands[0], candidates=cands if len(cands) > 1 else None, gate=requests[i].gated)
         return thoughts
 
     def _gate(self, requests: Sequence[G2URequest], todo: list[int]) -> list[int]:
@@ -317,6 +317,9 @@ class G2UPipeline:
         for req, thought in zip(requests, thoughts):
             if MODES[req.mode].needs_thought and thought is None and not self._fired(req):
                 raise InputError("mode", f"{req.mode} needs a thought: run imagine() first")
+        for req, thought in zip(requests, thoughts):  # a thought made in an earlier call carries its gate
+            if req.gated is None and thought is not None and thought.gate is not None:
+                req.gated = thought.gate
         live = [i for i, r in enumerate(requests) if not self._fired(r)]  # 0. the gate answered the others
 
         # 1. Modes that reason in text write their reasoning first (one batched pass).

@@ -154,5 +154,8 @@ class Thought:
     edit: EditRecord
     fidelity: dict[str, float] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    gate: Any = None
+    """The confidence gate's decision that let this thought be made (``g2u.gate.GateDecision``): it travels
+    with the thought, so a caller that runs stage II apart (evaluation, the handler) still reports it."""
     candidates: list[Thought] | None = None
     """All candidate thoughts of a ``candidates > 1`` request (this one is the first until stage II selects)."""

@@ -77,3 +77,18 @@ def test_backends_return_answer_probabilities(demo_root, rgb_image, name):
     one = be.answer(contents, AnswerParams(max_new_tokens=1, return_scores=True))
     for a in one:  # one generated token: its mean is its first
         assert a.prob == pytest.approx(a.first_prob)
+
+
+def test_gate_decision_travels_with_the_thought_to_a_separate_stage_two(backend, rgb_image):
+    """The evaluation and the handler run stage II apart from stage I: the result still reports the gate."""
+    from g2u.batch import Batch
+
+    pipe = G2UPipeline(backend)
+    fields = {"question": "What color is the square?", **FAST, "gate": "confidence", "gate_threshold": 1.0}
+    batch = Batch(pipe)
+    batch.parse([RawItem(fields, rgb_image)])
+    batch.imagine()
+    thought = batch.items[0].thought
+    [out] = run_batch(pipe, [RawItem(fields, rgb_image, thought=thought)])
+    body = outcome_body(out)
+    assert body["gate"]["fired"] is False and body["gate"]["baseline_prob"] == thought.gate.to_dict()["baseline_prob"]
