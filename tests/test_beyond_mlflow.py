@@ -33,7 +33,7 @@ def test_calibration_curve_trades_accuracy_for_imagining():
 
 
 @pytest.mark.e2e
-def test_calibrate_gate_entry_point(project_env, tmp_path):
+def test_calibrate_gate_entry_point(project_env, tmp_path):  # noqa: F811 - the imported fixture
     bench = make_benchmark(tmp_path / "bench", n=2)
     proc = mlflow_run(project_env, "-e", "calibrate_gate", "-P", f"benchmark={bench}", "-P", "thresholds=0,1",
                       "-P", "max_imagined=0", *FAST)
@@ -45,7 +45,7 @@ def test_calibrate_gate_entry_point(project_env, tmp_path):
 
 
 @pytest.mark.e2e
-def test_learn_routes_entry_point(project_env, tmp_path):
+def test_learn_routes_entry_point(project_env, tmp_path):  # noqa: F811 - the imported fixture
     records = []
     for i in range(6):
         records += [{"id": str(i), "mode": "baseline", "correct": False, "question": "How many dogs?"},
