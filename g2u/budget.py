@@ -46,7 +46,7 @@ def estimate(req: G2URequest, size: tuple[int, int] | None) -> tuple[float, int]
     mode = MODES[req.mode]
     edit = 0.0
     if mode.needs_thought and size is not None:
-        candidates = int(getattr(req, "candidates", 1) or 1)
+        candidates = req.strategy.candidates
         edit = size[0] * size[1] / 1e6 * req.edit.steps * cfg_branches(req) * candidates
     tokens = req.answer.max_new_tokens + (req.reasoning_tokens if "R" in (mode.parts or ()) else 0)
     return edit, tokens

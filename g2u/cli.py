@@ -22,8 +22,10 @@ def _predict(args: argparse.Namespace) -> int:
 
     fields = {name: getattr(args, name) for name in FIELD_NAMES if getattr(args, name, None) is not None}
     image = load_image(args.image)
+    if args.thought:  # a thought brought by the caller, read by the same bounded loader as the image
+        fields["thought"] = load_image(args.thought, field="thought")
     # Validate the input before paying for a model load; the backend checks its own modes after.
-    validate_fields({k: v for k, v in fields.items() if k != "image"})
+    validate_fields({k: v for k, v in fields.items() if k not in ("image", "thought")})
     start = time.perf_counter()
     pipe = G2UPipeline.from_checkpoint(args.checkpoint, args.backend, device=args.device, dtype=args.dtype,
                                        offload=args.offload, quantize=args.quantize)
@@ -73,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="answer one question about one image, printing JSON",
                        description="Every request field of the REST API is an option here (g2u.schema).")
     p.add_argument("--image", required=True, help="path of the input picture")
-    add_request_arguments(p, exclude=("image", "return_thought"), required=("question",))
+    add_request_arguments(p, exclude=("image", "return_thought", "thought"), required=("question",))
+    p.add_argument("--thought", help="path of a thought image to answer with instead of generating one")
     p.add_argument("--checkpoint", help="checkpoint folder or hub id (default: the embedded demo checkpoint)")
     p.add_argument("--backend", choices=list(BACKENDS), help="default: detected from the folder")
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")

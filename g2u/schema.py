@@ -22,13 +22,16 @@ from g2u.backends.bagel.params import BagelOptions
 from g2u.errors import InputError
 from g2u.images import DEFAULT_MAX_PIXELS, decode_base64, load_image
 from g2u.modes import DEFAULT_MODE, MODES
-from g2u.types import FAMILIES, AnswerParams, EditParams, G2URequest
+from g2u.types import FAMILIES, AnswerParams, EditParams, G2URequest, Strategy
 
 MAX_QUESTION_CHARS = 4000
 MAX_OPTIONS = 26
 MAX_OPTION_CHARS = 1000
 MAX_PROMPT_CHARS = 1000
-WRITERS = ("library", "openai", "self")
+WRITERS = ("library", "openai", "self", "route")
+MAX_CANDIDATES = 8
+SELECTIONS = ("judge", "agreement", "confidence")
+GATES = ("none", "confidence")
 DEFAULT_ORDER = ("I", "q", "T")
 # Control characters other than tab/newline/carriage return have no place in a text field.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -65,9 +68,10 @@ class CoreFields(BaseModel):
     family: Literal["enhancement", "extension"] | None = Field(
         None, description="a prompt family's default prompt (or the family a writer must use)",
         json_schema_extra={"stage": "edit"})
-    writer: Literal["library", "openai", "self"] = Field(
-        "library", description="who writes the edit prompt: the library, an OpenAI-compatible model, or "
-                               "the model itself", json_schema_extra={"stage": "edit"})
+    writer: Literal["library", "openai", "self", "route"] = Field(
+        "library", description="who writes the edit prompt: the library, an OpenAI-compatible model, "
+                               "the model itself, or `route` (the library prompt learned per question type, "
+                               "g2u/data/routes.yaml)", json_schema_extra={"stage": "edit"})
     steps: int = Field(30, ge=1, le=200, description="denoising steps of stage I (the paper: 30)",
                        json_schema_extra={"stage": "edit"})
     text_cfg: float = Field(4.0, ge=1.0, le=30.0, description="text CFG scale (the paper: 4.0)",
@@ -96,6 +100,24 @@ class CoreFields(BaseModel):
     reasoning_tokens: int = Field(512, ge=1, le=4096, description="token budget of the `textual_cot` reasoning")
     timeout_s: float | None = Field(None, gt=0, le=3600, description="seconds this request may take; past them it "
                                     "is answered 504 (capped by the server's own deadline)")
+    candidates: int = Field(1, ge=1, le=MAX_CANDIDATES,
+                            description="beyond the paper: imagine N thoughts (1..8) in one batched edit call "
+                                        "and keep the one `selection` picks (default: N = the number of "
+                                        "`candidate_prompts`, else 1)", json_schema_extra={"stage": "edit"})
+    candidate_prompts: list[str] | None = Field(
+        None, min_length=1, max_length=MAX_CANDIDATES,
+        description="edit prompts of the first candidates (JSON list of 1..8 strings); the others take the "
+                    "request's prompt, the other family's default, then new seeds", json_schema_extra={"stage": "edit"})
+    selection: Literal["judge", "agreement", "confidence"] = Field(
+        "confidence", description="how a candidate is chosen: `confidence` (answer token probability), "
+                                  "`agreement` (majority vote with the baseline answer), `judge` (a "
+                                  "configured fidelity judge's score)")
+    gate: Literal["none", "confidence"] = Field(
+        "none", description="beyond the paper: `confidence` answers the baseline first and skips stage I "
+                            "when its answer probability is at least `gate_threshold`")
+    gate_threshold: float = Field(0.9, ge=0.0, le=1.0, description="τ of the confidence gate, in [0, 1]")
+    thought: Any = Field(None, description="a thought brought by the caller (like `image`: a file or base64), "
+                                           "used instead of generating one; at most 40 MP")
     return_thought: bool = Field(False, description="include the thought Î as a base64 PNG in the response")
     id: str | None = Field(None, max_length=200, description="an id echoed back in the response")
 
@@ -133,6 +155,27 @@ class CoreFields(BaseModel):
                     raise _FieldError(f"options[{i}]", str(exc)) from exc
                 if len(v) > MAX_OPTION_CHARS:
                     raise _FieldError(f"options[{i}]", f"is longer than {MAX_OPTION_CHARS} characters")
+            value = [v.strip() for v in value]
+        return value
+
+    @field_validator("candidate_prompts", mode="before")
+    @classmethod
+    def _candidate_prompts(cls, value: Any) -> Any:
+        if isinstance(value, str):  # forms, the CLI and pyfunc columns carry lists as JSON text
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError("must be a JSON list of strings") from exc
+        if isinstance(value, list):
+            for i, v in enumerate(value):
+                if not isinstance(v, str):
+                    raise _FieldError(f"candidate_prompts[{i}]", f"must be a string, got {type(v).__name__}")
+                try:
+                    _clean_text(v)
+                except ValueError as exc:
+                    raise _FieldError(f"candidate_prompts[{i}]", str(exc)) from exc
+                if len(v) > MAX_PROMPT_CHARS:
+                    raise _FieldError(f"candidate_prompts[{i}]", f"is longer than {MAX_PROMPT_CHARS} characters")
             value = [v.strip() for v in value]
         return value
 
@@ -177,6 +220,17 @@ class CoreFields(BaseModel):
     def _writer_vs_prompt(self) -> CoreFields:
         if self.writer != "library" and (self.prompt or self.prompt_name):
             raise _FieldError("writer", f"the {self.writer!r} writer writes the prompt: drop 'prompt'/'prompt_name'")
+        return self
+
+    @model_validator(mode="after")
+    def _candidates(self) -> CoreFields:
+        """``candidates`` defaults to the number of ``candidate_prompts``; fewer would drop some."""
+        if self.candidate_prompts:
+            if "candidates" not in self.model_fields_set:
+                self.candidates = len(self.candidate_prompts)
+            elif self.candidates < len(self.candidate_prompts):
+                raise _FieldError("candidates", f"is {self.candidates} but {len(self.candidate_prompts)} "
+                                                "candidate_prompts were given")
         return self
 
 
@@ -273,6 +327,8 @@ def _backend_options(model: BaseModel) -> dict[str, Any]:
 def validate_settings(fields: dict[str, Any]) -> dict[str, Any]:
     """Partial fields (evaluation settings, model-config defaults): validated, returned as set (parsed).
     A placeholder question stands in for the per-sample one."""
+    if fields.get("thought") not in (None, ""):
+        raise InputError("thought", "is an image brought with each request, not a setting")
     model = validate_fields({"question": "?", **fields})
     out = {k: getattr(model, k) for k in model.model_fields_set if k not in ("question", "image")}
     return {**out, **_backend_options(model)}
@@ -286,18 +342,19 @@ def parse_request(fields: dict[str, Any], *, max_pixels: int = DEFAULT_MAX_PIXEL
     base64 (optionally a data URL). A request never names a local path or URL to read: only bytes.
     Backend-specific checks (which modes and options the loaded backend reads) are the pipeline's.
     """
-    raw_image = fields.get("image")
-    model = validate_fields({**fields, "image": None})
+    raw_image, raw_thought = fields.get("image"), fields.get("thought")
+    model = validate_fields({**fields, "image": None, "thought": None})
     if image is None:
         if raw_image is None or raw_image == "":
             raise InputError("image", "is required")
-        if isinstance(raw_image, (bytes, bytearray)):
-            image = bytes(raw_image)
-        elif isinstance(raw_image, str):
-            image = decode_base64(raw_image)
-        else:
-            raise InputError("image", f"must be base64 text or a file upload, got {type(raw_image).__name__}")
+        image = _image_bytes(raw_image, "image")
     pil = image if isinstance(image, Image.Image) else load_image(image, max_pixels=max_pixels)
+    thought = None
+    if raw_thought is not None and not (isinstance(raw_thought, str) and raw_thought == ""):
+        thought = raw_thought if isinstance(raw_thought, Image.Image) else load_image(
+            _image_bytes(raw_thought, "thought"), max_pixels=max_pixels, field="thought")
+        if model.candidates > 1:
+            raise InputError("thought", "a brought thought leaves nothing to choose: drop 'candidates'")
 
     options = _backend_options(model)
     edit = EditParams(steps=model.steps, text_cfg=model.text_cfg, image_cfg=model.image_cfg, seed=model.seed,
@@ -308,7 +365,21 @@ def parse_request(fields: dict[str, Any], *, max_pixels: int = DEFAULT_MAX_PIXEL
                       answer=AnswerParams(max_new_tokens=model.max_new_tokens,
                                           stage2_max_pixels=model.stage2_max_pixels),
                       layout=model.layout, reasoning_tokens=model.reasoning_tokens, timeout_s=model.timeout_s,
-                      return_thought=model.return_thought, id=model.id)
+                      return_thought=model.return_thought, id=model.id, thought=thought,
+                      strategy=Strategy(candidates=model.candidates, candidate_prompts=model.candidate_prompts,
+                                        selection=model.selection, gate=model.gate,
+                                        gate_threshold=model.gate_threshold))
+
+
+def _image_bytes(raw: Any, name: str) -> bytes | Image.Image:
+    """An image field's bytes: a file upload (bytes) or base64 text (optionally a data URL)."""
+    if isinstance(raw, Image.Image):
+        return raw
+    if isinstance(raw, (bytes, bytearray)):
+        return bytes(raw)
+    if isinstance(raw, str):
+        return decode_base64(raw, field=name)
+    raise InputError(name, f"must be base64 text or a file upload, got {type(raw).__name__}")
 
 
 # ---------------------------------------------------------------------------------------- derived views
@@ -364,7 +435,7 @@ def pyfunc_columns() -> dict[str, str]:
     return {name: kinds[field_kind(name)] for name in FIELD_NAMES}
 
 
-PER_SAMPLE_FIELDS = ("image", "question", "options", "mode", "id", "return_thought", "timeout_s")
+PER_SAMPLE_FIELDS = ("image", "question", "options", "mode", "id", "return_thought", "timeout_s", "thought")
 """Fields an evaluation sets per sample; every other field is an evaluation setting."""
 SETTING_FIELDS = tuple(n for n in FIELD_NAMES if n not in PER_SAMPLE_FIELDS)
 

@@ -60,6 +60,21 @@ class AnswerParams:
     temperature: float = 0.0
     stage2_max_pixels: int | None = None
     """Cap on each stage-II image (None: the backend's, by default its processor's own ``max_pixels``)."""
+    return_scores: bool = False
+    """Ask the backend for ``Answer`` objects (text + token probabilities) instead of plain texts: the
+    confidence gate and the ``confidence``/``agreement`` selections read them."""
+
+
+@dataclass
+class Answer:
+    """A stage-II answer with how sure the model was of it (``AnswerParams.return_scores``).
+
+    ``prob``: the mean probability of the generated tokens (end token excluded; 0 for an empty answer);
+    ``first_prob``: the probability of the first token (for a letter/yes-no answer, the decision itself)."""
+
+    text: str
+    prob: float
+    first_prob: float
 
 
 @dataclass
@@ -87,6 +102,27 @@ class G2URequest:
     id: str | None = None
     gold_answer: str | None = None
     """Known answer (evaluation only): the leak guard also rejects edit prompts containing it."""
+    strategy: Strategy = field(default_factory=lambda: Strategy())
+    """Beyond the paper: candidates, selection, gate (defaults: the paper's single-thought loop)."""
+    thought: Image.Image | None = None
+    """A thought brought by the caller: stage I is skipped and this image is used instead."""
+    gated: Any = None
+    """Set by ``G2UPipeline.imagine`` when the confidence gate ran (a ``g2u.gate.GateDecision``)."""
+
+
+@dataclass
+class Strategy:
+    """Options beyond the paper's loop; every default reproduces the paper (one thought, no gate)."""
+
+    candidates: int = 1
+    candidate_prompts: list[str] | None = None
+    selection: str = "confidence"
+    gate: str = "none"
+    gate_threshold: float = 0.9
+
+    @property
+    def default(self) -> bool:
+        return self.candidates == 1 and not self.candidate_prompts and self.gate == "none"
 
 
 @dataclass
@@ -119,6 +155,10 @@ class EditRecord:
     """How the working size was reached: ``{"rule", "input", "size", "resize", "pad"}`` (``g2u.sizing``)."""
     plan: str | None = None
     """The textual plan decoded before generation (BAGEL ``think``)."""
+    cached: bool = False
+    """Served from the persistent thought cache (``g2u.thought_cache``): stage I did not run."""
+    provided: bool = False
+    """The caller brought this thought (``thought`` field / dataset column): stage I did not run."""
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -134,3 +174,8 @@ class Thought:
     edit: EditRecord
     fidelity: dict[str, float] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    gate: Any = None
+    """The confidence gate's decision that let this thought be made (``g2u.gate.GateDecision``): it travels
+    with the thought, so a caller that runs stage II apart (evaluation, the handler) still reports it."""
+    candidates: list[Thought] | None = None
+    """All candidate thoughts of a ``candidates > 1`` request (this one is the first until stage II selects)."""

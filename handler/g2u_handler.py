@@ -31,6 +31,7 @@ from g2u.errors import InputError
 from g2u.images import DEFAULT_MAX_PIXELS, png_bytes
 from g2u.pipeline import G2UPipeline
 from g2u.schema import validate_settings
+from g2u.thought_cache import ThoughtCache
 from g2u.writers import WriterConfig
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,9 @@ def split_fields(row: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
             raise InputError("body", f"must be a JSON object, got {type(body).__name__}")
         return body, None
     image = row.get("image")
-    fields = {k: _as_text(v) for k, v in row.items() if k != "image"}
+    # A ``thought`` file part stays bytes (an image brought by the caller); every other part is text.
+    fields = {k: bytes(v) if k == "thought" and isinstance(v, (bytes, bytearray)) else _as_text(v)
+              for k, v in row.items() if k != "image"}
     if isinstance(image, str):  # a form text field carrying base64: let parse_request decode it
         fields["image"] = image
         image = None
@@ -113,11 +116,13 @@ class G2UHandler(BaseHandler):
         # The writers' settings come from the environment (OPENAI_*, G2U_WRITER_*): a bad value stops the
         # model from loading, with its name in the model log, instead of failing every writer request.
         writer_config = WriterConfig.from_env()
+        # The thought cache: model-config's handler.thought_cache, else G2U_THOUGHT_CACHE (unset: none).
+        cache = ThoughtCache.from_setting(cfg.get("thought_cache")) if cfg.get("thought_cache") else "env"
         self.pipeline = G2UPipeline.from_checkpoint(checkpoint, cfg.get("backend") or None, device=device,
                                                     dtype=None if dtype in (None, "auto") else dtype,
                                                     writer_config=writer_config,
                                                     offload=cfg.get("offload") or "none",
-                                                    quantize=cfg.get("quantize") or "none")
+                                                    quantize=cfg.get("quantize") or "none", thought_cache=cache)
         defaults = dict(cfg.get("defaults") or {})
         try:  # the schema checks the configured defaults as it checks requests
             validate_settings(defaults)

@@ -33,6 +33,14 @@ GRID: list[tuple[str, dict[str, str]]] = [
     ("g2u self-prompt", {"modes": "baseline,g2u", "writer": "self", "family": ""}),
     ("g2u openai writer", {"modes": "baseline,g2u", "writer": "openai", "family": ""}),
     ("vae_concat P_E (library)", {"modes": "baseline,vae_concat", "writer": "library", "family": "enhancement"}),
+    # Beyond the paper (issue 17): what to imagine, and whether to.
+    ("g2u router", {"modes": "baseline,g2u", "writer": "route", "family": ""}),
+    ("g2u 3 candidates (confidence)", {"modes": "baseline,g2u", "writer": "library", "family": "",
+                                       "candidates": "3", "selection": "confidence"}),
+    ("g2u 3 candidates (agreement)", {"modes": "baseline,g2u", "writer": "library", "family": "",
+                                      "candidates": "3", "selection": "agreement"}),
+    ("g2u gate τ=0.5", {"modes": "baseline,g2u", "writer": "library", "family": "enhancement",
+                        "gate": "confidence", "gate_threshold": "0.5"}),
 ]
 """Rows whose modes the model's backend does not offer (``g2u.modes``: vae_concat is BAGEL's) are skipped."""
 

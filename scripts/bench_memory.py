@@ -18,13 +18,13 @@ import time
 
 import numpy as np
 import torch
-from g2u.schema import parse_request
 from PIL import Image
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
 from g2u.errors import InputError
 from g2u.memory import apply_memory_fit, validate_memory_fit
 from g2u.pipeline import G2UPipeline
+from g2u.schema import parse_request
 
 SETTINGS = [("none", "none"), ("none", "int8"), ("none", "fp8"), ("none", "nf4"), ("model", "none"),
             ("group", "none"), ("sequential", "none"), ("model", "nf4"), ("group", "int8")]

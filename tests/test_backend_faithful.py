@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from g2u.schema import parse_request
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -20,6 +19,7 @@ from g2u.backends.qwen_image_edit import QwenImageEditBackend
 from g2u.backends.qwen_vl import QWEN2_5_VL_CHAT_TEMPLATE
 from g2u.errors import CheckpointError
 from g2u.pipeline import G2UPipeline
+from g2u.schema import parse_request
 from g2u.types import AnswerParams, EditParams
 
 ODD = [(1, 1), (4000, 60), (8000, 20), (20, 8000)]

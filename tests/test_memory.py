@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from g2u.schema import parse_request
 from PIL import Image
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
 from g2u.errors import InputError
 from g2u.memory import apply_memory_fit, validate_memory_fit
 from g2u.pipeline import G2UPipeline
+from g2u.schema import parse_request
 
 
 @pytest.mark.parametrize(("offload", "quantize", "backend", "field", "reason"), [

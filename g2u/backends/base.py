@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from g2u.errors import InputError
 from g2u.modes import MODES, Mode, modes_for
-from g2u.types import AnswerParams, EditOutput, EditParams
+from g2u.types import Answer, AnswerParams, EditOutput, EditParams
 
 DEMO_MARKER = "g2u_demo.json"
 """A demo checkpoint's marker file: ``{"demo": true, "seed": .., "default_edit_area": ..}``."""
@@ -84,8 +84,9 @@ class Backend(Protocol):
         """The answer-prompt part carrying a thought in ``mode`` (an image, or e.g. BAGEL's VAE latents)."""
         ...
 
-    def answer(self, contents: Sequence[Sequence[Any]], params: AnswerParams) -> list[str]:
-        """Stage II: one text per request, each from its interleaved images and text parts."""
+    def answer(self, contents: Sequence[Sequence[Any]], params: AnswerParams) -> list[str] | list[Answer]:
+        """Stage II: one text per request, each from its interleaved images and text parts. With
+        ``params.return_scores`` one ``Answer`` (text + token probabilities) per request instead."""
         ...
 
 

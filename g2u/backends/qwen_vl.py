@@ -380,7 +380,29 @@ def generate_answers(
         generate_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     if getattr(model.generation_config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         generate_kwargs["pad_token_id"] = tokenizer.pad_token_id
+    if params.return_scores:
+        generate_kwargs.update(output_scores=True, return_dict_in_generate=True)
     with torch.inference_mode():
         output = model.generate(**inputs, **generate_kwargs)
-    new_tokens = output[:, inputs["input_ids"].shape[1] :]
-    return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    sequences = output.sequences if params.return_scores else output
+    new_tokens = sequences[:, inputs["input_ids"].shape[1] :]
+    texts = [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    if not params.return_scores:
+        return texts
+    return scored_answers(model, output, new_tokens, texts, tokenizer)
+
+
+def scored_answers(model: Any, output: Any, new_tokens: torch.Tensor, texts: list[str], tokenizer: Any) -> list:
+    """``Answer`` objects from ``generate(output_scores=True, return_dict_in_generate=True)``: each
+    token's probability comes from transformers' ``compute_transition_scores`` (processed logits, so the
+    probability of the token greedy/sampling really chose); end and padding tokens are not counted."""
+    from g2u.types import Answer
+
+    logp = model.compute_transition_scores(output.sequences, output.scores, normalize_logits=True)
+    probs = logp.float().exp().cpu()
+    stop = set(tokenizer.all_special_ids)
+    out = []
+    for row, text in enumerate(texts):
+        keep = [probs[row, k].item() for k, tok in enumerate(new_tokens[row].tolist()) if tok not in stop]
+        out.append(Answer(text, sum(keep) / len(keep) if keep else 0.0, keep[0] if keep else 0.0))
+    return out

@@ -43,6 +43,18 @@ class Sample:
     group: str | None = None
     """Questions scored together: MMBench circular copies, the questions of one MME image."""
     extra: dict[str, Any] = field(default_factory=dict)
+    thought_path: str | None = None
+    """A thought made by another system for this sample (the ``thought_path`` column): answered with,
+    instead of generating one."""
+
+    def thought_bytes(self) -> bytes | None:
+        """The brought thought's file bytes (decoded by the request's bounded image loader)."""
+        if self.thought_path is None:
+            return None
+        try:
+            return Path(self.thought_path).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"sample {self.id!r}: cannot read its thought_path ({exc})") from exc
 
     def load_image(self) -> Image.Image:
         try:
@@ -141,10 +153,11 @@ def load_jsonl(path: Path) -> list[Sample]:
         if options:
             answer = gold_letter(answer, options, where)
         image = (path.parent / row["image"]).resolve()
-        known = {"id", "image", "question", "options", "answer", "category"}
+        known = {"id", "image", "question", "options", "answer", "category", "thought_path"}
         samples.append(Sample(id=str(row["id"]), question=str(row["question"]), options=options, answer=answer,
                               category=str(row.get("category") or ""), answer_kind=_kind(options, answer),
-                              image_path=str(image), extra={k: v for k, v in row.items() if k not in known}))
+                              image_path=str(image), extra={k: v for k, v in row.items() if k not in known},
+                              thought_path=_relative(path, row.get("thought_path"))))
     return samples
 
 
@@ -221,7 +234,7 @@ def load_tsv(path: Path) -> list[Sample]:
         samples.append(Sample(id=index, question=question, options=options, answer=answer,
                               category=_cell(row.get("category")) or "", answer_kind=kind,
                               image_path=None if image_b64 else image_path, image_b64=image_b64,
-                              group=group, extra=extra))
+                              group=group, extra=extra, thought_path=_relative(path, _cell(row.get("thought_path")))))
     return samples
 
 
@@ -246,6 +259,12 @@ def _hallusion_ids(row: dict) -> tuple[str, str, str, str] | None:
     if _int_index(index) is None and len(parts) >= 6:
         return (l2 or parts[1], parts[3], parts[4], parts[5])
     return None
+def _relative(manifest: Path, value: Any) -> str | None:
+    """A path column, relative to the manifest's folder (absolute paths stay)."""
+    if value in (None, ""):
+        return None
+    p = Path(str(value))
+    return str(p if p.is_absolute() else (manifest.parent / p).resolve())
 
 
 # ---------------------------------------------------------------- MM-Vet

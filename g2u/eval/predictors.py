@@ -52,6 +52,8 @@ class LocalPredictor:
         def raw(sample: Sample, mode: str, thought: Thought | None = None) -> RawItem:
             fields = {"question": sample.question, "options": sample.options, "id": sample.id,
                       **config.request_fields(mode)}
+            if sample.thought_path and needs_thought(mode) and thought is None:
+                fields["thought"] = sample.thought_bytes()  # brought by another system: used, not generated
             return RawItem(fields, images[sample.id], gold_answer=sample.answer, thought=thought)
 
         # 1. One thought per sample: reloaded when an earlier run saved it, else stage I (batched).
@@ -75,6 +77,8 @@ class LocalPredictor:
                 if item.ok and item.thought is not None:
                     item.thought.image.save(thought_dir / _thought_name(sample.id, config))
                     thoughts[sample.id] = item.thought
+                elif item.ok:  # the confidence gate answered without a thought; stage II asks it again
+                    continue
                 else:
                     failed[sample.id] = item
 
@@ -99,6 +103,7 @@ class LocalPredictor:
             record = {"id": sample.id, "mode": mode, "prediction": result.answer,
                       "edit": out["edit"], "fidelity": out["fidelity"], "timings_ms": out["timings_ms"],
                       "reasoning": result.reasoning, "model": out["model"]}
+            record.update({k: out[k] for k in ("gate", "candidates", "selection") if k in out})
             if result.thought is not None:
                 record["thought_path"] = f"thoughts/{_thought_name(sample.id, config)}"
             records.append(record)

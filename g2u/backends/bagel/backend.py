@@ -57,7 +57,7 @@ from g2u.sizing import (
     prepare_contents,
     stage2_cap,
 )
-from g2u.types import AnswerParams, ContentPart, EditOutput, EditParams, Turn
+from g2u.types import Answer, AnswerParams, ContentPart, EditOutput, EditParams, Turn
 
 REAL_DEFAULT_EDIT_AREA = 1024 * 1024
 VAE_MAX_SIDE = 1024
@@ -227,14 +227,19 @@ class BagelBackend(BackendBase):
 
     # ------------------------------------------------------------------ stage II
     @torch.inference_mode()
-    def answer(self, contents: Sequence[Sequence[ContentPart | VaeImage]], params: AnswerParams) -> list[str]:
+    def answer(self, contents: Sequence[Sequence[ContentPart | VaeImage]],
+               params: AnswerParams) -> list[str] | list[Answer]:
         """Stage II: one answer per request from its interleaved parts, all requests in one batch."""
         if not contents:
             return []
         contents, self.last_stage2 = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)))
         cache = self.answer_context(contents)
-        ids = self.model.decode(cache, params.max_new_tokens, params.temperature)
-        return [self.decode_text(x) for x in ids]
+        probs: list[list[float]] | None = [] if params.return_scores else None
+        ids = self.model.decode(cache, params.max_new_tokens, params.temperature, token_probs=probs)
+        texts = [self.decode_text(x) for x in ids]
+        if probs is None:
+            return texts
+        return [Answer(t, sum(p) / len(p) if p else 0.0, p[0] if p else 0.0) for t, p in zip(texts, probs)]
 
     def thought_part(self, image: Image.Image, mode: Mode) -> Image.Image | VaeImage:
         """A thought enters the answer prompt as ViT features (``g2u``), or as VAE latents through the

@@ -241,21 +241,26 @@ class BagelModel(nn.Module):
         return self.language_model.lm_head(hidden[:, -1]).float()
 
     def decode(self, cache: KVCache, max_new_tokens: int, temperature: float = 0.0,
-               generator: torch.Generator | None = None) -> list[list[int]]:
+               generator: torch.Generator | None = None, token_probs: list[list[float]] | None = None
+               ) -> list[list[int]]:
         """Continue every row from ``<|im_start|>`` until ``<|im_end|>`` or ``max_new_tokens``; greedy when
-        ``temperature`` is 0. Returns the new token ids of each row (without the end token)."""
+        ``temperature`` is 0. Returns the new token ids of each row (without the end token). With
+        ``token_probs`` (an empty list) given, it is filled with each row's chosen-token probabilities."""
         rows = cache.rows
         cache.reserve(max_new_tokens + 1)
         tokens = torch.full((rows,), self.special.bos, dtype=torch.long, device=self.device)
         out: list[list[int]] = [[] for _ in range(rows)]
+        if token_probs is not None:
+            token_probs.extend([] for _ in range(rows))
         done = [False] * rows
         for _ in range(max_new_tokens):
             logits = self.next_token_logits(cache, tokens)
+            probs = torch.softmax(logits / (temperature if temperature > 0 else 1.0), dim=-1)
             if temperature > 0:
-                probs = torch.softmax(logits / temperature, dim=-1)
                 tokens = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(self.device)
             else:
                 tokens = logits.argmax(dim=-1)
+            chosen = probs.gather(1, tokens[:, None])[:, 0].tolist() if token_probs is not None else None
             for r, tok in enumerate(tokens.tolist()):
                 if done[r]:
                     continue
@@ -263,6 +268,8 @@ class BagelModel(nn.Module):
                     done[r] = True
                 else:
                     out[r].append(tok)
+                    if chosen is not None:
+                        token_probs[r].append(chosen[r])
             if all(done):
                 break
             check_deadline("decoding")

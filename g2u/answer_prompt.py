@@ -1,0 +1,70 @@
+"""The stage-II prompt: how the question, the original image I, the thought Î and a written reasoning are
+laid out for the answer model, per mode (``g2u.modes``) and per ``layout``.
+
+    paper      [I, q, Î] in the request's ``order`` (the paper writes [I, q, Î])
+    labelled   "The original image:" I, "An edited view ...:" Î, then question and instruction
+    multiturn  user [I, q + "Enhance the image first."], assistant [Î], user [I, q] (the authors' concat
+               variant for their Ming model)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from g2u.modes import MODES
+from g2u.types import G2URequest, Thought, Turn
+
+MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+OPEN_INSTRUCTION = "Answer the question using a single word or phrase."
+COT_INSTRUCTION = "Think step by step about the image and write your reasoning. Do not give the final answer yet."
+ORIGINAL_LABEL = "The original image:"
+THOUGHT_LABEL = "An edited view of the image, made to help answer the question:"
+ENHANCE_FIRST = "Enhance the image first."
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def format_question(question: str, options: Sequence[str] | None) -> str:
+    """The question as the answer model reads it (VLMEvalKit/lmms-eval MCQ style)."""
+    if not options:
+        return question
+    return "\n".join([question, *(f"{LETTERS[i]}. {opt}" for i, opt in enumerate(options))])
+
+
+def instruction(req: G2URequest) -> str:
+    return MCQ_INSTRUCTION if req.options else OPEN_INSTRUCTION
+
+
+def cot_prompt(req: G2URequest, final: bool = False) -> str:
+    """The text of a reasoning pass: write the reasoning only, or (``final``: a backend that reasons and
+    answers in one decode, BAGEL's think prompt) the question with its answer instruction."""
+    return f"{format_question(req.question, req.options)}\n{instruction(req) if final else COT_INSTRUCTION}"
+
+
+def answer_contents(req: G2URequest, thought: Thought | None, reasoning: str | None, backend: Any) -> list[Any]:
+    """The answer prompt's parts. Modes with fixed parts (and the ``paper`` layout, in ``order``) lay them
+    out in turn: consecutive text parts are joined, and the answer instruction ends the last text part.
+    The thought enters as the backend makes it (``thought_part``: an image, or BAGEL's VAE latents)."""
+    mode = MODES[req.mode]
+    question, tail = format_question(req.question, req.options), instruction(req)
+    thought_part = backend.thought_part(thought.image, mode) if thought is not None else None
+    if mode.parts is None and req.layout == "labelled":
+        return [ORIGINAL_LABEL, req.image, THOUGHT_LABEL, thought_part, f"{question}\n{tail}"]
+    if mode.parts is None and req.layout == "multiturn":
+        return [req.image, f"{question}\n{ENHANCE_FIRST}", Turn("assistant"), thought_part, Turn("user"),
+                req.image, f"{question}\n{tail}"]
+    texts = {"q": question, "R": f"Reasoning: {reasoning}"}
+    images = {"I": req.image, "T": thought_part}
+    order = mode.parts or req.order
+    last_text = max(i for i, k in enumerate(order) if k in texts)
+    parts: list[Any] = []
+    for i, key in enumerate(order):
+        if key in texts:
+            text = texts[key] + (f"\n{tail}" if i == last_text else "")
+            if parts and isinstance(parts[-1], str):
+                parts[-1] = f"{parts[-1]}\n{text}"
+            else:
+                parts.append(text)
+        else:
+            parts.append(images[key])
+    return parts
