@@ -30,16 +30,22 @@ class CountingEdit:
 
 
 def test_over_budget_is_refused_before_any_work(qwen, rgb_image, monkeypatch):
-    spy = CountingEdit(qwen)
-    monkeypatch.setattr(qwen.backend, "edit", spy)
+    tight = G2UPipeline(qwen.backend, budget=WorkBudget(max_edit_work=1.0, max_decode_tokens=4096))
+    spy = CountingEdit(tight)
+    monkeypatch.setattr(tight.backend, "edit", spy)
     m = qwen.backend.size_multiple
-    big, ok = run_batch(qwen, [RawItem({"question": "q", "edit_size": f"{m * 128}x{m * 128}", "steps": 200}, rgb_image),
-                               RawItem({"question": "q", "steps": 2}, rgb_image)])
+    big, ok = run_batch(tight, [RawItem({"question": "q", "edit_size": f"{m * 8}x{m * 8}", "steps": 200}, rgb_image),
+                                RawItem({"question": "q", "steps": 2}, rgb_image)])
     assert big.status == 422 and big.error["field"] == "edit_size"
-    assert "budget" in big.error["reason"] and "steps 200" in big.error["reason"]
+    assert "budget of 1.0" in big.error["reason"] and "steps 200" in big.error["reason"]
     assert ok.ok and spy.calls == 1  # only the affordable item reached stage I
+
+
+def test_default_budget_fits_the_paper_and_refuses_the_runaway(qwen, rgb_image):
     paper = WorkBudget.for_backend(qwen.backend.default_edit_area)
     assert paper.max_edit_work >= 30 * 2 * qwen.backend.default_edit_area / 1e6  # the paper's settings fit
+    [runaway] = run_batch(qwen, [RawItem({"question": "q", "edit_size": "2048x2048", "steps": 200}, rgb_image)])
+    assert 400 <= runaway.status < 500 and runaway.error["field"] == "edit_size"  # the demo's limits or the budget
 
 
 def test_decode_budget_names_the_field(qwen, rgb_image):
