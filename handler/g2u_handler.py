@@ -26,6 +26,7 @@ import torch
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
+from g2u.bodies import check_body, image_from_form_value, parse_json_body
 from g2u.errors import G2UError, InputError
 from g2u.images import DEFAULT_MAX_PIXELS, png_bytes
 from g2u.pipeline import G2UPipeline, G2UResult
@@ -61,21 +62,18 @@ def split_fields(row: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
     """
     if set(row) == {"body"} or set(row) == {"data"}:
         body = next(iter(row.values()))
-        if isinstance(body, (bytes, bytearray)):
-            try:
-                body = json.loads(bytes(body).decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise InputError("body", "must be a JSON object or a multipart form with an 'image' file") from exc
+        if isinstance(body, (bytes, bytearray)):  # TorchServe could not parse it (or it is not JSON)
+            return parse_json_body(body), None
         if not isinstance(body, dict):
             raise InputError("body", f"must be a JSON object, got {type(body).__name__}")
-        return body, None
+        return check_body(body), None
     image = row.get("image")
     fields = {k: _as_text(v) for k, v in row.items() if k != "image"}
     if isinstance(image, str):  # a form text field carrying base64: let parse_request decode it
         fields["image"] = image
         image = None
-    elif image is not None:
-        image = bytes(image)
+    elif image is not None:  # a file upload, or a base64 text field that TorchServe hands over as bytes
+        image = image_from_form_value(image)
     return fields, image
 
 
