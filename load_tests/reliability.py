@@ -71,29 +71,40 @@ class Hostile:
 
 
 class Client:
-    """POSTs to the model with the server's inference key."""
+    """POSTs to the model with the server's inference key; a refused key (expired or rotated) is re-read
+    from key_file.json and the request sent once more."""
 
     def __init__(self, server: tsctl.Server, timeout: float = 120):
         self.server = server
         self.url = f"{server.url('inference')}/predictions/{server.model_name}"
         self.key = server.keys()["inference"]
         self.timeout = timeout
+        self.key_reloads = 0
 
     @property
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
 
+    def post(self, headers: dict[str, str] | None = None, **kwargs) -> requests.Response:
+        for attempt in (0, 1):
+            r = requests.post(self.url, headers={**self.auth, **(headers or {})}, timeout=self.timeout, **kwargs)
+            if attempt == 0 and tsctl.key_rejected(r):
+                fresh = self.server.keys()["inference"]
+                if fresh != self.key:
+                    self.key, self.key_reloads = fresh, self.key_reloads + 1
+                    continue
+            return r
+        return r
+
     def json(self, body: dict) -> requests.Response:
-        return requests.post(self.url, headers=self.auth, json=body, timeout=self.timeout)
+        return self.post(json=body)
 
     def raw(self, data: bytes, content_type: str) -> requests.Response:
-        return requests.post(self.url, headers={**self.auth, "Content-Type": content_type}, data=data,
-                             timeout=self.timeout)
+        return self.post(headers={"Content-Type": content_type}, data=data)
 
     def form(self, image: bytes, filename: str = "img.png", content_type: str = "image/png",
              **fields: str) -> requests.Response:
-        return requests.post(self.url, headers=self.auth, data=fields,
-                             files={"image": (filename, image, content_type)}, timeout=self.timeout)
+        return self.post(data=fields, files={"image": (filename, image, content_type)})
 
     def good(self, question: str = "What is shown?", **fields) -> requests.Response:
         return self.json({"image": b64(image_bytes()), "question": question, **FAST, **fields})
