@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 # Custom metrics; names, types and dimensions must match handler/metrics.yaml (the frontend only exports
 # model metrics it finds there).
 STAGE_LATENCY = "g2u_stage_latency_seconds"
-BATCH_ITEMS = "g2u_batch_items"
+BATCHES = "g2u_batches"
 ERRORS = "g2u_errors"
 STAGES = ("preprocess", "edit", "understand", "postprocess")
 
@@ -156,7 +156,7 @@ class G2UHandler(BaseHandler):
         if cache is None:
             return
         specs = {STAGE_LATENCY: ("s", ["ModelName", "Level", "Stage"], MetricTypes.HISTOGRAM),
-                 BATCH_ITEMS: ("count", ["ModelName", "Level"], MetricTypes.HISTOGRAM),
+                 BATCHES: ("count", ["ModelName", "Level", "Size"], MetricTypes.COUNTER),
                  ERRORS: ("count", ["ModelName", "Level", "Kind", "Field"], MetricTypes.COUNTER)}
         for name, (unit, dims, kind) in specs.items():
             try:
@@ -175,7 +175,7 @@ class G2UHandler(BaseHandler):
         assert self.pipeline is not None, "initialize() was not called"
         start = time.perf_counter()
         self._batch_size = len(data)
-        self._metric(BATCH_ITEMS, len(data))
+        self._metric(BATCHES, 1, str(len(data)))
         items = []
         for row in data:
             t0 = time.perf_counter()

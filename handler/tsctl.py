@@ -132,9 +132,9 @@ def read_keys(key_file: Path) -> dict[str, str]:
 
 
 def key_rejected(response: requests.Response) -> bool:
-    """TorchServe's answer to an expired, rotated or wrong key (400, or 401 from newer frontends): the
+    """TorchServe's answer to an expired, rotated or wrong key (0.12: 400 ``InvalidKeyException``): the
     caller re-reads key_file.json and retries once."""
-    return response.status_code in (400, 401) and "Token Authentication failed" in response.text
+    return response.status_code in (400, 401) and "InvalidKeyException" in response.text
 
 
 def _port(address: str) -> int:

@@ -45,20 +45,28 @@ def png_iccp_bomb(inflated: int = 48 * 2**20) -> bytes:
     return png_with_chunk(b"iCCP", b"icc\0\0" + _deflated_zeros(inflated))
 
 
-def many_page_tiff(pages: int = 150_000) -> bytes:
-    """A TIFF of ``pages`` 1×1 grey pages sharing one pixel byte (~100 bytes an IFD: 15 MB for 150 000).
-    Counting its frames (PIL's ``n_frames``) parses every IFD: minutes of CPU for one request."""
-    entries = [(256, 3, 1), (257, 3, 1), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 8), (278, 3, 1),
-               (279, 4, 1)]
+def many_page_tiff(pages: int = 150_000, first: tuple[int, int] = (64, 48)) -> bytes:
+    """A TIFF whose first page is a ``first``-sized grey image and whose other ``pages - 1`` pages are 1×1
+    (~100 bytes an IFD: 15 MB for 150 000). Counting its frames (PIL's ``n_frames``) parses every IFD:
+    minutes of CPU for one request; the first page alone is a valid picture."""
+    width, height = first
+    pixels = bytes((x * 4 + y * 2) % 256 for y in range(height) for x in range(width))
+    entries = [(256, 3, width), (257, 3, height), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 8),
+               (278, 3, height), (279, 4, len(pixels))]
+    tiny = {256: 1, 257: 1, 278: 1, 279: 1}
     ifd_size = 2 + 12 * len(entries) + 4
-    first = 10
-    body = bytearray(b"II*\0" + struct.pack("<I", first) + b"\x80\0")
-    fixed = struct.pack("<H", len(entries)) + b"".join(
-        struct.pack("<HHII", tag, kind, 1, value) if kind == 4 else struct.pack("<HHIHH", tag, kind, 1, value, 0)
-        for tag, kind, value in entries)
-    for page in range(pages):
-        nxt = first + (page + 1) * ifd_size if page + 1 < pages else 0
-        body += fixed + struct.pack("<I", nxt)
+    start = 8 + len(pixels) + len(pixels) % 2
+
+    def ifd(values: list[tuple[int, int, int]], nxt: int) -> bytes:
+        return struct.pack("<H", len(values)) + b"".join(
+            struct.pack("<HHII", tag, kind, 1, value) if kind == 4 else struct.pack("<HHIHH", tag, kind, 1, value, 0)
+            for tag, kind, value in values) + struct.pack("<I", nxt)
+
+    body = bytearray(b"II*\0" + struct.pack("<I", start) + pixels + b"\0" * (len(pixels) % 2))
+    body += ifd(entries, start + ifd_size if pages > 1 else 0)
+    rest = [(tag, kind, tiny.get(tag, value)) for tag, kind, value in entries]
+    for page in range(1, pages):
+        body += ifd(rest, start + (page + 1) * ifd_size if page + 1 < pages else 0)
     return bytes(body)
 
 

@@ -50,7 +50,7 @@ def _token() -> str | None:
 
 def _key_rejected(resp) -> bool:
     """TorchServe's answer to an expired or rotated key (same test as handler.tsctl.key_rejected)."""
-    return resp.status_code in (400, 401) and "Token Authentication failed" in (resp.text or "")
+    return resp.status_code in (400, 401) and "InvalidKeyException" in (resp.text or "")
 
 
 def _load_images() -> list[tuple[str, bytes, str]]:
