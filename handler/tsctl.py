@@ -323,7 +323,8 @@ class Server:
 
 
 def serve_demo(home: Path, *, model_name: str = "g2u", overrides: dict | None = None,
-               extra_env: dict[str, str] | None = None, ready_timeout: float = 180) -> Server:
+               extra_env: dict[str, str] | None = None, ready_timeout: float = 180,
+               properties: dict[str, str] | None = None) -> Server:
     """Archive the demo checkpoint and serve it from ``home`` on free loopback ports, READY when returned
     (tests, benchmarks and the reliability report). On failure the server is stopped and the error carries
     the model log's tail."""
@@ -331,7 +332,7 @@ def serve_demo(home: Path, *, model_name: str = "g2u", overrides: dict | None = 
 
     archive.build_archive(home / "store", model_name=model_name, demo_dir=home / "demo", overrides=overrides or {})
     config = render_config(home / "config.properties", ports=Ports.free(), model_store=home / "store",
-                           models=f"{model_name}={model_name}.mar")
+                           models=f"{model_name}={model_name}.mar", extra=properties)
     srv = Server(home=home, config=config, model_name=model_name, logs=home / "logs", extra_env=extra_env or {})
     srv.start()
     try:
