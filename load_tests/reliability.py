@@ -184,7 +184,15 @@ def hostile_cases() -> list[Hostile]:
 
 # ---------------------------------------------------------------- checks
 def worker_processes(server: tsctl.Server) -> list[psutil.Process]:
-    return [p for p in server.processes() if "model_service_worker" in " ".join(p.cmdline())]
+    """The server's Python workers (a dying one, a zombie until reaped, is skipped)."""
+    out = []
+    for proc in server.processes():
+        try:
+            if "model_service_worker" in " ".join(proc.cmdline()):
+                out.append(proc)
+        except psutil.Error:
+            pass
+    return out
 
 
 def worker_rss_mb(server: tsctl.Server) -> float:
