@@ -100,7 +100,7 @@ def load_image(source: bytes | str | Path | Image.Image, max_pixels: int = DEFAU
         raise InputError(field, "is too large to decode in this worker's memory", status=413) from exc
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the client's file, never a 500
         raise InputError(field, f"is truncated or corrupt ({type(exc).__name__}: {exc})") from exc
-    if out.size != (width, height):
+    if out.width * out.height < width * height:
         out.info["original_size"] = (width, height)
     return out
 
