@@ -73,7 +73,7 @@ reliability: install
 # `make serve` serves the demo checkpoint packed in the .mar; a real checkpoint is referenced by path:
 #   G2U_CHECKPOINT=/models/Qwen-Image-Edit make serve      (G2U_BACKEND picks the backend if needed)
 # G2U_SERVE_TIMEOUT bounds the wait for the model READY (seconds, default 300).
-.PHONY: archive serve stop
+.PHONY: archive serve stop rotate-keys
 
 archive: install
 	$(PY) -m handler.archive
@@ -83,3 +83,8 @@ serve: archive
 
 stop:
 	$(PY) -m handler.serve stop
+
+# TorchServe's inference and management keys expire (token_expiration_min in config.properties): rotate
+# them before that, e.g. daily from cron. Clients re-read key_file.json when a key is refused.
+rotate-keys:
+	$(PY) -m handler.serve rotate

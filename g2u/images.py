@@ -1,8 +1,18 @@
 """Image decoding and normalisation, and the explicit edit working size.
 
-Every image a user sends is checked before any pixel is decoded (decompression bombs), decoded fully
-(truncated files fail here, not inside a model) and normalised to RGB: RGBA/P/LA composited on white,
-L/CMYK/16-bit converted, animated images reduced to their first frame, EXIF rotation applied.
+Every image a user sends is decoded under bounds, so one request cannot crash or stall a worker:
+
+- the pixel count is checked from the header before any pixel is decoded (decompression bombs, 413);
+- only the first frame of a multi-frame file (TIFF pages, GIF/APNG/WebP animations) is ever read: the
+  frames are never counted or enumerated (PIL's ``n_frames`` walks every TIFF IFD / GIF frame);
+- any exception the decoder raises (PIL's text/ICC chunk limits, truncated data, corrupt headers) is a
+  400 naming the field, never a 500;
+- large images come down to a bounded working size while decoding (JPEG: the decoder's own DCT
+  scaling through ``draft``; others: ``reduce`` right after decoding), and 16/32-bit images are rescaled
+  to 8 bit strip by strip, so memory stays near the size of the decoded file, never a float64 copy of it.
+
+The result is 8-bit RGB: RGBA/P/LA composited on white, L/CMYK/16-bit converted, EXIF rotation applied.
+``img.info["original_size"]`` keeps the size the client sent when the working size is smaller.
 """
 
 from __future__ import annotations
@@ -15,14 +25,30 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from g2u.errors import InputError
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """Largest accepted image (width × height); larger ones are rejected as decompression bombs."""
 
+DEFAULT_WORKING_PIXELS = 4096 * 4096
+"""Largest image kept after decoding: above every stage's own size (stage I edits at most 2048², the
+Qwen2.5-VL processor's default ``max_pixels`` is 12 845 056), so no stage loses detail it would use."""
+
 MAX_EDIT_SIDE = 2048
+
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+                7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+"""EXIF orientation → the transpose that shows the image upright (the table of ``ImageOps.exif_transpose``,
+applied here to the reduced RGB image: that function copies the full-size image even when nothing turns,
+and the reduced copy no longer carries a TIFF's orientation tag)."""
+
+_REDUCIBLE = {"L", "LA", "RGB", "RGBA", "I", "F", "CMYK"}
+
+_STRIP_ROWS = 256
+"""Rows converted at a time when rescaling 16/32-bit images to 8 bit (bounds the float temporaries)."""
 
 
 def decode_base64(data: str, field: str = "image") -> bytes:
@@ -35,8 +61,9 @@ def decode_base64(data: str, field: str = "image") -> bytes:
 
 
 def load_image(source: bytes | str | Path | Image.Image, max_pixels: int = DEFAULT_MAX_PIXELS,
-               field: str = "image") -> Image.Image:
-    """Open, validate and normalise an image to RGB. Raises InputError naming ``field``."""
+               field: str = "image", max_working_pixels: int = DEFAULT_WORKING_PIXELS) -> Image.Image:
+    """Open, validate and normalise an image to 8-bit RGB of at most ``max_working_pixels``.
+    Raises InputError naming ``field``: 413 over ``max_pixels``, 400 for anything undecodable."""
     if isinstance(source, Image.Image):
         img = source
     else:
@@ -47,17 +74,7 @@ def load_image(source: bytes | str | Path | Image.Image, max_pixels: int = DEFAU
                 raise InputError(field, f"cannot read file: {exc.strerror or exc}") from exc
         if not source:
             raise InputError(field, "is empty")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(source))
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise InputError(field, f"has more pixels than the limit of {max_pixels} (decompression bomb)",
-                             status=413) from exc
-        except UnidentifiedImageError as exc:
-            raise InputError(field, "is not a readable image (unknown format)") from exc
-        except OSError as exc:
-            raise InputError(field, f"is not a readable image ({exc})") from exc
+        img = _open(source, max_pixels, field)
     width, height = img.size
     if width * height > max_pixels:
         raise InputError(field, f"has {width}x{height} = {width * height} pixels, more than the "
@@ -65,24 +82,94 @@ def load_image(source: bytes | str | Path | Image.Image, max_pixels: int = DEFAU
     if width < 1 or height < 1:
         raise InputError(field, "has no pixels")
     try:
-        if getattr(img, "n_frames", 1) > 1:
-            img.seek(0)
-        img.load()
-        img = ImageOps.exif_transpose(img)
-        return to_rgb(img)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(field, f"is truncated or corrupt ({exc})") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if img.format == "JPEG" and width * height > max_working_pixels:
+                # The JPEG decoder scales by 1/2..1/8 while decoding: the full size is never in memory.
+                img.draft(img.mode, _reduced(img.size, max_working_pixels))
+            img.load()  # first frame only: nothing here seeks, counts frames or reads other pages
+            orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+            img = _bounded(img, max_working_pixels)
+            out = to_rgb(img)
+            if orientation in _ORIENTATION:
+                out = out.transpose(_ORIENTATION[orientation])
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(field, f"has more pixels than the limit of {max_pixels} (decompression bomb)",
+                         status=413) from exc
+    except MemoryError as exc:
+        raise InputError(field, "is too large to decode in this worker's memory", status=413) from exc
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is the client's file, never a 500
+        raise InputError(field, f"is truncated or corrupt ({type(exc).__name__}: {exc})") from exc
+    if out.width * out.height < width * height:
+        out.info["original_size"] = (width, height)
+    return out
+
+
+def _open(data: bytes, max_pixels: int, field: str) -> Image.Image:
+    """``Image.open`` reads the header (and PNG chunks before the pixels); it raises many types."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(field, f"has more pixels than the limit of {max_pixels} (decompression bomb)",
+                         status=413) from exc
+    except UnidentifiedImageError as exc:
+        raise InputError(field, "is not a readable image (unknown format)") from exc
+    except MemoryError as exc:
+        raise InputError(field, "is too large to decode in this worker's memory", status=413) from exc
+    except Exception as exc:  # noqa: BLE001 - e.g. ValueError: PNG text/ICC chunk past PIL's limits
+        raise InputError(field, f"is not a readable image ({type(exc).__name__}: {exc})") from exc
+
+
+def _reduced(size: tuple[int, int], max_pixels: int) -> tuple[int, int]:
+    """``size`` divided by the smallest integer factor that brings it to at most ``max_pixels``."""
+    factor = _factor(size, max_pixels)
+    return max(1, size[0] // factor), max(1, size[1] // factor)
+
+
+def _factor(size: tuple[int, int], max_pixels: int) -> int:
+    factor = max(1, math.ceil(math.sqrt(size[0] * size[1] / max_pixels)))
+    while (size[0] // factor) * (size[1] // factor) > max_pixels:
+        factor += 1
+    return factor
+
+
+def _bounded(img: Image.Image, max_pixels: int) -> Image.Image:
+    """Downscale a decoded image to at most ``max_pixels`` by an integer box reduction (cheap, no
+    ringing). Modes ``reduce`` cannot take (P, 1, I;16) are brought to one it can first."""
+    factor = _factor(img.size, max_pixels)
+    if factor == 1:
+        return img
+    if img.mode.startswith("I;16"):
+        img = _to_8bit(img)
+    elif img.mode not in _REDUCIBLE:
+        img = to_rgb(img)
+    return img.reduce(factor)
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16/32-bit or float → 8-bit L, stretched to the image's own range (not clipped at 255), one strip
+    of rows at a time so the float temporaries stay small."""
+    lo, hi = img.getextrema()
+    width, height = img.size
+    out = Image.new("L", img.size, 0)
+    if hi > lo:
+        scale = 255.0 / (float(hi) - float(lo))
+        for top in range(0, height, _STRIP_ROWS):
+            strip = np.asarray(img.crop((0, top, width, min(height, top + _STRIP_ROWS))), dtype=np.float32)
+            strip -= float(lo)
+            strip *= scale
+            out.paste(Image.fromarray(np.rint(strip, out=strip).astype(np.uint8), "L"), (0, top))
+    return out
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Normalise any PIL mode to 8-bit RGB (transparency composited on white)."""
     if img.mode == "RGB":
         return img.copy()
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        return Image.fromarray(arr.round().astype(np.uint8), "L").convert("RGB")
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        return _to_8bit(img).convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa"):

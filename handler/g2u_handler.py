@@ -26,6 +26,7 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from g2u.batch import Batch, Outcome, RawItem, outcome_body
+from g2u.bodies import check_body, image_from_form_value, parse_json_body
 from g2u.budget import WorkBudget
 from g2u.errors import InputError
 from g2u.images import DEFAULT_MAX_PIXELS, png_bytes
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 # Custom metrics; names, types and dimensions must match handler/metrics.yaml (the frontend only exports
 # model metrics it finds there).
 STAGE_LATENCY = "g2u_stage_latency_seconds"
-BATCH_ITEMS = "g2u_batch_items"
+BATCHES = "g2u_batches"
 ERRORS = "g2u_errors"
 STAGES = ("preprocess", "edit", "understand", "postprocess")
 DEFAULT_DEADLINE_S = 300.0
@@ -63,14 +64,11 @@ def split_fields(row: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
     """
     if set(row) == {"body"} or set(row) == {"data"}:
         body = next(iter(row.values()))
-        if isinstance(body, (bytes, bytearray)):
-            try:
-                body = json.loads(bytes(body).decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise InputError("body", "must be a JSON object or a multipart form with an 'image' file") from exc
+        if isinstance(body, (bytes, bytearray)):  # TorchServe could not parse it (or it is not JSON)
+            return parse_json_body(body), None
         if not isinstance(body, dict):
             raise InputError("body", f"must be a JSON object, got {type(body).__name__}")
-        return body, None
+        return check_body(body), None
     image = row.get("image")
     # A ``thought`` file part stays bytes (an image brought by the caller); every other part is text.
     fields = {k: bytes(v) if k == "thought" and isinstance(v, (bytes, bytearray)) else _as_text(v)
@@ -78,8 +76,8 @@ def split_fields(row: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
     if isinstance(image, str):  # a form text field carrying base64: let parse_request decode it
         fields["image"] = image
         image = None
-    elif image is not None:
-        image = bytes(image)
+    elif image is not None:  # a file upload, or a base64 text field that TorchServe hands over as bytes
+        image = image_from_form_value(image)
     return fields, image
 
 
@@ -153,7 +151,7 @@ class G2UHandler(BaseHandler):
         if cache is None:
             return
         specs = {STAGE_LATENCY: ("s", ["ModelName", "Level", "Stage"], MetricTypes.HISTOGRAM),
-                 BATCH_ITEMS: ("count", ["ModelName", "Level"], MetricTypes.HISTOGRAM),
+                 BATCHES: ("count", ["ModelName", "Level", "Size"], MetricTypes.COUNTER),
                  ERRORS: ("count", ["ModelName", "Level", "Kind", "Field"], MetricTypes.COUNTER)}
         for name, (unit, dims, kind) in specs.items():
             try:
@@ -172,7 +170,7 @@ class G2UHandler(BaseHandler):
         assert self.pipeline is not None, "initialize() was not called"
         start = time.perf_counter()
         self._batch_size = len(data)
-        self._metric(BATCH_ITEMS, len(data))
+        self._metric(BATCHES, 1, str(len(data)))
         batch = Batch(self.pipeline, defaults=self.defaults, max_pixels=self.max_pixels, on_error=self._count_error,
                       deadline_s=self.deadline_s)
         for row in data:

@@ -2,6 +2,8 @@
 
     python -m handler.serve up     start, wait for the model READY (time-bounded), send one real prediction
     python -m handler.serve stop   stop TorchServe and wait until its processes and ports are gone
+    python -m handler.serve rotate replace the inference and management keys (before they expire: see
+                                   token_expiration_min in config.properties); key_file.json is rewritten
 
 State lives in logs/ (rendered config.properties, TorchServe logs, temp dir with the pid file); the token
 keys in ./key_file.json, where TorchServe writes them.
@@ -105,6 +107,7 @@ def up(timeout: float) -> int:
         print(f"thought PNG written to {path}")
     print("\nTry it yourself (the key is read from key_file.json):\n" + curl_examples(image, srv.url("inference")))
     print("\nMetrics: curl -s " + srv.url("metrics") + "/metrics | grep g2u_\nStop:    make stop")
+    print(f"Keys expire after {srv.props.get('token_expiration_min', '60')} min: `make rotate-keys` before that.")
     return 0 if r.ok else 1
 
 
@@ -119,6 +122,20 @@ def stop() -> int:
     return 0
 
 
+def rotate() -> int:
+    """New inference and management keys from TorchServe's token API (authorised by the API key)."""
+    srv = server()
+    if srv.pid() is None:
+        print("TorchServe is not running.", file=sys.stderr)
+        return 1
+    for kind in ("inference", "management"):
+        srv.rotate_key(kind)
+    minutes = srv.props.get("token_expiration_min", "60")
+    print(f"New inference and management keys in {srv.key_file}; they expire in {minutes} min. "
+          "Clients of this repository re-read the file when a key is refused.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -127,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--timeout", type=float, default=float(os.environ.get("G2U_SERVE_TIMEOUT", 300)),
                    help="seconds to wait for the model READY (default $G2U_SERVE_TIMEOUT or 300)")
     sub.add_parser("stop", help="stop TorchServe and wait until its ports are free")
+    sub.add_parser("rotate", help="replace the inference and management keys (they expire)")
     args = p.parse_args(argv)
-    return up(args.timeout) if args.command == "up" else stop()
+    return {"up": lambda: up(args.timeout), "stop": stop, "rotate": rotate}[args.command]()
 
 
 if __name__ == "__main__":

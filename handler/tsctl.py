@@ -24,6 +24,10 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_TEMPLATE = ROOT / "config.properties"
+LOG_CONFIG = ROOT / "handler" / "log4j2.xml"
+LAUNCHER_LOG_MAX_BYTES = 10 * 2**20
+"""launcher.out (the frontend's stdout: launcher messages, JVM crashes) is moved to launcher.out.1 at a
+start once it is larger than this; the frontend's own logs are rolling files (handler/log4j2.xml)."""
 PORT_KEYS = ("inference", "management", "metrics", "grpc_inference", "grpc_management", "worker")
 
 
@@ -117,6 +121,22 @@ def render_config(dest: Path, *, ports: Ports | None = None, model_store: Path |
     return dest
 
 
+TIMEOUT_KILL = "Backend worker did not respond in given time"
+"""The frontend's log line when it kills a worker past ``responseTimeout``."""
+
+
+def read_keys(key_file: Path) -> dict[str, str]:
+    """{'inference': key, 'management': key} from TorchServe's key_file.json."""
+    data = json.loads(Path(key_file).read_text())
+    return {k: data[k]["key"] for k in ("inference", "management") if k in data}
+
+
+def key_rejected(response: requests.Response) -> bool:
+    """TorchServe's answer to an expired, rotated or wrong key (0.12: 400 ``InvalidKeyException``): the
+    caller re-reads key_file.json and retries once."""
+    return response.status_code in (400, 401) and "InvalidKeyException" in response.text
+
+
 def _port(address: str) -> int:
     return int(address.rsplit(":", 1)[1].strip("/"))
 
@@ -194,8 +214,11 @@ class Server:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.key_file.unlink(missing_ok=True)
         torchserve = Path(sys.executable).with_name("torchserve")
-        cmd = [str(torchserve), "--start", "--ncs", "--ts-config", str(self.config)]
-        with open(self.log_dir / "launcher.out", "ab") as out:
+        cmd = [str(torchserve), "--start", "--ncs", "--ts-config", str(self.config), "--log-config", str(LOG_CONFIG)]
+        launcher = self.log_dir / "launcher.out"
+        if launcher.is_file() and launcher.stat().st_size > LAUNCHER_LOG_MAX_BYTES:
+            launcher.replace(launcher.with_name("launcher.out.1"))
+        with open(launcher, "ab") as out:
             subprocess.run(cmd, cwd=self.home, env=self.env(), stdout=out, stderr=subprocess.STDOUT, check=True)
         for _ in range(100):
             pid = self.pid()
@@ -205,14 +228,26 @@ class Server:
         raise RuntimeError(f"TorchServe did not start; see {self.log_dir / 'launcher.out'}")
 
     def keys(self) -> dict[str, str]:
-        """{'inference': key, 'management': key} from key_file.json."""
-        data = json.loads(self.key_file.read_text())
-        return {k: data[k]["key"] for k in ("inference", "management") if k in data}
+        """{'inference': key, 'management': key} from key_file.json (read each call: keys rotate)."""
+        return read_keys(self.key_file)
+
+    def rotate_key(self, kind: str) -> str:
+        """Replace the ``inference`` or ``management`` key with a fresh one (TorchServe's token API, called
+        with the API key on the management address); TorchServe rewrites key_file.json. Returns the new key."""
+        api_key = json.loads(self.key_file.read_text())["API"]["key"]
+        r = requests.post(f"{self.url('management')}/token", params={"type": kind},
+                          headers={"Authorization": f"Bearer {api_key}"}, timeout=30)
+        r.raise_for_status()
+        return self.keys()[kind]
 
     def worker_deaths(self) -> int:
-        """How often a Python worker died so far (TorchServe restarts it with a back-off, forever)."""
-        path = self.log_dir / "model_log.log"
-        return path.read_text(errors="replace").count("Backend worker process died") if path.is_file() else 0
+        """How often a Python worker died so far (TorchServe restarts it with a back-off, forever): the
+        worker's own "process died" (an exception, e.g. while loading) in the model log, plus the frontend's
+        kills for a missed ``responseTimeout`` in the server log (the killed worker logs nothing)."""
+        model_log, ts_log = self.log_dir / "model_log.log", self.log_dir / "ts_log.log"
+        died = model_log.read_text(errors="replace").count("Backend worker process died") if model_log.is_file() else 0
+        timeouts = ts_log.read_text(errors="replace").count(TIMEOUT_KILL) if ts_log.is_file() else 0
+        return died + timeouts
 
     def wait_ready(self, timeout: float, max_deaths: int = 3) -> dict:
         """Wait until a worker of the model is READY on the management API (``/ping`` is not enough).
@@ -288,7 +323,8 @@ class Server:
 
 
 def serve_demo(home: Path, *, model_name: str = "g2u", overrides: dict | None = None,
-               extra_env: dict[str, str] | None = None, ready_timeout: float = 180) -> Server:
+               extra_env: dict[str, str] | None = None, ready_timeout: float = 180,
+               properties: dict[str, str] | None = None) -> Server:
     """Archive the demo checkpoint and serve it from ``home`` on free loopback ports, READY when returned
     (tests, benchmarks and the reliability report). On failure the server is stopped and the error carries
     the model log's tail."""
@@ -296,7 +332,7 @@ def serve_demo(home: Path, *, model_name: str = "g2u", overrides: dict | None = 
 
     archive.build_archive(home / "store", model_name=model_name, demo_dir=home / "demo", overrides=overrides or {})
     config = render_config(home / "config.properties", ports=Ports.free(), model_store=home / "store",
-                           models=f"{model_name}={model_name}.mar")
+                           models=f"{model_name}={model_name}.mar", extra=properties)
     srv = Server(home=home, config=config, model_name=model_name, logs=home / "logs", extra_env=extra_env or {})
     srv.start()
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import io
 import json
 import os
@@ -33,6 +34,7 @@ from PIL import Image
 
 from g2u.testing.fake_http import FakeHTTPServer, hanging_endpoint, probe
 from handler import tsctl
+from load_tests import hostile_files
 
 HERE = Path(__file__).resolve().parent
 MODEL = "g2u"
@@ -71,32 +73,80 @@ class Hostile:
 
 
 class Client:
-    """POSTs to the model with the server's inference key."""
+    """POSTs to the model with the server's inference key; a refused key (expired or rotated) is re-read
+    from key_file.json and the request sent once more."""
 
     def __init__(self, server: tsctl.Server, timeout: float = 120):
         self.server = server
         self.url = f"{server.url('inference')}/predictions/{server.model_name}"
         self.key = server.keys()["inference"]
         self.timeout = timeout
+        self.key_reloads = 0
 
     @property
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
 
+    def post(self, headers: dict[str, str] | None = None, **kwargs) -> requests.Response:
+        for attempt in (0, 1):
+            r = requests.post(self.url, headers={**self.auth, **(headers or {})}, timeout=self.timeout, **kwargs)
+            if attempt == 0 and tsctl.key_rejected(r):
+                fresh = self.server.keys()["inference"]
+                if fresh != self.key:
+                    self.key, self.key_reloads = fresh, self.key_reloads + 1
+                    continue
+            return r
+        return r
+
     def json(self, body: dict) -> requests.Response:
-        return requests.post(self.url, headers=self.auth, json=body, timeout=self.timeout)
+        return self.post(json=body)
 
     def raw(self, data: bytes, content_type: str) -> requests.Response:
-        return requests.post(self.url, headers={**self.auth, "Content-Type": content_type}, data=data,
-                             timeout=self.timeout)
+        return self.post(headers={"Content-Type": content_type}, data=data)
 
     def form(self, image: bytes, filename: str = "img.png", content_type: str = "image/png",
              **fields: str) -> requests.Response:
-        return requests.post(self.url, headers=self.auth, data=fields,
-                             files={"image": (filename, image, content_type)}, timeout=self.timeout)
+        return self.post(data=fields, files={"image": (filename, image, content_type)})
 
     def good(self, question: str = "What is shown?", **fields) -> requests.Response:
         return self.json({"image": b64(image_bytes()), "question": question, **FAST, **fields})
+
+
+@functools.cache
+def crafted(name: str) -> bytes:
+    """The crafted files of load_tests/hostile_files.py, built once (the TIFF takes about a second)."""
+    return {"ztxt": hostile_files.png_ztxt_bomb, "iccp": hostile_files.png_iccp_bomb,
+            "tiff": hostile_files.many_page_tiff, "png16": hostile_files.png16}[name]()
+
+
+def issue15_cases() -> list[Hostile]:
+    """Single requests that crashed (500) or stalled the worker before issue 15; the TIFF is last: on the old
+    code it keeps the worker busy for minutes."""
+    for name in ("ztxt", "iccp", "tiff", "png16"):  # built now, not while the requests race
+        crafted(name)
+    fast = {k: str(v) for k, v in FAST.items()}
+    return [
+        Hostile("PNG zTXt chunk inflating past PIL's limit",
+                lambda c: c.json({"image": b64(crafted("ztxt")), "question": "q?", **FAST}), 400, "image"),
+        Hostile("PNG iCCP chunk inflating past PIL's limit",
+                lambda c: c.form(crafted("iccp"), question="q?", **fast), 400, "image"),
+        Hostile("JSON nested 100 000 levels deep", lambda c: c.raw(hostile_files.deep_json(), "application/json"),
+                400, "body"),
+        Hostile("5000-digit integer steps", lambda c: c.raw(hostile_files.huge_int_json(5000, "steps"),
+                                                             "application/json"), 400, "steps"),
+        Hostile("edit_size 2048x2048 with steps 200 (over the work budget / the model's limits)",
+                lambda c: c.json({"image": b64(image_bytes()), "question": "q?", "edit_size": "2048x2048",
+                                  "steps": 200}), 400, "edit_size"),
+        Hostile("steps 1 on Qwen-Image-Edit (NaN latents before)",
+                lambda c: c.json({"image": b64(image_bytes()), "question": "q?", "steps": 1}), 400, "steps"),
+        Hostile("a valid 8000x20 image", lambda c: c.form(image_bytes(size=(8000, 20)), question="q?", **fast),
+                200, None),
+        Hostile("a valid 20x8000 image", lambda c: c.form(image_bytes(size=(20, 8000)), question="q?", **fast),
+                200, None),
+        Hostile("16-bit 39.9 MP PNG", lambda c: c.form(crafted("png16"), question="q?", **fast), 200, None),
+        Hostile("TIFF of 150 000 pages", lambda c: c.form(crafted("tiff"), "a.tif", "image/tiff", question="q?",
+                                                          **fast), 200, None),
+    ]
 
 
 def _json_case(name: str, field: str, **fields) -> Hostile:
@@ -134,12 +184,24 @@ def hostile_cases() -> list[Hostile]:
         _json_case("a local path as the image", "image", image="/etc/passwd"),
         _json_case("a file URL as the image", "image", image="file:///etc/passwd"),
         _json_case("a server-side field", "checkpoint", checkpoint="/etc"),
+        Hostile("base64 image as a multipart text field",
+                lambda c: c.post(data={"question": "q?", **{k: str(v) for k, v in FAST.items()}},
+                                 files={"image": (None, b64(png))}), 200, None),
+        *issue15_cases(),
     ]
 
 
 # ---------------------------------------------------------------- checks
 def worker_processes(server: tsctl.Server) -> list[psutil.Process]:
-    return [p for p in server.processes() if "model_service_worker" in " ".join(p.cmdline())]
+    """The server's Python workers (a dying one, a zombie until reaped, is skipped)."""
+    out = []
+    for proc in server.processes():
+        try:
+            if "model_service_worker" in " ".join(proc.cmdline()):
+                out.append(proc)
+        except psutil.Error:
+            pass
+    return out
 
 
 def worker_rss_mb(server: tsctl.Server) -> float:
@@ -193,6 +255,66 @@ def check_hostile(server: tsctl.Server) -> dict:
     return {"cases": rows, "all_ok": all(r["ok"] for r in rows), "batch_mates": mates,
             "unicode_question_status": unicode.status_code,
             "worker_restarted": {p.pid for p in worker_processes(server)} != pids}
+
+
+def check_hostile_latency(server: tsctl.Server, cases: list[Hostile], copies: dict[str, int] | None = None,
+                          cap_s: float = 120) -> dict:
+    """For each hostile case in turn: send it (``copies[name]`` at once, default 1) and, while it is in
+    flight, normal requests back to back; report the worst latency a normal request saw, the hostile
+    statuses and the worker's peak RSS. A normal request still unanswered after ``cap_s`` counts as
+    timed out and ends the run (the worker is stuck: later cases would only measure the same stall)."""
+    client = Client(server, timeout=cap_s)
+    baseline = []
+    for i in range(3):
+        t0 = time.monotonic()
+        baseline.append((client.good(f"baseline {i}?").status_code, time.monotonic() - t0))
+    rows = []
+    for case in cases:
+        n = (copies or {}).get(case.name, 1)
+        done = threading.Event()
+        hostile: list[int] = []
+        rss: list[float] = [worker_rss_mb(server)]
+
+        def attack(case: Hostile = case, n: int = n, done: threading.Event = done,
+                   hostile: list[int] = hostile) -> None:
+            def one(_: int) -> int:
+                try:
+                    return case.send(client).status_code
+                except requests.RequestException:
+                    return -1
+            with ThreadPoolExecutor(n) as pool:
+                hostile.extend(pool.map(one, range(n)))
+            done.set()
+
+        def sample(done: threading.Event = done, rss: list[float] = rss) -> None:
+            while not done.wait(0.2):
+                rss.append(worker_rss_mb(server))
+
+        start = time.monotonic()
+        threads = [threading.Thread(target=attack, daemon=True), threading.Thread(target=sample, daemon=True)]
+        for t in threads:
+            t.start()
+        normal: list[tuple[int, float]] = []
+        while not done.is_set():
+            t0 = time.monotonic()
+            try:
+                status = client.good("Am I delayed?").status_code
+            except requests.RequestException:
+                status = -1
+            normal.append((status, round(time.monotonic() - t0, 3)))
+            if status == -1 or time.monotonic() - start > cap_s:
+                break
+        stuck = not done.wait(0 if normal and normal[-1][0] == -1 else cap_s)
+        rows.append({"case": case.name, "copies": n, "hostile_statuses": hostile or ["no answer"],
+                     "expected": case.status, "hostile_seconds": round(time.monotonic() - start, 2),
+                     "normal": normal, "worst_normal_s": max((s for _, s in normal), default=None),
+                     "normal_failed": sum(1 for st, _ in normal if st != 200),
+                     "worker_rss_mb_before": round(rss[0], 1), "worker_rss_mb_peak": round(max(rss), 1),
+                     "stuck": stuck})
+        if stuck or (normal and normal[-1][0] == -1):
+            break
+    return {"baseline_s": [round(s, 3) for _, s in baseline], "baseline_statuses": [st for st, _ in baseline],
+            "cases": rows, "cap_s": cap_s}
 
 
 def check_sustained(server: tsctl.Server, users: int, duration: str, out: Path, max_requests: int = 0,
@@ -368,6 +490,13 @@ def markdown(report: dict) -> str:
         *(f"| {r['case']} | {r['status']} (want {r['expected']}) | {r['field']} |" for r in h["cases"]), "",
         f"Batch-mates: {h['batch_mates']}; unicode question: {h['unicode_question_status']}; "
         f"worker restarted: {h['worker_restarted']}.", "",
+        "## A normal request while a hostile one is in flight", "",
+        f"Baseline (nothing hostile): {report['hostile_latency']['baseline_s']} s.", "",
+        "| hostile input | copies | its statuses | worst normal latency s | normal failed | worker RSS MB peak |",
+        "|---|---|---|---|---|---|",
+        *(f"| {r['case']} | {r['copies']} | {r['hostile_statuses']} | {r['worst_normal_s']} | {r['normal_failed']} | "
+          f"{r['worker_rss_mb_before']} → {r['worker_rss_mb_peak']} |" for r in report["hostile_latency"]["cases"]),
+        "",
         "## Prompt-writer endpoint faults", "",
         *(f"- {phase}: HTTP {w[phase]['status']} in {w[phase]['seconds']} s, fallback {w[phase]['fallback']} "
           f"({w[phase]['reason']})" for phase in ("hanging", "down")), "",
@@ -398,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             report = {"cpus": os.cpu_count(),
                       "hostile": check_hostile(server),
+                      "hostile_latency": check_hostile_latency(server, issue15_cases(),
+                                                               {"TIFF of 150 000 pages": 3}),
                       "sustained": check_sustained(server, args.users, args.duration, args.out / "locust"),
                       "writer": check_writer_faults(server, endpoint, args.writer_budget),
                       "security": check_security(server),

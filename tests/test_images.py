@@ -6,10 +6,11 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import GifImagePlugin, Image, PngImagePlugin, TiffImagePlugin
 
 from g2u.errors import InputError
-from g2u.images import check_edit_size, load_image, working_size
+from g2u.images import DEFAULT_WORKING_PIXELS, check_edit_size, load_image, working_size
+from load_tests import hostile_files
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -101,3 +102,105 @@ def test_explicit_edit_size_checked():
         check_edit_size((500, 384), 16)
     with pytest.raises(InputError, match="edit_size"):
         check_edit_size((8, 4096), 16)
+
+
+# ---------------------------------------------------------------- bounded decoding (issue 15)
+# Crafted files come from load_tests/hostile_files.py: the reliability catalogue sends the same bytes.
+
+
+@pytest.mark.parametrize("data", [
+    pytest.param(hostile_files.png_ztxt_bomb(), id="zTXt before the pixels"),
+    pytest.param(hostile_files.png_ztxt_bomb(after_pixels=True), id="zTXt after the pixels"),
+    pytest.param(hostile_files.png_iccp_bomb(), id="iCCP"),
+])
+def test_png_chunk_inflating_past_pil_limit_is_a_400_naming_image(data):
+    assert len(data) < 60_000
+    with pytest.raises(InputError) as err:
+        load_image(data)
+    assert err.value.field == "image" and err.value.status == 400
+
+
+def test_any_decoder_exception_is_an_input_error(monkeypatch):
+    def broken(self, *args, **kwargs):
+        raise KeyError("a decoder bug")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", broken)
+    with pytest.raises(InputError) as err:
+        load_image(hostile_files.small_png())
+    assert err.value.field == "image" and "KeyError" in err.value.reason
+
+
+def _forbid_frame_counting(monkeypatch):
+    """Counting frames walks the whole file (every TIFF IFD, every GIF frame): fail if anyone asks."""
+    def counted(self):
+        raise AssertionError(f"{type(self).__name__}.n_frames was read")
+
+    for cls in (TiffImagePlugin.TiffImageFile, GifImagePlugin.GifImageFile):
+        monkeypatch.setattr(cls, "n_frames", property(counted))
+
+
+def test_many_page_tiff_reads_the_first_page_only(monkeypatch):
+    _forbid_frame_counting(monkeypatch)
+    seeks = []
+    original = TiffImagePlugin.TiffImageFile._seek
+    monkeypatch.setattr(TiffImagePlugin.TiffImageFile, "_seek",
+                        lambda self, frame: (seeks.append(frame), original(self, frame))[1])
+    img = load_image(hostile_files.many_page_tiff(20_000, first=(64, 48)))
+    assert img.size == (64, 48) and img.getpixel((3, 2)) == (16, 16, 16)
+    assert set(seeks) == {0}
+
+
+def test_animated_gif_is_not_enumerated(monkeypatch):
+    _forbid_frame_counting(monkeypatch)
+    frames = [Image.new("RGB", (16, 16), (255, 0, 0)), *[Image.new("RGB", (16, 16), (0, 0, 255))] * 50]
+    data = _encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=20)
+    r, _, b = load_image(data).getpixel((4, 4))
+    assert r > 200 and b < 50
+
+
+def test_apng_gives_its_default_image():
+    frames = [Image.new("RGB", (16, 16), (255, 0, 0)), Image.new("RGB", (16, 16), (0, 0, 255))]
+    data = _encode(frames[0], "PNG", save_all=True, append_images=frames[1:])
+    assert load_image(data).getpixel((4, 4)) == (255, 0, 0)
+
+
+def test_animated_webp_gives_first_frame():
+    frames = [Image.new("RGB", (16, 16), (255, 0, 0)), Image.new("RGB", (16, 16), (0, 0, 255))]
+    data = _encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    assert load_image(data).getpixel((4, 4)) == (255, 0, 0)
+
+
+def test_large_16_bit_png_is_reduced_without_a_float_copy_of_the_full_image():
+    import tracemalloc
+
+    width, height = 2400, 1800
+    data = hostile_files.png16((width, height))
+    tracemalloc.start()
+    try:
+        img = load_image(data, max_working_pixels=500_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert img.mode == "RGB" and img.width * img.height <= 500_000
+    assert img.info["original_size"] == (width, height)
+    assert abs(img.width / img.height - width / height) < 0.01
+    row = np.asarray(img)[0, :, 0]
+    assert row[0] == 0 and row[-1] >= 250  # the 16-bit ramp is stretched to 8 bit, not clipped
+    # numpy's allocations are traced: a float64 copy of the full image would be 35 MB, a float32 one 17 MB;
+    # the strips' temporaries stay below even a 16-bit copy.
+    assert peak < width * height * 2, peak
+
+
+def test_large_jpeg_is_decoded_at_a_reduced_scale_and_keeps_its_rotation():
+    src = Image.new("RGB", (4000, 2000), (0, 200, 0))
+    exif = src.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    img = load_image(_encode(src, "JPEG", exif=exif.tobytes()), max_working_pixels=1_000_000)
+    assert img.width * img.height <= 1_000_000 and img.height > img.width  # rotated after the reduction
+    assert img.info["original_size"] == (4000, 2000)
+
+
+def test_default_working_size_covers_every_stage():
+    assert DEFAULT_WORKING_PIXELS >= 12_845_056  # Qwen2.5-VL's default max_pixels
+    img = load_image(_encode(Image.new("RGB", (3000, 2000)), "PNG"))
+    assert img.size == (3000, 2000) and "original_size" not in img.info

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import sys
 import threading
 import time
@@ -255,6 +256,15 @@ def _metric_value(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
+def _batches_by_size(text: str) -> dict[str, float]:
+    """{Size: batches} from the g2u_batches counter (requests served = sum of Size × batches)."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("g2u_batches{") and f'ModelName="{MODEL}"' in line:
+            out[re.search(r'Size="(\d+)"', line).group(1)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def test_custom_metrics_on_metrics_endpoint(client):
     assert client.multipart(png(), question="metrics?", **FAST).status_code == 200
     assert client.multipart(png(), question="metrics?", text_cfg="99").status_code == 400
@@ -263,13 +273,14 @@ def test_custom_metrics_on_metrics_endpoint(client):
         text = requests.get(f"{client.metrics}/metrics", timeout=10).text
         found = {stage: _metric_value(text, "g2u_stage_latency_seconds_count", ModelName=MODEL, Stage=stage)
                  for stage in ("preprocess", "edit", "understand", "postprocess")}
-        batches = _metric_value(text, "g2u_batch_items_sum", ModelName=MODEL)
+        batches = sum(int(size) * count for size, count in _batches_by_size(text).items())
         errors = _metric_value(text, "g2u_errors", ModelName=MODEL, Kind="invalid_input", Field="text_cfg")
         if (all(v and v > 0 for v in found.values()) and batches and errors) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert all(v and v > 0 for v in found.values()), found
     assert "# TYPE g2u_stage_latency_seconds histogram" in text
+    assert "# TYPE g2u_batches counter" in text
     assert batches and batches >= 4
     assert errors and errors >= 1
     steps_errors = _metric_value(text, "g2u_errors", ModelName=MODEL, Kind="invalid_input", Field="steps")
