@@ -45,8 +45,9 @@ def _unique_shapes(scene: Scene) -> list[SceneObject]:
 
 
 def _size_pairs(scene: Scene) -> list[tuple[SceneObject, SceneObject]]:
-    objs = scene.objects
-    return [(a, b) for i, a in enumerate(objs) for b in objs[i + 1:] if a.size != b.size and a.name != b.name]
+    names = Counter(o.name for o in scene.objects)
+    objs = [o for o in scene.objects if names[o.name] == 1]  # an option must name exactly one object
+    return [(a, b) for i, a in enumerate(objs) for b in objs[i + 1:] if a.size != b.size]
 
 
 def _possible(scene: Scene, kind: str) -> bool:
