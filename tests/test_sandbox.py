@@ -163,12 +163,12 @@ def test_wilson_interval_and_summary():
     for i in range(40):
         for cond, ok in (("clean", True), ("degraded", i % 2 == 0), ("g2u_oracle", i % 4 != 1)):
             records.append({"id": str(i), "condition": cond, "degradation": "blur" if i < 20 else "crop",
-                            "severity": 1 + i % 3, "correct": ok})
+                            "severity": 1 + i % 3, "category": "count", "correct": ok})
     summary = summarise(records, ("clean", "degraded", "g2u_oracle"))
     table = summary["table"]
     assert table["all"]["clean"]["acc"] == 1.0 and table["all"]["degraded"]["acc"] == 0.5
     assert table["all"]["g2u_oracle"]["acc"] == 0.75 and table["blur"]["degraded"]["n"] == 20
-    assert table["family:extension"]["clean"]["n"] == 20
+    assert table["family:extension"]["clean"]["n"] == 20 and table["question:count"]["clean"]["n"] == 40
     gain = summary["oracle_gain"]
     assert gain["gain"] == pytest.approx(0.25) and gain["low"] < 0.25 < gain["high"]
     assert gain["recovered_share"] == pytest.approx(0.5)

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from g2u.demo import DEMO_MARKER, read_demo_marker
 from g2u.eval.datasets import Sample
 from g2u.eval.scoring import score_sample
 from g2u.pipeline import MCQ_INSTRUCTION, OPEN_INSTRUCTION, format_question
@@ -47,7 +48,8 @@ class TrainConfig:
     """Share of examples in the [degraded I, q, clean Î] form; the rest are [clean I, q]."""
     max_seconds: float = 600.0
     """Hard stop: the run ends (and saves) when this much time has passed, whatever ``steps`` says."""
-    threads: int = 2
+    threads: int = 1
+    """Torch CPU threads: 1, since on a shared machine two spinning OpenMP threads stall each other."""
 
 
 def question_text(question: str, options: Sequence[str] | None) -> str:
@@ -159,7 +161,8 @@ def train_demo_answerer(folder: str | Path, config: TrainConfig = TrainConfig(),
                         log: Callable[[str], None] = print) -> dict:
     """Write a qwen_image_edit demo checkpoint to ``folder`` whose answerer is trained on the sandbox.
 
-    Returns (and writes to ``folder/g2u_trained.json``) the training facts and held-out accuracies.
+    Returns (and writes to ``folder/g2u_trained.json``) the training facts and, with ``eval_n``, the
+    accuracies on that many held-out samples (clean alone, degraded alone, [degraded, q, clean]).
     """
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -171,14 +174,18 @@ def train_demo_answerer(folder: str | Path, config: TrainConfig = TrainConfig(),
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder / "text_encoder")
     processor = QwenVLImageProcessor.from_pretrained(folder, subfolder="processor")
     facts = train_answerer(model, processor, config, log=log)
-    held_out = [draw_sample(TRAIN_SEED_OFFSET + config.seed + 1, i) for i in range(eval_n)]
-    facts.update(
-        accuracy_clean=round(accuracy(model, processor, held_out), 4),
-        accuracy_degraded=round(accuracy(model, processor, held_out, use_degraded=True), 4),
-        accuracy_oracle_g2u=round(accuracy(model, processor, held_out, with_thought=True), 4),
-        eval_n=eval_n, config=config.__dict__,
-    )
+    facts.update(eval_n=eval_n, config=config.__dict__)
+    if eval_n:
+        held_out = [draw_sample(TRAIN_SEED_OFFSET + config.seed + 1, i) for i in range(eval_n)]
+        facts.update(
+            accuracy_clean=round(accuracy(model, processor, held_out), 4),
+            accuracy_degraded=round(accuracy(model, processor, held_out, use_degraded=True), 4),
+            accuracy_oracle_g2u=round(accuracy(model, processor, held_out, with_thought=True), 4),
+        )
     model.save_pretrained(folder / "text_encoder")
+    marker = read_demo_marker(folder) or {}
+    marker["answerer"] = "trained on the g2u sandbox (g2u demo train): answers sandbox questions, nothing else"
+    (folder / DEMO_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     (folder / TRAINED_MARKER).write_text(json.dumps(facts, indent=2) + "\n")
     log(json.dumps(facts))
     return facts

@@ -109,14 +109,16 @@ def evaluate_conditions(pipe, samples: Sequence[Sample], sandbox: Path, config: 
 
 
 def summarise(records: Sequence[dict], conditions: Sequence[str] = CONDITIONS) -> dict:
-    """Accuracy + Wilson interval per (row, condition) — rows: all, each degradation, each
-    degradation/severity, each family — and the paired oracle gain."""
+    """Accuracy + Wilson interval per (row, condition) — rows: all, each family, each question kind,
+    each degradation, each degradation/severity — and the paired oracle gain."""
     cells: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     from g2u.sandbox.degrade import DEGRADATIONS
 
     for r in records:
         family = DEGRADATIONS[r["degradation"]].family
-        for row in ("all", f"family:{family}", r["degradation"], f"{r['degradation']}/{r['severity']}"):
+        rows = ("all", f"family:{family}", f"question:{r['category']}", r["degradation"],
+                f"{r['degradation']}/{r['severity']}")
+        for row in rows:
             cells[row][r["condition"]].append(r["correct"])
     table = {}
     for row, by_cond in cells.items():
@@ -140,7 +142,9 @@ def summarise(records: Sequence[dict], conditions: Sequence[str] = CONDITIONS) -
 def _row_order(table: dict) -> list[str]:
     from g2u.sandbox.degrade import DEGRADATIONS
 
-    rows = ["all", "family:enhancement", "family:extension"]
+    from g2u.sandbox.questions import KINDS
+
+    rows = ["all", "family:enhancement", "family:extension", *(f"question:{k}" for k in KINDS)]
     for name in DEGRADATIONS:
         rows.append(name)
         rows.extend(sorted(r for r in table if r.startswith(f"{name}/")))
