@@ -45,6 +45,8 @@ class ReportConfig:
     editor_steps: int = 8
     max_new_tokens: int = 4
     conditions: tuple[str, ...] = CONDITIONS
+    threads: int = 1
+    """Torch CPU threads (1: on a shared CPU two spinning threads stall each other)."""
 
 
 def wilson(correct: int, total: int) -> tuple[float, float]:
@@ -178,6 +180,9 @@ def run_report(out_dir: str | Path, config: ReportConfig = ReportConfig(), sandb
     from g2u.demo.train import TrainConfig, read_training_facts, train_demo_answerer
     from g2u.pipeline import G2UPipeline
 
+    import torch
+
+    torch.set_num_threads(config.threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sandbox = Path(sandbox) if sandbox else out / "sandbox"
