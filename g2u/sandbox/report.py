@@ -143,7 +143,6 @@ def summarise(records: Sequence[dict], conditions: Sequence[str] = CONDITIONS) -
 
 def _row_order(table: dict) -> list[str]:
     from g2u.sandbox.degrade import DEGRADATIONS
-
     from g2u.sandbox.questions import KINDS
 
     rows = ["all", "family:enhancement", "family:extension", *(f"question:{k}" for k in KINDS)]
@@ -177,10 +176,10 @@ def run_report(out_dir: str | Path, config: ReportConfig = ReportConfig(), sandb
     """Build (or reuse) the sandbox and the trained answerer under ``out_dir``, evaluate every condition,
     write ``records.jsonl``, ``report.json`` and ``table.md`` there; returns the summary (``table_text``: the
     printable table)."""
+    import torch
+
     from g2u.demo.train import TrainConfig, read_training_facts, train_demo_answerer
     from g2u.pipeline import G2UPipeline
-
-    import torch
 
     torch.set_num_threads(config.threads)
     out = Path(out_dir)
