@@ -190,3 +190,27 @@ def test_cli_commands_build_a_sandbox(tmp_path, capsys):
     assert parser.parse_args(["demo", "train", str(tmp_path / "ck"), "--steps", "3"]).steps == 3
     with pytest.raises(SystemExit):
         parser.parse_args(["sandbox", "build", str(tmp_path / "x"), "--n", "0"])
+
+
+def test_report_pairs_conditions_per_sample(demo_root, tmp_path):
+    """replace with the oracle thought sends [clean Î, q], exactly what baseline on the clean image
+    sends: their answers must agree sample by sample (a pairing or ordering bug breaks this)."""
+    from g2u.sandbox.report import ReportConfig, run_report
+
+    build_sandbox(tmp_path / "sb", N_CELLS, seed=5)
+    (tmp_path / "ck").mkdir()
+    import shutil
+
+    shutil.copytree(demo_root / "qwen_image_edit", tmp_path / "ck", dirs_exist_ok=True)
+    (tmp_path / "ck" / "g2u_trained.json").write_text("{}")  # use the random demo as the answerer
+    config = ReportConfig(n=N_CELLS, batch_size=8, conditions=("clean", "degraded", "replace_oracle"))
+    summary = run_report(tmp_path / "out", config, sandbox=tmp_path / "sb", checkpoint=tmp_path / "ck",
+                         log=lambda m: None)
+    records = [json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]
+    by = {(r["id"], r["condition"]): r["prediction"] for r in records}
+    ids = {r["id"] for r in records}
+    assert len(ids) == N_CELLS and len(records) == 3 * N_CELLS
+    assert all(by[(i, "clean")] == by[(i, "replace_oracle")] for i in ids)
+    table = summary["table"]["all"]
+    assert table["clean"]["acc"] == table["replace_oracle"]["acc"]
+    assert (tmp_path / "out" / "table.md").read_text().startswith("| row | n |")

@@ -48,6 +48,8 @@ class TrainConfig:
     """Share of examples in the [degraded I, q, clean Î] form; the rest are [clean I, q]."""
     max_seconds: float = 600.0
     """Hard stop: the run ends (and saves) when this much time has passed, whatever ``steps`` says."""
+    vision_lr_scale: float = 1.0
+    """Learning-rate multiplier of the vision tower (its gradients are ~100× smaller than the LM's)."""
     hidden_size: int = 32
     """Width of the answerer (and of the editor's joint attention, which reads its hidden states)."""
     threads: int = 1
@@ -155,7 +157,11 @@ def train_answerer(model, processor, config: TrainConfig, log: Callable[[str], N
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
+    visual = [p for n, p in model.named_parameters() if ".visual." in f".{n}"]
+    ids = {id(p) for p in visual}
+    text = [p for p in model.parameters() if id(p) not in ids]
+    optimizer = torch.optim.AdamW([{"params": text}, {"params": visual, "lr": config.lr * config.vision_lr_scale}],
+                                  lr=config.lr, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
     data_seed = TRAIN_SEED_OFFSET + config.seed
     calib = [draw_sample(data_seed - 1, i) for i in range(32)]
