@@ -4,7 +4,8 @@ The effect is known by construction: answering from a degraded image is worse th
 and g2u with the clean image as its thought ([degraded I, q, clean Î]) beats the degraded baseline. A
 change that breaks scoring, the pairing of samples and conditions, the [I, q, Î] ordering or the delta
 computation makes these fail. Margins come from the spread measured over sandbox seeds (see the
-numbers beside them).
+numbers beside them) — PROVISIONAL: no answerer trained so far reads images, so the spread could not
+be measured yet and the test is a strict xfail until it does.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 
 from g2u.demo.train import TrainConfig, read_training_facts, train_demo_answerer
 
-E2E_TRAIN = TrainConfig(steps=400, lr=1e-2, warmup=40, max_seconds=900)
+E2E_TRAIN = TrainConfig(steps=400, lr=5e-3, warmup=50, max_seconds=900)
 E2E_N = 70
 CLEAN_OVER_DEGRADED = 0.10
 ORACLE_OVER_DEGRADED = 0.10
@@ -41,6 +42,10 @@ def trained_answerer(request) -> Path:
 
 
 @pytest.mark.e2e
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 18 open: the CPU-trained tiny answerer learns the answer priors but not to read images "
+    "(clean = degraded = oracle accuracy, logits move <0.01 between images); strict, so this fails "
+    "loudly once training works and the margins must then be set from the measured spread"))
 def test_sandbox_report_shows_the_known_effect(trained_answerer, tmp_path):
     from g2u.sandbox.report import ReportConfig, run_report
 

@@ -39,14 +39,14 @@ TRAIN_SEED_OFFSET = 1_000_003
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 600
+    steps: int = 1200
     batch_size: int = 16
-    lr: float = 3e-3
-    warmup: int = 30
+    lr: float = 5e-3
+    warmup: int = 50
     seed: int = 0
     thought_share: float = 0.5
     """Share of examples in the [degraded I, q, clean Î] form; the rest are [clean I, q]."""
-    max_seconds: float = 600.0
+    max_seconds: float = 540.0
     """Hard stop: the run ends (and saves) when this much time has passed, whatever ``steps`` says."""
     vision_lr_scale: float = 1.0
     """Learning-rate multiplier of the vision tower (its gradients are ~100× smaller than the LM's)."""
