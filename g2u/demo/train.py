@@ -50,6 +50,8 @@ class TrainConfig:
     """Hard stop: the run ends (and saves) when this much time has passed, whatever ``steps`` says."""
     vision_lr_scale: float = 1.0
     """Learning-rate multiplier of the vision tower (its gradients are ~100× smaller than the LM's)."""
+    freeze_merger: bool = False
+    """Keep the calibrated vision merger fixed, so training cannot collapse image tokens onto one vector there."""
     hidden_size: int = 32
     """Width of the answerer (and of the editor's joint attention, which reads its hidden states)."""
     threads: int = 1
@@ -157,9 +159,11 @@ def train_answerer(model, processor, config: TrainConfig, log: Callable[[str], N
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
-    visual = [p for n, p in model.named_parameters() if ".visual." in f".{n}"]
+    if config.freeze_merger:
+        model.model.visual.merger.requires_grad_(False)
+    visual = [p for n, p in model.named_parameters() if ".visual." in f".{n}" and p.requires_grad]
     ids = {id(p) for p in visual}
-    text = [p for p in model.parameters() if id(p) not in ids]
+    text = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": text}, {"params": visual, "lr": config.lr * config.vision_lr_scale}],
                                   lr=config.lr, weight_decay=0.01)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))

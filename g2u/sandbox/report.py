@@ -166,7 +166,9 @@ def format_table(summary: dict, conditions: Sequence[str] = CONDITIONS) -> str:
     lines.append("")
     lines.append(f"oracle gain (g2u with the clean image as thought − baseline on the degraded image, paired): "
                  f"{100 * g['gain']:+.1f} points [bootstrap 95% {100 * g['low']:+.1f}, {100 * g['high']:+.1f}], "
-                 f"recovering {100 * g['recovered_share']:.0f}% of the clean−degraded gap")
+                 + (f"recovering {100 * g['recovered_share']:.0f}% of the clean−degraded gap"
+                    if g["recovered_share"] == g["recovered_share"]
+                    else "no clean−degraded gap to recover (the answerer does not read the degradation)"))
     return "\n".join(lines)
 
 
