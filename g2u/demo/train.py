@@ -39,7 +39,7 @@ TRAIN_SEED_OFFSET = 1_000_003
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1200
+    steps: int = 2400
     batch_size: int = 16
     lr: float = 5e-3
     warmup: int = 50
@@ -50,7 +50,7 @@ class TrainConfig:
     """Hard stop: the run ends (and saves) when this much time has passed, whatever ``steps`` says."""
     vision_lr_scale: float = 1.0
     """Learning-rate multiplier of the vision tower (its gradients are ~100× smaller than the LM's)."""
-    freeze_merger: bool = False
+    freeze_merger: bool = True
     """Keep the calibrated vision merger fixed, so training cannot collapse image tokens onto one vector there."""
     hidden_size: int = 32
     """Width of the answerer (and of the editor's joint attention, which reads its hidden states)."""
