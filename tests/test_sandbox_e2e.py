@@ -3,9 +3,11 @@
 The effect is known by construction: answering from a degraded image is worse than from the clean one,
 and g2u with the clean image as its thought ([degraded I, q, clean Î]) beats the degraded baseline. A
 change that breaks scoring, the pairing of samples and conditions, the [I, q, Î] ordering or the delta
-computation makes these fail. Margins come from the spread measured over sandbox seeds (see the
-numbers beside them) — PROVISIONAL: no answerer trained so far reads images, so the spread could not
-be measured yet and the test is a strict xfail until it does.
+computation makes these fail. Training is deterministic (seeded, one CPU thread), so the model is the
+same on every run; the margins are about half the smallest effect measured over sandbox seeds 1–3 at
+n=700 with the default training: clean − degraded 5.1–6.0 points, oracle g2u − degraded 4.0–4.3 points
+(paired bootstrap 95% intervals from +1.6), clean accuracy 47–50% (answer-prior chance ≈ 35–38%).
+The first run trains (≈5 min on the shared 2-core machine); later runs reuse pytest's cache.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ import pytest
 
 from g2u.demo.train import TrainConfig, read_training_facts, train_demo_answerer
 
-E2E_TRAIN = TrainConfig(steps=400, lr=5e-3, warmup=50, max_seconds=900)
-E2E_N = 70
-CLEAN_OVER_DEGRADED = 0.10
-ORACLE_OVER_DEGRADED = 0.10
-ABOVE_CHANCE_CLEAN = 0.45
+E2E_TRAIN = TrainConfig(max_seconds=1800)
+E2E_N = 700
+E2E_SEED = 1
+CLEAN_OVER_DEGRADED = 0.025
+ORACLE_OVER_DEGRADED = 0.02
+ABOVE_CHANCE_CLEAN = 0.42
 CODE = ("g2u/demo/train.py", "g2u/sandbox/scenes.py", "g2u/sandbox/questions.py", "g2u/sandbox/degrade.py",
         "g2u/sandbox/samples.py", "g2u/backends/qwen_vl.py", "g2u/demo/qwen.py")
 
@@ -42,18 +45,16 @@ def trained_answerer(request) -> Path:
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 18 open: the CPU-trained tiny answerer learns the answer priors but not to read images "
-    "(clean = degraded = oracle accuracy, logits move <0.01 between images); strict, so this fails "
-    "loudly once training works and the margins must then be set from the measured spread"))
 def test_sandbox_report_shows_the_known_effect(trained_answerer, tmp_path):
     from g2u.sandbox.report import ReportConfig, run_report
 
-    config = ReportConfig(n=E2E_N, seed=11, batch_size=E2E_N, conditions=("clean", "degraded", "g2u_oracle"))
+    config = ReportConfig(n=E2E_N, seed=E2E_SEED, conditions=("clean", "degraded", "g2u_oracle"))
     summary = run_report(tmp_path, config, checkpoint=trained_answerer, log=lambda m: None)
     acc = {cond: cell["acc"] for cond, cell in summary["table"]["all"].items()}
     assert acc["clean"] >= ABOVE_CHANCE_CLEAN, acc
     assert acc["clean"] - acc["degraded"] >= CLEAN_OVER_DEGRADED, acc
     assert acc["g2u_oracle"] - acc["degraded"] >= ORACLE_OVER_DEGRADED, acc
-    assert summary["oracle_gain"]["gain"] == pytest.approx(acc["g2u_oracle"] - acc["degraded"])
+    gain = summary["oracle_gain"]
+    assert gain["gain"] == pytest.approx(acc["g2u_oracle"] - acc["degraded"])
+    assert gain["low"] > 0, gain  # the paired interval excludes no gain
     assert (tmp_path / "table.md").read_text().count("\n") > 20
