@@ -5,8 +5,8 @@ and g2u with the clean image as its thought ([degraded I, q, clean Î]) beats th
 change that breaks scoring, the pairing of samples and conditions, the [I, q, Î] ordering or the delta
 computation makes these fail. Training is deterministic (seeded, one CPU thread), so the model is the
 same on every run; the margins are about half the smallest effect measured over sandbox seeds 1–3 at
-n=700 with the default training: clean − degraded 5.1–6.0 points, oracle g2u − degraded 4.0–4.3 points
-(paired bootstrap 95% intervals from +1.6), clean accuracy 47–50% (answer-prior chance ≈ 35–38%).
+n=700 with the default training: clean − degraded 5.1–6.0 points, oracle g2u − degraded 4.0–5.1 points
+(paired bootstrap 95% intervals from +1.6), clean accuracy 45–50% (answer-prior chance ≈ 35–38%).
 The first run trains (≈5 min on the shared 2-core machine); later runs reuse pytest's cache.
 """
 
