@@ -1,4 +1,4 @@
-"""The ``g2u`` command: ``g2u predict``, ``g2u demo build``, ``g2u prompts``."""
+"""The ``g2u`` command: ``g2u predict``, ``g2u demo build|train``, ``g2u sandbox build|report``, ``g2u prompts``."""
 
 from __future__ import annotations
 
@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--backend", action="append", help="only these (repeatable)")
     b.set_defaults(func=_demo_build)
+
+    from g2u.sandbox.cli import add_commands as add_sandbox_commands
+    from g2u.sandbox.cli import add_demo_train
+
+    add_demo_train(demo)  # g2u demo train OUT: the tiny answerer trained on sandbox scenes
+    add_sandbox_commands(sub)  # g2u sandbox build DIR / g2u sandbox report --out DIR
 
     pr = sub.add_parser("prompts", help="list the edit-prompt library")
     pr.add_argument("--library", help="a prompt library YAML (default: the shipped one)")

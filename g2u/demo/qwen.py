@@ -63,8 +63,12 @@ def build_qwen_image_edit_plus_demo(folder: Path, seed: int = 0) -> None:
     build_qwen_image_edit_demo(folder, seed=seed, pipeline_class="QwenImageEditPlusPipeline")
 
 
-def build_qwen_image_edit_demo(folder: Path, seed: int = 0, pipeline_class: str = "QwenImageEditPipeline") -> None:
-    """Write a tiny random Qwen-Image-Edit checkpoint to ``folder`` (same seed → identical files)."""
+def build_qwen_image_edit_demo(folder: Path, seed: int = 0, pipeline_class: str = "QwenImageEditPipeline",
+                               text_hidden_size: int = TEXT_HIDDEN_SIZE) -> None:
+    """Write a tiny random Qwen-Image-Edit checkpoint to ``folder`` (same seed → identical files).
+
+    ``text_hidden_size`` widens the text encoder (and the transformer's ``joint_attention_dim`` with it):
+    ``g2u demo train`` uses a wider answerer than the random demo."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -90,14 +94,14 @@ def build_qwen_image_edit_demo(folder: Path, seed: int = 0, pipeline_class: str 
             num_layers=2,
             attention_head_dim=16,
             num_attention_heads=2,
-            joint_attention_dim=TEXT_HIDDEN_SIZE,
+            joint_attention_dim=text_hidden_size,
             guidance_embeds=False,
             axes_dims_rope=(4, 6, 6),
         )
     vae.save_pretrained(folder / "vae")
     transformer.save_pretrained(folder / "transformer")
 
-    text_encoder, _, processor = build_tiny_qwen2_5_vl(None, seed=seed + 2, hidden_size=TEXT_HIDDEN_SIZE)
+    text_encoder, _, processor = build_tiny_qwen2_5_vl(None, seed=seed + 2, hidden_size=text_hidden_size)
     text_encoder.save_pretrained(folder / "text_encoder")
     save_qwen_vl_processor(folder / "tokenizer", processor, with_vision=False)
     save_qwen_vl_processor(folder / "processor", processor)

@@ -1,0 +1,207 @@
+"""``g2u sandbox report``: the known G→U effect, measured through the real pipeline.
+
+Conditions, each answered by ``G2UPipeline.understand`` on the trained demo checkpoint:
+
+- ``clean``: baseline mode on the clean image (the ceiling),
+- ``degraded``: baseline mode on the degraded image,
+- ``g2u_oracle``: g2u mode, [degraded I, q, Î] with Î the clean image (the oracle thought),
+- ``replace_oracle``: replace mode, [Î, q] with the oracle thought,
+- ``g2u_editor``: g2u mode with the thoughts the demo editor imagines (stage I for real, with the edit
+  prompt family the degradation calls for).
+
+Accuracy per degradation type and severity with Wilson 95% intervals (scipy), and the paired oracle gain
+(g2u_oracle − degraded on the same samples) with a bootstrap 95% interval.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import stats
+
+from g2u.eval.datasets import Sample, load_dataset
+from g2u.eval.scoring import score_sample
+from g2u.sandbox.build import MANIFEST, build_sandbox
+from g2u.schema import parse_request
+from g2u.types import EditRecord, Thought
+
+CONDITIONS = ("clean", "degraded", "g2u_oracle", "replace_oracle", "g2u_editor")
+CONDITION_MODES = {"clean": "baseline", "degraded": "baseline", "g2u_oracle": "g2u", "replace_oracle": "replace",
+                   "g2u_editor": "g2u"}
+ORACLE_PROMPT = "oracle thought: the clean image"
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    n: int = 280
+    seed: int = 0
+    batch_size: int = 16
+    editor_steps: int = 8
+    max_new_tokens: int = 4
+    conditions: tuple[str, ...] = CONDITIONS
+    threads: int = 1
+    """Torch CPU threads (1: on a shared CPU two spinning threads stall each other)."""
+
+
+def wilson(correct: int, total: int) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (scipy's binomtest)."""
+    if total == 0:
+        return (float("nan"), float("nan"))
+    ci = stats.binomtest(correct, total).proportion_ci(confidence_level=0.95, method="wilson")
+    return (float(ci.low), float(ci.high))
+
+
+def paired_gain(better: Sequence[bool], base: Sequence[bool], seed: int = 0) -> dict[str, float]:
+    """Mean paired difference (in accuracy points) with a bootstrap 95% interval (scipy.stats.bootstrap)."""
+    diff = np.asarray(better, dtype=float) - np.asarray(base, dtype=float)
+    if len(diff) < 2:
+        return {"gain": float(diff.mean()) if len(diff) else float("nan"), "low": float("nan"), "high": float("nan")}
+    res = stats.bootstrap((diff,), np.mean, confidence_level=0.95, n_resamples=2000, method="percentile",
+                          rng=np.random.default_rng(seed))
+    return {"gain": float(diff.mean()), "low": float(res.confidence_interval.low),
+            "high": float(res.confidence_interval.high)}
+
+
+def _oracle_thought(clean: Image.Image, family: str) -> Thought:
+    record = EditRecord(prompt=ORACLE_PROMPT, prompt_name=None, family=family, writer="oracle", steps=0,
+                        text_cfg=0.0, image_cfg=0.0, seed=0, size=clean.size)
+    return Thought(image=clean, edit=record)
+
+
+def _request(sample: Sample, image: Image.Image, mode: str, config: ReportConfig):
+    fields = {"question": sample.question, "options": sample.options, "mode": mode,
+              "family": sample.extra["expected_family"], "steps": config.editor_steps,
+              "max_new_tokens": config.max_new_tokens, "id": sample.id}
+    req = parse_request({k: v for k, v in fields.items() if v is not None}, image=image)
+    req.gold_answer = sample.answer
+    return req
+
+
+def evaluate_conditions(pipe, samples: Sequence[Sample], sandbox: Path, config: ReportConfig,
+                        log: Callable[[str], None] = print) -> list[dict]:
+    """One record per (sample, condition): id, condition, degradation, severity, category, prediction,
+    correct."""
+    records = []
+    for start in range(0, len(samples), config.batch_size):
+        chunk = samples[start:start + config.batch_size]
+        degraded = [s.load_image() for s in chunk]
+        clean = [Image.open(sandbox / s.extra["oracle_thought"]).convert("RGB") for s in chunk]
+        for condition in config.conditions:
+            mode = CONDITION_MODES[condition]
+            images = clean if condition == "clean" else degraded
+            requests = [_request(s, img, mode, config) for s, img in zip(chunk, images)]
+            if condition in ("g2u_oracle", "replace_oracle"):
+                thoughts = [_oracle_thought(c, s.extra["expected_family"]) for s, c in zip(chunk, clean)]
+            elif condition == "g2u_editor":
+                thoughts = pipe.imagine(requests)
+            else:
+                thoughts = [None] * len(chunk)
+            for s, result in zip(chunk, pipe.understand(requests, thoughts)):
+                records.append({"id": s.id, "condition": condition, "degradation": s.extra["degradation"],
+                                "severity": s.extra["severity"], "category": s.category,
+                                "prediction": result.answer, "correct": bool(score_sample(s, result.answer))})
+        log(f"evaluated {min(start + config.batch_size, len(samples))}/{len(samples)} samples")
+    return records
+
+
+def summarise(records: Sequence[dict], conditions: Sequence[str] = CONDITIONS) -> dict:
+    """Accuracy + Wilson interval per (row, condition) — rows: all, each family, each question kind,
+    each degradation, each degradation/severity — and the paired oracle gain."""
+    cells: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    from g2u.sandbox.degrade import DEGRADATIONS
+
+    for r in records:
+        family = DEGRADATIONS[r["degradation"]].family
+        rows = ("all", f"family:{family}", f"question:{r['category']}", r["degradation"],
+                f"{r['degradation']}/{r['severity']}")
+        for row in rows:
+            cells[row][r["condition"]].append(r["correct"])
+    table = {}
+    for row, by_cond in cells.items():
+        table[row] = {}
+        for cond in conditions:
+            hits = by_cond.get(cond, [])
+            low, high = wilson(sum(hits), len(hits))
+            table[row][cond] = {"acc": sum(hits) / len(hits) if hits else float("nan"), "low": low, "high": high,
+                                "n": len(hits)}
+    by_id = defaultdict(dict)
+    for r in records:
+        by_id[r["id"]][r["condition"]] = r["correct"]
+    paired = [v for v in by_id.values() if "g2u_oracle" in v and "degraded" in v]
+    gain = paired_gain([v["g2u_oracle"] for v in paired], [v["degraded"] for v in paired])
+    overall = table["all"]
+    gap = overall["clean"]["acc"] - overall["degraded"]["acc"] if "clean" in overall else float("nan")
+    gain["recovered_share"] = gain["gain"] / gap if gap > 0 else float("nan")
+    return {"table": table, "oracle_gain": gain}
+
+
+def _row_order(table: dict) -> list[str]:
+    from g2u.sandbox.degrade import DEGRADATIONS
+    from g2u.sandbox.questions import KINDS
+
+    rows = ["all", "family:enhancement", "family:extension", *(f"question:{k}" for k in KINDS)]
+    for name in DEGRADATIONS:
+        rows.append(name)
+        rows.extend(sorted(r for r in table if r.startswith(f"{name}/")))
+    return [r for r in rows if r in table]
+
+
+def format_table(summary: dict, conditions: Sequence[str] = CONDITIONS) -> str:
+    """Markdown table: accuracy % [Wilson 95%] per row and condition, then the oracle-gain line."""
+    table = summary["table"]
+    lines = ["| row | n | " + " | ".join(conditions) + " |", "|---|---:|" + "---|" * len(conditions)]
+    for row in _row_order(table):
+        cells = table[row]
+        n = next(iter(cells.values()))["n"]
+        lines.append(f"| {row} | {n} | " + " | ".join(
+            f"{100 * c['acc']:.1f} [{100 * c['low']:.0f}–{100 * c['high']:.0f}]" for c in
+            (cells[k] for k in conditions)) + " |")
+    g = summary["oracle_gain"]
+    lines.append("")
+    lines.append(f"oracle gain (g2u with the clean image as thought − baseline on the degraded image, paired): "
+                 f"{100 * g['gain']:+.1f} points [bootstrap 95% {100 * g['low']:+.1f}, {100 * g['high']:+.1f}], "
+                 + (f"recovering {100 * g['recovered_share']:.0f}% of the clean−degraded gap"
+                    if g["recovered_share"] == g["recovered_share"]
+                    else "no clean−degraded gap to recover (the answerer does not read the degradation)"))
+    return "\n".join(lines)
+
+
+def run_report(out_dir: str | Path, config: ReportConfig = ReportConfig(), sandbox: str | Path | None = None,
+               checkpoint: str | Path | None = None, train_config=None,
+               log: Callable[[str], None] = print) -> dict:
+    """Build (or reuse) the sandbox and the trained answerer under ``out_dir``, evaluate every condition,
+    write ``records.jsonl``, ``report.json`` and ``table.md`` there; returns the summary (``table_text``: the
+    printable table)."""
+    import torch
+
+    from g2u.demo.train import TrainConfig, read_training_facts, train_demo_answerer
+    from g2u.pipeline import G2UPipeline
+
+    torch.set_num_threads(config.threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sandbox = Path(sandbox) if sandbox else out / "sandbox"
+    if not (sandbox / MANIFEST).is_file():
+        log(f"building the sandbox in {sandbox}: {build_sandbox(sandbox, config.n, config.seed)}")
+    checkpoint = Path(checkpoint) if checkpoint else out / "qwen_image_edit_trained"
+    if read_training_facts(checkpoint) is None:
+        log(f"training the answerer into {checkpoint}")
+        train_demo_answerer(checkpoint, train_config or TrainConfig(), log=log)
+    pipe = G2UPipeline.from_checkpoint(str(checkpoint), "qwen_image_edit")
+    samples = load_dataset(sandbox)
+    records = evaluate_conditions(pipe, samples, sandbox, config, log=log)
+    summary = summarise(records, config.conditions)
+    summary.update(sandbox=str(sandbox), checkpoint=str(checkpoint), n=len(samples),
+                   training=read_training_facts(checkpoint), config=config.__dict__)
+    (out / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    text = format_table(summary, config.conditions)
+    (out / "table.md").write_text(text + "\n")
+    summary["table_text"] = text
+    return summary
