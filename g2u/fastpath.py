@@ -64,6 +64,9 @@ STOCK = FastPath(vision_reuse=False, static_cache=False, compile_decode=False)
 
 # ------------------------------------------------------------------------------------------ vision reuse
 
+VISION_REUSE_MODELS = ("qwen2_5_vl", "qwen2_vl")
+"""Models whose ``get_image_features(pixel_values, image_grid_thw)`` encodes each image independently."""
+
 class VisionEncodingCache:
     """Wraps a Qwen2/2.5-VL model's ``get_image_features``: images whose patches and grid were seen
     before are not encoded again. Keyed by the pixel bytes (exact), bounded LRU."""
@@ -86,7 +89,7 @@ class VisionEncodingCache:
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         kwargs.pop("return_dict", None)
-        if image_grid_thw is None or torch.is_grad_enabled():
+        if image_grid_thw is None or torch.is_grad_enabled() or kwargs:
             return self.original(pixel_values, image_grid_thw, return_dict=True, **kwargs)
         sizes = image_grid_thw.prod(-1).tolist()
         chunks = torch.split(pixel_values, sizes)
@@ -173,10 +176,11 @@ def apply_fast_path(backend: Any, config: FastPath | None = None) -> FastPath:
     device = answer_model.device if answer_model is not None else torch.device("cpu")
     cfg = (config or FastPath()).resolved(device)
     if answer_model is not None and hasattr(answer_model, "generate"):
-        if cfg.vision_reuse and hasattr(getattr(answer_model, "model", None), "get_image_features"):
-            enable_vision_reuse(answer_model)
-        elif not cfg.vision_reuse:
-            disable_vision_reuse(answer_model)
+        if getattr(answer_model.config, "model_type", None) in VISION_REUSE_MODELS:
+            if cfg.vision_reuse:
+                enable_vision_reuse(answer_model)
+            else:
+                disable_vision_reuse(answer_model)
         set_decoding(answer_model, cfg.static_cache, cfg.compile_decode)
     transformer = getattr(pipe, "transformer", None)
     if transformer is not None:
