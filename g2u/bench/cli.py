@@ -41,8 +41,13 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     from g2u.bench.runner import format_report, run_bench
 
+    logging.getLogger("g2u.bench").setLevel(logging.INFO)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     report = run_bench(config_from_args(args))
     text = json.dumps(report, indent=2, default=str)
     if args.json_out:

@@ -11,6 +11,7 @@ answer with HF ``generate`` defaults (dynamic KV cache, every image encoded wher
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
 import statistics
@@ -27,6 +28,7 @@ from g2u.bench.timing import peak_memory_mb, reset_peak, timed
 from g2u.errors import InputError
 from g2u.fastpath import STOCK, FastPath, VisionEncodingCache, apply_fast_path
 
+log = logging.getLogger("g2u.bench")
 BACKENDS = ("qwen_image_edit",)
 QUESTION = "Which shape is red?"
 DEFAULTS = {  # size: (edit size, steps, answer tokens)
@@ -189,6 +191,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     backend = QwenImageEditBackend(pipe, info, default_edit_area=width * height)
     g2u = G2UPipeline(backend)
     report["build_s"] = round(time.perf_counter() - start, 2)
+    log.info("built %s in %.1f s", cfg.size, report["build_s"])
 
     image = sample_image(width, height)
     fields = {"question": QUESTION, "steps": cfg.steps, "text_cfg": cfg.text_cfg, "seed": cfg.seed,
@@ -234,12 +237,14 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
 
     def stock_rep(rep: int):
         sample, thought, answer = stock_once()
+        log.info("stock round %d: %s", rep, {k: round(v, 1) for k, v in sample.items()})
         if rep >= cfg.warmup:
             stock_samples.append(sample)
         return thought, answer
 
     def fast_rep(rep: int):
         sample, result = fast_once()
+        log.info("fast round %d: %s", rep, {k: round(v, 1) for k, v in sample.items()})
         if rep >= cfg.warmup:
             fast_samples.append(sample)
         return result
@@ -268,6 +273,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     cache = model.model.__dict__.get("get_image_features")
     vision = {"hits": cache.hits, "misses": cache.misses} if isinstance(cache, VisionEncodingCache) else None
 
+    log.info("timing done; measuring drift and per-token decode")
     # ---- drift of the fast path against stock
     drift: dict[str, Any] = {"thought_vs_stock": fidelity(stock_thought, fast_thought),
                              "thought_max_abs_diff": int(np.abs(np.asarray(stock_thought, dtype=np.int16)
