@@ -89,7 +89,8 @@ class VisionEncodingCache:
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         kwargs.pop("return_dict", None)
-        if image_grid_thw is None or torch.is_grad_enabled() or kwargs:
+        # Other kwargs (output_hidden_states from the text encoder's caller) do not change pooled features.
+        if image_grid_thw is None or torch.is_grad_enabled():
             return self.original(pixel_values, image_grid_thw, return_dict=True, **kwargs)
         sizes = image_grid_thw.prod(-1).tolist()
         chunks = torch.split(pixel_values, sizes)
