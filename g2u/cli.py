@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_demo_train(demo)  # g2u demo train OUT: the tiny answerer trained on sandbox scenes
     add_sandbox_commands(sub)  # g2u sandbox build DIR / g2u sandbox report --out DIR
+    from g2u.bench.cli import add_command as add_bench_command
+
+    add_bench_command(sub)  # g2u bench --size tiny|small|real [--flops]
 
     pr = sub.add_parser("prompts", help="list the edit-prompt library")
     pr.add_argument("--library", help="a prompt library YAML (default: the shipped one)")

@@ -51,7 +51,7 @@ def load_backend(checkpoint: str | None, backend: str | None = None, *, editor: 
     if backend is not None and backend not in BACKENDS:
         raise CheckpointError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if offload == "none" and quantize == "none":
-        return _load(checkpoint, backend, editor, answerer, device, dtype)
+        return _fast(_load(checkpoint, backend, editor, answerer, device, dtype))
     from g2u.devices import dtype_name, resolve_device, resolve_dtype
     from g2u.memory import apply_memory_fit, validate_memory_fit
 
@@ -61,7 +61,16 @@ def load_backend(checkpoint: str | None, backend: str | None = None, *, editor: 
     staging = "cpu" if target.type == "cuda" else device  # the fit moves (or offloads) the weights itself
     loaded = _load(checkpoint, backend, editor, answerer, staging, dtype or dtype_name(resolve_dtype(None, target)))
     apply_memory_fit(loaded, offload=offload, quantize=quantize, device=target)
-    return loaded
+    return _fast(loaded)
+
+
+def _fast(backend: Backend) -> Backend:
+    """The fast path where it is exact (``g2u.fastpath``: vision encodings reused; on CUDA a static,
+    compiled decode cache); the opt-in modes stay off."""
+    from g2u.fastpath import apply_fast_path
+
+    apply_fast_path(backend)
+    return backend
 
 
 def _load(checkpoint: str | None, backend: str | None, editor: str | None, answerer: str | None,

@@ -199,6 +199,12 @@ def build_tiny_qwen2_5_vl(
     vocab_size: int = 640,
     min_pixels: int = 28 * 28 * 4,
     max_pixels: int = 28 * 28 * 16,
+    heads: int = 2,
+    kv_heads: int = 1,
+    intermediate_size: int | None = None,
+    vision_hidden: int | None = None,
+    vision_intermediate: int | None = None,
+    fullatt_block_indexes: Sequence[int] | None = None,
 ) -> tuple[Any, Any, QwenVLImageProcessor]:
     """Tiny random ``Qwen2_5_VLForConditionalGeneration`` + tokenizer + image-only processor.
 
@@ -206,15 +212,16 @@ def build_tiny_qwen2_5_vl(
     an image costs 4–16 merged vision tokens and CPU tests stay fast. With ``folder`` given, everything is
     saved there in the real Qwen2.5-VL layout (config.json, generation_config.json, model.safetensors,
     tokenizer files, preprocessor_config.json, video_preprocessor_config.json, chat_template.jinja).
-    Returns ``(model, tokenizer, processor)``.
+    The width knobs (heads, intermediate sizes, vision width) let ``g2u.bench`` build the real depth at
+    reduced width. Returns ``(model, tokenizer, processor)``.
     """
     from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     tokenizer = _train_tiny_qwen_tokenizer(vocab_size)
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in QWEN_SPECIAL_TOKENS}
     padded_vocab = (len(tokenizer) + 63) // 64 * 64  # the real checkpoints pad the embedding rows too
-    heads = 2
     head_dim = hidden_size // heads
+    vision_hidden = vision_hidden or hidden_size
     # mrope sections (t, h, w) sum to head_dim / 2 in the real proportions: [16, 24, 24] for head_dim 128.
     half = head_dim // 2
     hw = (half - half // 4) // 2
@@ -223,10 +230,10 @@ def build_tiny_qwen2_5_vl(
         text_config={
             "vocab_size": padded_vocab,
             "hidden_size": hidden_size,
-            "intermediate_size": hidden_size * 2,
+            "intermediate_size": intermediate_size or hidden_size * 2,
             "num_hidden_layers": num_layers,
             "num_attention_heads": heads,
-            "num_key_value_heads": 1,
+            "num_key_value_heads": kv_heads,
             "max_position_embeddings": 4096,
             "rms_norm_eps": 1e-6,
             "rope_parameters": {
@@ -240,15 +247,15 @@ def build_tiny_qwen2_5_vl(
         },
         vision_config={
             "depth": vision_depth,
-            "hidden_size": hidden_size,
-            "intermediate_size": hidden_size * 2,
+            "hidden_size": vision_hidden,
+            "intermediate_size": vision_intermediate or vision_hidden * 2,
             "num_heads": heads,
             "out_hidden_size": hidden_size,
             "patch_size": 14,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
             "window_size": 112,
-            "fullatt_block_indexes": [vision_depth - 1],
+            "fullatt_block_indexes": list(fullatt_block_indexes or [vision_depth - 1]),
         },
         image_token_id=ids[IMAGE_TOKEN],
         video_token_id=ids[VIDEO_TOKEN],
@@ -324,20 +331,14 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def generate_answers(
-    model: Any, processor: Any, contents: Sequence[Sequence[ContentPart]], params: AnswerParams
-) -> list[str]:
-    """Answer a batch of interleaved image/text prompts with one ``generate`` call.
+def prepare_answer_inputs(model: Any, processor: Any, contents: Sequence[Sequence[ContentPart]]) -> Any:
+    """Processor outputs for a batch of interleaved image/text prompts, on the model's device.
 
     Each item becomes one user turn whose parts keep their reading order ({"type": "image"} /
     {"type": "text"}), or several turns where ``Turn`` parts say so (the ``multiturn`` layout); the
-    processor's chat template adds the generation prompt. Left padding, so every
-    row's new tokens start at the same column and only those are decoded. ``temperature == 0`` is greedy.
-    Generic over transformers image-text-to-text models (Qwen2/2.5-VL, LLaVA, ...): the model-specific
-    parts are the processor and its chat template.
+    processor's chat template adds the generation prompt. Left padding, so every row's new tokens start at
+    the same column.
     """
-    if not contents:
-        return []
     texts: list[str] = []
     images: list[Image.Image] = []
     for parts in contents:
@@ -371,7 +372,13 @@ def generate_answers(
     inputs = inputs.to(device)
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    return inputs
 
+
+def answer_generate_kwargs(model: Any, processor: Any, params: AnswerParams) -> dict[str, Any]:
+    """``generate`` arguments for ``params`` (greedy at temperature 0). How the KV cache is kept and
+    whether decoding is compiled come from ``model.generation_config`` (see ``g2u.fastpath``)."""
+    tokenizer = getattr(processor, "tokenizer", processor)
     generate_kwargs: dict[str, Any] = {"max_new_tokens": params.max_new_tokens,
                                        "stopping_criteria": StoppingCriteriaList([deadline_criteria()])}
     if params.temperature > 0:
@@ -380,10 +387,27 @@ def generate_answers(
         generate_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     if getattr(model.generation_config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         generate_kwargs["pad_token_id"] = tokenizer.pad_token_id
+    return generate_kwargs
+
+
+def generate_answers(
+    model: Any, processor: Any, contents: Sequence[Sequence[ContentPart]], params: AnswerParams
+) -> list[str]:
+    """Answer a batch of interleaved image/text prompts with one ``generate`` call.
+
+    Only the new tokens are decoded. ``temperature == 0`` is greedy. Generic over transformers
+    image-text-to-text models (Qwen2/2.5-VL, LLaVA, ...): the model-specific parts are the processor and
+    its chat template.
+    """
+    if not contents:
+        return []
+    inputs = prepare_answer_inputs(model, processor, contents)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    kwargs = answer_generate_kwargs(model, processor, params)
     if params.return_scores:
-        generate_kwargs.update(output_scores=True, return_dict_in_generate=True)
+        kwargs.update(output_scores=True, return_dict_in_generate=True)
     with torch.inference_mode():
-        output = model.generate(**inputs, **generate_kwargs)
+        output = model.generate(**inputs, **kwargs)
     sequences = output.sequences if params.return_scores else output
     new_tokens = sequences[:, inputs["input_ids"].shape[1] :]
     texts = [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
