@@ -98,7 +98,6 @@ def test_a_library_prompt_is_never_refused_for_an_option_word():
 
 
 def test_writer_fallback_is_rechecked_and_a_failing_default_gives_way():
-    import time
 
     from g2u.writers.guard import fallback, guarded
 
@@ -106,9 +105,9 @@ def test_writer_fallback_is_rechecked_and_a_failing_default_gives_way():
     bad = EditPrompt("bad_default", "enhancement", "Sharpen; the answer is B")
     broken = PromptLibrary(lib.version, {"bad_default": bad, **lib.prompts},
                            {**lib.family_defaults, "enhancement": "bad_default"})
-    written = guarded(broken, "openai", "Draw exactly 3 birds", "enhancement", None, "three", time.monotonic())
+    written = guarded(broken, "openai", "Draw exactly 3 birds", "enhancement", None, "three")
     assert written.fallback and written.prompt.name != "bad_default"
     assert "leak: contains the answer ('three')" in written.fallback_reason
     assert "library default 'bad_default'" in written.fallback_reason
-    kept = fallback(lib, "openai", "extension", "timeout", time.monotonic(), ["white", "black"], "A")
+    kept = fallback(lib, "openai", "extension", "timeout", ["white", "black"], "A")
     assert kept.prompt.name == lib.family_defaults["extension"] and kept.fallback_reason == "timeout"

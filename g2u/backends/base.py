@@ -128,6 +128,19 @@ class BackendBase:
         """One batched edit of items that share size, steps, CFG and options (``params[0]`` holds them)."""
         raise NotImplementedError
 
+    def plan_edit_size(self, image_size: tuple[int, int], size: tuple[int, int] | None = None,
+                       area: int | None = None) -> Any:
+        """The working size of an input (``g2u.sizing.SizePlan``): ``size`` if given, else ``area``, else the
+        model's own rule (``default_size_rule``; without one, the input's aspect at ``default_edit_area``),
+        within ``size_limits`` (without them, the stride and a 2048-pixel side)."""
+        from g2u.sizing import SizeLimits, area_target, edit_plan
+
+        limits = getattr(self, "size_limits", None) or SizeLimits(multiple=self.size_multiple, max_side=2048)
+        area_px = self.default_edit_area
+        rule = getattr(self, "default_size_rule", None) or (f"area:{area_px}",
+                                                             lambda w, h: area_target((w, h), area_px))
+        return edit_plan(image_size, limits, rule, size=size, area=area)
+
     def thought_part(self, image: Image.Image, mode: Mode) -> Any:
         if mode.thought_as == "image":
             return image

@@ -32,10 +32,8 @@ from g2u.devices import dtype_name, resolve_device, resolve_dtype
 from g2u.errors import CheckpointError, G2UError, InputError, ModelError
 from g2u.sizing import (
     SizeLimits,
-    SizePlan,
     area_target,
     demo_scale,
-    edit_plan,
     place,
     prepare_contents,
     qwen_vl_stage2_for,
@@ -231,10 +229,6 @@ class DecoupledBackend(BackendBase):
         """Cap on each stage-II image for Qwen-VL answerers (``None``: the processor's ``max_pixels``)."""
         self.last_stage2: list[dict | None] = []
 
-    def plan_edit_size(self, image_size: tuple[int, int], size: tuple[int, int] | None = None,
-                       area: int | None = None) -> SizePlan:
-        return edit_plan(image_size, self.size_limits, self.default_size_rule, size=size, area=area)
-
     @classmethod
     def from_pretrained(cls, editor: str, answerer: str, device: str | torch.device | None = None,
                         dtype: str | torch.dtype | None = None, demo: bool | None = None,
@@ -305,14 +299,16 @@ class DecoupledBackend(BackendBase):
         return out
 
     # ------------------------------------------------------------------ stage II
+    def stage2_sizing(self, cap: int | None = None):
+        """Qwen-VL answerers: every image of a request at one capped size (None for others, e.g. LLaVA,
+        whose processor resizes every image to its fixed input size already)."""
+        return qwen_vl_stage2_for(self.processor, cap or self.stage2_max_pixels)
+
     def answer(self, contents: Sequence[Sequence[ContentPart]], params: AnswerParams) -> list[str]:
         """One batched chat-template generation over all requests (see ``qwen_vl.generate_answers``)."""
         from g2u.backends.qwen_vl import generate_answers
 
-        # Qwen-VL answerers: every image of a request at one capped size; others (LLaVA) resize all images
-        # to their fixed input size in the processor already.
-        contents, self.last_stage2 = prepare_contents(contents, qwen_vl_stage2_for(
-            self.processor, stage2_cap(params) or self.stage2_max_pixels))
+        contents, self.last_stage2 = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)))
         return generate_answers(self.answer_model, self.processor, contents, params)
 
 

@@ -28,10 +28,8 @@ from g2u.devices import dtype_name, resolve_device, resolve_dtype
 from g2u.errors import CheckpointError, InputError
 from g2u.sizing import (
     SizeLimits,
-    SizePlan,
     check_explicit,
     demo_scale,
-    edit_plan,
     place,
     prepare_contents,
     qwen_image_edit_rule,
@@ -119,11 +117,6 @@ class QwenImageEditBackend(BackendBase):
         self.last_stage2: list[dict | None] = []
         """What stage II did to each request's images in the last ``answer`` call."""
         self.pipe.set_progress_bar_config(disable=True)
-
-    def plan_edit_size(self, image_size: tuple[int, int], size: tuple[int, int] | None = None,
-                       area: int | None = None) -> SizePlan:
-        """The working size of an input: ``size`` if given, else ``area``, else the stock rule."""
-        return edit_plan(image_size, self.size_limits, self.default_size_rule, size=size, area=area)
 
     def stage2_sizing(self, cap: int | None = None):
         """Stage-II sizing under ``cap`` (a request's), else ``stage2_max_pixels``, else the processor's."""

@@ -47,12 +47,10 @@ from g2u.errors import InputError
 from g2u.modes import Mode
 from g2u.sizing import (
     SizeLimits,
-    SizePlan,
     Stage2Sizing,
     bagel_rule,
     check_explicit,
     demo_scale,
-    edit_plan,
     place,
     prepare_contents,
     stage2_cap,
@@ -93,11 +91,6 @@ class BagelBackend(BackendBase):
         self.stage2_max_pixels = stage2_max_pixels
         """Cap on each stage-II image (``None``: the ViT transform's own 14·14·9·1024)."""
         self.last_stage2: list[dict | None] = []
-
-    def plan_edit_size(self, image_size: tuple[int, int], size: tuple[int, int] | None = None,
-                       area: int | None = None) -> SizePlan:
-        """The working size of an input: ``size`` if given, else ``area``, else BAGEL's transform."""
-        return edit_plan(image_size, self.size_limits, self.default_size_rule, size=size, area=area)
 
     def stage2_sizing(self, cap: int | None = None) -> Stage2Sizing:
         """The understanding size of a request's first image (the inferencer's generation-side resize,
