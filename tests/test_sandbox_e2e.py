@@ -31,14 +31,16 @@ CODE = ("g2u/demo/train.py", "g2u/sandbox/scenes.py", "g2u/sandbox/questions.py"
 
 
 @pytest.fixture(scope="session")
-def trained_answerer(request) -> Path:
+def trained_answerer(request, tmp_path_factory) -> Path:
     """The answerer trained once and cached in pytest's cache, keyed by its config and the code that
-    draws its data and builds it (a change to either retrains)."""
+    draws its data and builds it (a change to either retrains); without the cache plugin, in a temp dir."""
     root = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256(json.dumps(E2E_TRAIN.__dict__, sort_keys=True).encode())
     for name in CODE:
         digest.update((root / name).read_bytes())
-    folder = Path(request.config.cache.mkdir("g2u-sandbox-answerer")) / digest.hexdigest()[:16]
+    cache = getattr(request.config, "cache", None)
+    base = Path(cache.mkdir("g2u-sandbox-answerer")) if cache is not None else tmp_path_factory.mktemp("answerer")
+    folder = base / digest.hexdigest()[:16]
     if read_training_facts(folder) is None:
         train_demo_answerer(folder, E2E_TRAIN, eval_n=0, log=lambda m: None)
     return folder

@@ -64,7 +64,12 @@ def _portable(sample: Sample) -> Sample:
 class _PipelineActor:
     """One Ray Data actor: loads one pipeline, predicts the batches it is handed."""
 
-    def __init__(self, make_predictor: Callable[[], Predictor], config: EvalConfig):
+    def __init__(self, make_predictor: Callable[[], Predictor], config: EvalConfig, num_threads: int = 1):
+        import torch
+
+        # CPU float sums follow the thread count: pinned to the actor's CPUs, so a run is reproducible
+        # (and equals an in-process run with as many threads).
+        torch.set_num_threads(max(1, num_threads))
         self.predictor = make_predictor()
         self.config = config
         self.workdir = Path(tempfile.mkdtemp(prefix="g2u-ray-thoughts-"))
@@ -122,7 +127,8 @@ def run_batches(chunks: Sequence[Chunk], make_predictor: Callable[[], Predictor]
         # one batch at a time per actor: a pipeline is not shared between threads
         compute=ray.data.ActorPoolStrategy(size=concurrency, max_tasks_in_flight_per_actor=1),
         num_gpus=num_gpus, num_cpus=num_cpus,
-        fn_constructor_kwargs={"make_predictor": make_predictor, "config": config})
+        fn_constructor_kwargs={"make_predictor": make_predictor, "config": config,
+                               "num_threads": max(1, int(num_cpus))})
     thought_dir.mkdir(parents=True, exist_ok=True)
     for row in ds.iter_rows():
         records, thoughts = pickle.loads(row["result"])
