@@ -88,6 +88,9 @@ class G2UPipeline:
         self.judge = judge
         """Fidelity judge ``score(original, thought, prompt) -> float | None`` for ``selection: judge``."""
         self._routes = routes
+        self.checkpoint_label: str | None = None
+        """What results report as ``model.checkpoint`` (None: the checkpoint as loaded; a server sets a name,
+        so responses do not carry its filesystem paths)."""
         self._writers: dict[str, Any] = {}
 
     @classmethod
@@ -121,7 +124,7 @@ class G2UPipeline:
     @property
     def model_info(self) -> dict[str, Any]:
         info = self.backend.info
-        out = {"backend": info.backend, "checkpoint": info.checkpoint, "demo": info.demo,
+        out = {"backend": info.backend, "checkpoint": self.checkpoint_label or info.checkpoint, "demo": info.demo,
                "device": info.device, "dtype": info.dtype}
         if info.demo:
             out["note"] = DEMO_NOTE

@@ -128,6 +128,11 @@ class G2UHandler(BaseHandler):
             raise ValueError(f"model-config handler.defaults.{exc.field}: {exc.reason}") from exc
         self.defaults = defaults
         self.max_pixels = int(cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
+        # Responses name the checkpoint (checkpoint_name, else its folder's name); its server path only
+        # when report_checkpoint_path is set.
+        if not cfg.get("report_checkpoint_path", False):
+            loaded = self.pipeline.backend.info.checkpoint
+            self.pipeline.checkpoint_label = str(cfg.get("checkpoint_name") or Path(loaded.split("+")[0]).name)
         # Per-request work budget and deadline (g2u.budget, g2u.deadline): a request over the budget is refused
         # before any work; one past its deadline is answered 504 while its batch-mates are answered.
         budget = dict(cfg.get("budget") or {})

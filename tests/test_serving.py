@@ -128,6 +128,7 @@ def test_multipart_request_response_schema(client):
     assert timings["edit"] > 0 and timings["understand"] > 0
     assert body["model"]["demo"] is True and body["model"]["backend"] == "qwen_image_edit"
     assert body["model"]["device"] == "cpu" and body["model"]["dtype"] == "float32"
+    assert "/" not in body["model"]["checkpoint"]  # a name, never the checkpoint's path on the server
 
 
 def test_json_request_base64_image(client):
