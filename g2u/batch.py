@@ -1,7 +1,8 @@
 """The one batch path: raw items in, one result or one error body (with its HTTP status) per item out.
 
-    parse       each item on its own: schema validation and the backend's checks (bad input → its 4xx)
-    imagine     stage I, batched over the valid items
+    parse       each item on its own: schema validation, then its plan (``g2u.plan``: the backend's checks,
+                size, prompt, budget — checked once; bad input → its 4xx)
+    edit        stage I, batched over the valid items
     understand  stage II, batched over the items still valid
     outcomes    one ``Outcome`` per raw item, in order
 
@@ -23,7 +24,9 @@ from PIL import Image
 from g2u import deadline as _deadline
 from g2u.deadline import DeadlineExceeded, deadline
 from g2u.errors import InputError, error_body
-from g2u.pipeline import G2UPipeline, G2UResult
+from g2u.pipeline import G2UPipeline
+from g2u.plan import RequestPlan
+from g2u.results import G2UResult
 from g2u.schema import parse_request
 from g2u.types import G2URequest, Thought
 
@@ -51,7 +54,7 @@ class RawItem:
 class Outcome:
     """One item's result (``status`` 200) or its error body (4xx: the request, 5xx: the model)."""
 
-    request: G2URequest | None = None
+    plan: RequestPlan | None = None
     thought: Thought | None = None
     result: G2UResult | None = None
     status: int = 200
@@ -63,6 +66,10 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def request(self) -> G2URequest | None:
+        return self.plan.request if self.plan is not None else None
 
 
 class Batch:
@@ -79,7 +86,6 @@ class Batch:
         self.max_pixels = max_pixels
         self.on_error = on_error
         self.items: list[Outcome] = []
-        self._preset: list[bool] = []
 
     def parse(self, raws: Sequence[RawItem]) -> None:
         for raw in raws:
@@ -92,41 +98,39 @@ class Batch:
                     if merged.get(key) in (None, ""):
                         merged[key] = value
                 kwargs = {"max_pixels": self.max_pixels} if self.max_pixels else {}
-                item.request = parse_request(merged, image=raw.image, **kwargs)
-                item.request.gold_answer = raw.gold_answer
-                if item.request.timeout_s is not None:  # the request's own limit, never past the server's
-                    own = arrival + item.request.timeout_s
+                request = parse_request(merged, image=raw.image, **kwargs)
+                request.gold_answer = raw.gold_answer
+                if request.timeout_s is not None:  # the request's own limit, never past the server's
+                    own = arrival + request.timeout_s
                     item.deadline_at = own if item.deadline_at is None else min(own, item.deadline_at)
-                self.pipeline.check(item.request)
+                item.plan = self.pipeline.plan(request, raw.thought)
                 item.thought = raw.thought
             except Exception as exc:  # noqa: BLE001 - every failure becomes this item's own answer
                 self.fail(item, exc)
             item.timings_ms["preprocess"] = round((time.perf_counter() - start) * 1000, 2)
             self.items.append(item)
-            self._preset.append(raw.thought is not None)
 
     def reject(self, exc: BaseException) -> None:
         """Add an item that failed before it could be parsed (an unreadable body)."""
         item = Outcome()
         self.fail(item, exc)
         self.items.append(item)
-        self._preset.append(False)
 
-    def imagine(self) -> None:
-        """Stage I for the valid items that need a thought and were not given one."""
+    def edit(self) -> None:
+        """Stage I for the valid items that need a thought and have none yet."""
         pipe = self.pipeline
 
         def run(todo: Sequence[Outcome]) -> None:
-            for item, thought in zip(todo, pipe.imagine([it.request for it in todo])):
+            for item, thought in zip(todo, pipe.edit([it.plan for it in todo])):
                 item.thought = thought
 
-        self._isolated([it for it, preset in zip(self.items, self._preset) if not preset], run, "stage I")
+        self._isolated([it for it in self.items if it.plan is not None and it.plan.thought is None], run, "stage I")
 
     def understand(self) -> None:
         pipe = self.pipeline
 
         def run(todo: Sequence[Outcome]) -> None:
-            for item, result in zip(todo, pipe.understand([it.request for it in todo], [it.thought for it in todo])):
+            for item, result in zip(todo, pipe.understand([it.plan for it in todo], [it.thought for it in todo])):
                 item.result = result
 
         self._isolated(self.items, run, "stage II")
@@ -184,7 +188,7 @@ def run_batch(pipeline: G2UPipeline, raws: Sequence[RawItem], defaults: dict[str
     """All stages over ``raws``: one ``Outcome`` per item, in order; never raises for one item's sake."""
     batch = Batch(pipeline, defaults=defaults, max_pixels=max_pixels, deadline_s=deadline_s)
     batch.parse(raws)
-    batch.imagine()
+    batch.edit()
     batch.understand()
     return batch.outcomes()
 

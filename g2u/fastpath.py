@@ -170,10 +170,9 @@ def set_step_cache(transformer: Any, threshold: float | None) -> None:
 
 def apply_fast_path(backend: Any, config: FastPath | None = None) -> FastPath:
     """Switch a loaded backend onto the fast path (``config`` None: the defaults). Works on the
-    ``qwen_image_edit`` backend (``backend.pipe``) and on any backend exposing ``answer_model``;
+    components the backend registered by role (``answer_model``, ``denoiser``: ``BackendBase.register``);
     parts that do not apply to a backend are skipped. Returns the resolved settings."""
-    pipe = getattr(backend, "pipe", None)
-    answer_model = getattr(backend, "answer_model", None) or getattr(pipe, "text_encoder", None)
+    answer_model = backend.component("answer_model")
     device = answer_model.device if answer_model is not None else torch.device("cpu")
     cfg = (config or FastPath()).resolved(device)
     if answer_model is not None and hasattr(answer_model, "generate"):
@@ -183,8 +182,8 @@ def apply_fast_path(backend: Any, config: FastPath | None = None) -> FastPath:
             else:
                 disable_vision_reuse(answer_model)
         set_decoding(answer_model, cfg.static_cache, cfg.compile_decode)
-    transformer = getattr(pipe, "transformer", None)
-    if transformer is not None:
+    transformer = backend.component("denoiser")
+    if transformer is not None and hasattr(transformer, "set_attention_backend"):  # a diffusers transformer
         if cfg.attention_backend:
             transformer.set_attention_backend(cfg.attention_backend)
         if cfg.compile_blocks:

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from g2u.types import AnswerParams
+from g2u.schema import answer_params
 
 PROMPT_VERSION = "viescore-tie-v1"
 _CONTEXT = ("You are a careful rater of AI-edited images. Rate on integers 0–10 and explain briefly. "
@@ -211,7 +211,7 @@ class SelfAsker:
 
     def __init__(self, backend, max_new_tokens: int = 200):
         self.backend = backend
-        self.params = AnswerParams(max_new_tokens=max_new_tokens)
+        self.params = answer_params(max_new_tokens=max_new_tokens)
         info = getattr(backend, "info", None)
         self.label = f"self:{getattr(info, 'backend', type(backend).__name__)}:{getattr(info, 'checkpoint', '')}"
 
@@ -250,8 +250,9 @@ def judge_fidelity(judge: Callable[[Image.Image, Image.Image, str], Judgement] |
 def attach_judgement(record: dict[str, Any], judge: Callable[[Image.Image, Image.Image, str], Judgement] | None,
                      original: Image.Image, root: str | Path) -> dict[str, Any]:
     """Put the judged fidelity of an evaluation record's thought (``root / record["thought_path"]``) into
-    ``record["fidelity"]["judged"]``, beside the edit magnitude. Records without a thought, or with an
-    error, are left as they are; a thought that cannot be read is a failed judgement, never an exception."""
+    ``record["fidelity"]["judged"]`` (the edit measures stay in ``record["measures"]``). Records without a
+    thought, or with an error, are left as they are; a thought that cannot be read is a failed judgement,
+    never an exception."""
     if judge is None or record.get("error") or not record.get("thought_path"):
         return record
     fidelity = dict(record.get("fidelity") or {})

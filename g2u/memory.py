@@ -46,8 +46,9 @@ class MemoryFit:
 
 
 def validate_memory_fit(offload: str = "none", quantize: str = "none", device: str | torch.device = "cpu",
-                        backend: str | None = None) -> None:
-    """Raise ``InputError(field, reason)`` for a setting that cannot run here, before anything is changed."""
+                        no_offload: str | None = None) -> None:
+    """Raise ``InputError(field, reason)`` for a setting that cannot run here, before anything is changed.
+    ``no_offload``: the backend's reason it cannot be offloaded (``BackendBase.no_offload``), if any."""
     if offload not in OFFLOAD:
         raise InputError("offload", f"unknown setting {offload!r}; choose one of {', '.join(OFFLOAD)}")
     if quantize not in QUANTIZE:
@@ -55,10 +56,8 @@ def validate_memory_fit(offload: str = "none", quantize: str = "none", device: s
     if offload == "sequential" and quantize != "none":
         raise InputError("offload", "sequential offload streams each submodule's weights with accelerate hooks, "
                                     f"which do not carry {quantize}-quantized weights; use model or group offload")
-    if offload != "none" and backend == "bagel":
-        raise InputError("offload", "the bagel backend runs its MoT layers outside their forward() (KV-cache "
-                                    "prefill and sampling), so offload hooks would never fire; use quantize "
-                                    "(nf4 or int8 fit a 24 GB card)")
+    if offload != "none" and no_offload:
+        raise InputError("offload", no_offload)
     dev = torch.device(device)
     if quantize in ("fp8", "nf4") and dev.type != "cuda":
         engine = "torchao's float8 kernels" if quantize == "fp8" else "bitsandbytes' 4-bit kernels"
@@ -74,20 +73,10 @@ def validate_memory_fit(offload: str = "none", quantize: str = "none", device: s
 
 # ---------------------------------------------------------------------------------------------- models
 def _heavy_models(backend: Any) -> Iterator[tuple[str, nn.Module]]:
-    """The Linear-heavy models a backend holds (what quantization targets), by a readable name."""
-    name = backend.info.backend
-    if name == "qwen_image_edit":
-        yield "transformer", backend.pipe.transformer
-        yield "text_encoder", backend.pipe.text_encoder
-    elif name == "decoupled":
-        denoiser = getattr(backend.editor, "transformer", None) or getattr(backend.editor, "unet", None)
-        if denoiser is not None:
-            yield "editor", denoiser
-        yield "answer_model", backend.answer_model
-    elif name == "bagel":
-        yield "model", backend.model
-    else:
-        raise InputError("backend", f"no memory-fit support for backend {name!r}")
+    """The Linear-heavy models a backend registered (``Component.quantize``): what quantization targets."""
+    for name, comp in backend.components.items():
+        if comp.quantize and comp.module is not None:
+            yield name, comp.module
 
 
 def _linear_count(module: nn.Module) -> int:
@@ -159,15 +148,19 @@ def _offload_pipeline(pipe: Any, offload: str, device: torch.device) -> None:
 
 
 def _offload(backend: Any, offload: str, device: torch.device) -> list[str]:
-    name = backend.info.backend
-    if name == "qwen_image_edit":  # the answer model is the pipeline's own text_encoder: offloaded with it
-        _offload_pipeline(backend.pipe, offload, device)
-        return ["pipe"]
-    if name == "decoupled":
-        _offload_pipeline(backend.editor, offload, device)
-        _offload_module(backend.answer_model, offload, device)
-        return ["editor", "answer_model"]
-    raise InputError("offload", f"no offload for backend {name!r}")
+    """Offload every component that can be (a diffusers pipeline with its own hooks, or a module)."""
+    done = []
+    for name, comp in backend.components.items():
+        if comp.offload == "pipeline":
+            _offload_pipeline(comp.module, offload, device)
+        elif comp.offload == "module":
+            _offload_module(comp.module, offload, device)
+        else:
+            continue
+        done.append(name)
+    if not done:
+        raise InputError("offload", f"the {backend.info.backend} backend registered no component that can be offloaded")
+    return done
 
 
 # ---------------------------------------------------------------------------------------------- entry
@@ -182,7 +175,7 @@ def apply_memory_fit(backend: Any, offload: str = "none", quantize: str = "none"
     keys tell quantized runs apart.
     """
     dev = torch.device(device if device is not None else backend.info.device)
-    validate_memory_fit(offload, quantize, dev, backend.info.backend)
+    validate_memory_fit(offload, quantize, dev, backend.no_offload)
     fit = MemoryFit(offload=offload, quantize=quantize)
     if quantize == "none" and offload == "none":
         return fit
@@ -199,12 +192,6 @@ def apply_memory_fit(backend: Any, offload: str = "none", quantize: str = "none"
 
 
 def _move(backend: Any, device: torch.device) -> None:
-    name = backend.info.backend
-    if name == "qwen_image_edit":
-        backend.pipe.to(device)
-    elif name == "decoupled":
-        backend.editor.to(device)
-        backend.answer_model.to(device)
-    elif name == "bagel":
-        backend.model.to(device)
-        backend.vae.to(device)
+    for comp in backend.components.values():
+        if comp.move:
+            comp.module.to(device)

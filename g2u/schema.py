@@ -28,11 +28,12 @@ MAX_QUESTION_CHARS = 4000
 MAX_OPTIONS = 26
 MAX_OPTION_CHARS = 1000
 MAX_PROMPT_CHARS = 1000
-WRITERS = ("library", "openai", "self", "route")
 MAX_CANDIDATES = 8
-SELECTIONS = ("judge", "agreement", "confidence")
-GATES = ("none", "confidence")
 DEFAULT_ORDER = ("I", "q", "T")
+NEGATIVE_PROMPT = " "
+"""Stage I's negative prompt, as the references run it (diffusers' Qwen-Image-Edit examples, BAGEL's app)."""
+TEMPERATURE = 0.0
+"""Stage II decodes greedily (no request field: answers stay reproducible)."""
 # Control characters other than tab/newline/carriage return have no place in a text field.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -263,6 +264,22 @@ RequestFields = create_model("RequestFields", __base__=CoreFields, **_backend_fi
 FIELD_NAMES = tuple(RequestFields.model_fields)
 
 
+def field_choices(name: str) -> tuple[str, ...]:
+    """The values a ``Literal`` field admits, read from its annotation (one list: the schema's)."""
+    annotation = RequestFields.model_fields[name].annotation
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    for arg in args:
+        if typing.get_origin(arg) is Literal:
+            return tuple(typing.get_args(arg))
+    return tuple(typing.get_args(annotation)) if typing.get_origin(annotation) is Literal else ()
+
+
+WRITERS = field_choices("writer")
+SELECTIONS = field_choices("selection")
+GATES = field_choices("gate")
+LAYOUTS = field_choices("layout")
+
+
 def field_extra(name: str) -> dict[str, Any]:
     extra = RequestFields.model_fields[name].json_schema_extra
     return dict(extra) if isinstance(extra, dict) else {}
@@ -356,14 +373,14 @@ def parse_request(fields: dict[str, Any], *, max_pixels: int = DEFAULT_MAX_PIXEL
         if model.candidates > 1:
             raise InputError("thought", "a brought thought leaves nothing to choose: drop 'candidates'")
 
-    options = _backend_options(model)
     edit = EditParams(steps=model.steps, text_cfg=model.text_cfg, image_cfg=model.image_cfg, seed=model.seed,
-                      size=model.edit_size, area=model.edit_area, options=options)
+                      size=model.edit_size, area=model.edit_area, negative_prompt=NEGATIVE_PROMPT,
+                      options=_backend_options(model))
+    answer = AnswerParams(max_new_tokens=model.max_new_tokens, temperature=TEMPERATURE,
+                          stage2_max_pixels=model.stage2_max_pixels, return_scores=False)
     return G2URequest(image=pil, question=model.question, options=model.options, mode=model.mode,
                       prompt=model.prompt, prompt_name=model.prompt_name, family=model.family, writer=model.writer,
-                      edit=edit, order=model.order,
-                      answer=AnswerParams(max_new_tokens=model.max_new_tokens,
-                                          stage2_max_pixels=model.stage2_max_pixels),
+                      edit=edit, answer=answer, order=model.order,
                       layout=model.layout, reasoning_tokens=model.reasoning_tokens, timeout_s=model.timeout_s,
                       return_thought=model.return_thought, id=model.id, thought=thought,
                       strategy=Strategy(candidates=model.candidates, candidate_prompts=model.candidate_prompts,
@@ -388,6 +405,23 @@ def field_default(name: str) -> Any:
     if info.is_required():
         return None
     return field_extra(name).get("backend_default", info.default)
+
+
+def edit_params(**given: Any) -> EditParams:
+    """``EditParams`` with the schema's defaults under ``given`` (dataclass names; not validated: backend
+    tests hand in values the schema would refuse)."""
+    defaults = {"steps": field_default("steps"), "text_cfg": field_default("text_cfg"),
+                "image_cfg": field_default("image_cfg"), "seed": field_default("seed"),
+                "size": field_default("edit_size"), "area": field_default("edit_area"),
+                "negative_prompt": NEGATIVE_PROMPT, "options": {}}
+    return EditParams(**{**defaults, **given})
+
+
+def answer_params(**given: Any) -> AnswerParams:
+    """``AnswerParams`` with the schema's defaults under ``given`` (greedy: temperature 0)."""
+    defaults = {"max_new_tokens": field_default("max_new_tokens"), "temperature": TEMPERATURE,
+                "stage2_max_pixels": field_default("stage2_max_pixels"), "return_scores": False}
+    return AnswerParams(**{**defaults, **given})
 
 
 def field_kind(name: str) -> str:
@@ -462,6 +496,7 @@ def add_request_arguments(parser, exclude: tuple[str, ...] = (), required: tuple
             parser.add_argument(flag, dest=name, default=None, required=name in required, help=help_text)
 
 
-__all__ = ["BACKEND_OPTIONS", "EDIT_FIELDS", "FAMILIES", "FIELD_NAMES", "PER_SAMPLE_FIELDS", "SETTING_FIELDS",
-           "WRITERS", "RequestFields", "add_request_arguments", "backend_of", "field_table", "parse_request",
-           "pyfunc_columns", "validate_fields", "validate_settings"]
+__all__ = ["BACKEND_OPTIONS", "EDIT_FIELDS", "FAMILIES", "FIELD_NAMES", "GATES", "LAYOUTS", "PER_SAMPLE_FIELDS",
+           "SELECTIONS", "SETTING_FIELDS", "WRITERS", "RequestFields", "add_request_arguments", "answer_params",
+           "backend_of", "edit_params", "field_choices", "field_table", "parse_request", "pyfunc_columns",
+           "validate_fields", "validate_settings"]

@@ -19,12 +19,12 @@ from typing import Any
 
 from PIL import Image
 
+from g2u.schema import SELECTIONS
 from g2u.types import Answer, Thought
 
 Judge = Callable[[Image.Image, Image.Image, str], "float | None"]
 """A fidelity judge: how well ``thought`` serves as an edit of ``original`` under ``prompt`` (higher is better)."""
 
-POLICIES = ("judge", "agreement", "confidence")
 
 
 @dataclass
@@ -81,7 +81,7 @@ def select(policy: str, candidates: Sequence[Candidate], baseline: Answer | None
             return Choice(None, best[0][1].text, policy, note="the baseline answer won the vote", votes=votes)
         who, ans = max(thought_voters, key=lambda wa: (wa[1].prob, -wa[0]))
         return Choice(who, ans.text, policy, votes=votes)
-    raise ValueError(f"unknown selection policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    raise ValueError(f"unknown selection policy {policy!r}; choose one of {', '.join(SELECTIONS)}")
 
 
 def candidate_dicts(candidates: Sequence[Candidate], choice: Choice) -> list[dict[str, Any]]:
@@ -91,8 +91,8 @@ def candidate_dicts(candidates: Sequence[Candidate], choice: Choice) -> list[dic
         e = c.thought.edit
         out.append({"prompt": e.prompt, "prompt_name": e.prompt_name, "family": e.family, "seed": e.seed,
                     "cached": e.cached, "answer": c.answer.text, "answer_prob": round(c.answer.prob, 6),
-                    "judge": c.judge, "fidelity": c.thought.fidelity, "chosen": i == choice.index})
+                    "judge": c.judge, "measures": c.thought.measures, "chosen": i == choice.index})
     return out
 
 
-__all__ = ["POLICIES", "Candidate", "Choice", "Judge", "by_confidence", "candidate_dicts", "normalise", "select"]
+__all__ = ["Candidate", "Choice", "Judge", "by_confidence", "candidate_dicts", "normalise", "select"]

@@ -5,15 +5,12 @@ before any model runs, and reported back to the user: the size, the rule that pr
 done to the pixels (a plain resize, or a resize plus padding where a limit forces it). Nothing in a
 model is left to resize silently.
 
-The rules are the references' own (read from their code, not copied):
+This module is the generic geometry (limits, clamping, placement, plans); each model's own rule lives with
+its backend, read from the reference's code (not copied):
 
-* BAGEL — its inference image transform (``ImageTransform(1024, 512, 16)``): longest side ≤ 1024,
-  shortest ≥ 512 unless that breaks the long-side cap, ≤ 14·14·9·1024 pixels, sides rounded to 16.
-  (``g2u.backends.bagel.layout.fit_size`` implements it.)
-* Qwen-Image-Edit — diffusers' ``calculate_dimensions(1024 * 1024, width / height)``: the input's aspect
-  at ~1024² pixels, sides rounded to 32 (``QwenImageEditPipeline``/``QwenImageEditPlusPipeline``).
-* Qwen2/2.5-VL stage II — transformers' ``smart_resize`` (sides multiples of 28, ``min_pixels`` ≤ area ≤
-  ``max_pixels``, aspect ratio < 200).
+* BAGEL — its inference image transform (``g2u.backends.bagel.layout.bagel_rule``).
+* Qwen-Image-Edit — diffusers' ``calculate_dimensions`` (``g2u.backends.qwen_image_edit.qwen_image_edit_rule``).
+* Qwen2/2.5-VL stage II — transformers' ``smart_resize`` (``g2u.backends.qwen_vl.qwen_vl_stage2``).
 
 Every valid image gets a size: the rule's size is clamped into the backend's limits keeping the aspect as
 far as they allow; where the aspect cannot be kept (a 8000×20 strip on a grid whose sides are at least 16
@@ -207,29 +204,7 @@ def edit_plan(image_size: tuple[int, int], limits: SizeLimits, default_rule: tup
     return plan((w, h), name, fn(w, h), limits)
 
 
-# ---------------------------------------------------------------------------------------- the rules
-def qwen_image_edit_rule(area: int = 1024 * 1024) -> Callable[[int, int], tuple[int, int]]:
-    """diffusers' own rule: ``calculate_dimensions(area, width / height)`` (sides multiples of 32)."""
-    from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_dimensions
-
-    def rule(width: int, height: int) -> tuple[int, int]:
-        tw, th = calculate_dimensions(area, width / height)
-        return max(tw, 1), max(th, 1)  # the stock rule rounds an extreme side to 0; clamp() lifts it
-
-    return rule
-
-
-def bagel_rule(max_side: int = 1024, min_side: int = 512, stride: int = 16,
-               max_pixels: int = 14 * 14 * 9 * 1024) -> Callable[[int, int], tuple[int, int]]:
-    """BAGEL's inferencer transform ``ImageTransform(max_side, min_side, stride)``."""
-    from g2u.backends.bagel.layout import fit_size
-
-    def rule(width: int, height: int) -> tuple[int, int]:
-        return fit_size(width, height, max_side, min_side, stride, max_pixels)
-
-    return rule
-
-
+# ---------------------------------------------------------------------------------------- rule helpers
 def demo_scale(default_edit_area: int, reference_side: int = 1024) -> float:
     """How much a demo checkpoint shrinks a real rule: its marker's working area against the real ~1024²."""
     return math.sqrt(default_edit_area) / reference_side
@@ -286,34 +261,6 @@ class Stage2Sizing:
         return out, {"rule": self.rule_name, "size": list(first.size), "images": placements}
 
 
-def qwen_vl_stage2(min_pixels: int, max_pixels: int, factor: int = 28, max_aspect: float = 200.0,
-                   cap: int | None = None) -> Stage2Sizing:
-    """Qwen2/2.5-VL: ``smart_resize`` within [min_pixels, min(max_pixels, cap)], aspect kept below 200
-    (a wider image is padded). ``cap`` is the configurable stage-II budget (``None``: the processor's)."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
-
-    top = min(max_pixels, cap) if cap else max_pixels
-    top = max(top, min_pixels)
-    # the longest side any image may have: at the lowest allowed short side and the aspect bound
-    longest = min(top // factor, int(math.sqrt(top * (max_aspect - 1))))
-    limits = SizeLimits(multiple=factor, max_side=longest // factor * factor,
-                        min_side=factor, max_pixels=top, max_aspect=max_aspect)
-
-    def rule(width: int, height: int) -> tuple[float, float]:
-        w, h = float(width), float(height)
-        bound = max_aspect - 1  # strictly below the processor's bound, with room for rounding
-        if max(w, h) / min(w, h) > bound:  # pad the short side up to the bound first
-            if w > h:
-                h = w / bound
-            else:
-                w = h / bound
-        w, h = max(w, factor), max(h, factor)
-        rh, rw = smart_resize(int(round(h)), int(round(w)), factor=factor, min_pixels=min_pixels, max_pixels=top)
-        return rw, rh
-
-    return Stage2Sizing(f"qwen_vl_smart_resize:{min_pixels}-{top}", rule, limits)
-
-
 def stage2_cap(params) -> int | None:
     """A per-call stage-II pixel cap, where the answer parameters carry one (``stage2_max_pixels``)."""
     cap = getattr(params, "stage2_max_pixels", None)
@@ -339,13 +286,3 @@ def prepare_contents(contents, stage2: Stage2Sizing | None) -> tuple[list[list],
         out.append(parts)
         records.append(record)
     return out, records
-
-
-def qwen_vl_stage2_for(processor, cap: int | None = None) -> Stage2Sizing | None:
-    """The stage-II sizing of a Qwen2/2.5-VL processor (``None`` for processors of other families)."""
-    ip = getattr(processor, "image_processor", None)
-    size = getattr(ip, "size", None) or {}
-    if ip is None or "shortest_edge" not in size or not hasattr(ip, "merge_size"):
-        return None
-    factor = ip.patch_size * ip.merge_size
-    return qwen_vl_stage2(int(size["shortest_edge"]), int(size["longest_edge"]), factor=factor, cap=cap)

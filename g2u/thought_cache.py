@@ -18,13 +18,15 @@ import hashlib
 import io
 import json
 import os
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from g2u.types import EditParams
+from g2u.types import EditOutput, EditParams
 
 DEFAULT_MAX_MB = 2048
 ENV_DIR = "G2U_THOUGHT_CACHE"
@@ -163,3 +165,30 @@ class ThoughtCache:
 
 
 __all__ = ["ENV_DIR", "ENV_MB", "CachedThought", "ThoughtCache", "checkpoint_fingerprint", "image_digest"]
+
+
+class CachedEditor:
+    """The backend's ``edit`` behind the cache: hits come back marked ``cached`` (with their lookup time),
+    the misses go to the backend in one batched call and are stored."""
+
+    def __init__(self, backend: Any, cache: ThoughtCache, library_version: str = ""):
+        self.backend, self.cache, self.library_version = backend, cache, library_version
+
+    def edit(self, images: Sequence[Image.Image], prompts: Sequence[str],
+             params: Sequence[EditParams]) -> list[EditOutput]:
+        keys, out = [], []
+        for image, prompt, p in zip(images, prompts, params):
+            start = time.perf_counter()
+            keys.append(self.cache.key(self.backend, image, prompt, p, self.library_version))
+            hit = self.cache.get(keys[-1])
+            out.append(None if hit is None else EditOutput(hit.image, hit.meta.get("plan"), cached=True,
+                                                            cache_ms=(time.perf_counter() - start) * 1000))
+        missing = [i for i, o in enumerate(out) if o is None]
+        if missing:
+            made = self.backend.edit([images[i] for i in missing], [prompts[i] for i in missing],
+                                     [params[i] for i in missing])
+            for i, result in zip(missing, made):
+                out[i] = result
+                self.cache.put(keys[i], result.image, {"plan": result.plan})
+        return out  # type: ignore[return-value]
+

@@ -28,23 +28,24 @@ def _frozen(value: Any) -> Any:
 
 @dataclass
 class EditParams:
-    """Stage-I parameters. Defaults are the paper's: 30 steps, text CFG 4.0, image CFG 1.0.
+    """Stage-I parameters. No defaults here: the schema (``g2u.schema``) owns them (the paper's 30 steps,
+    text CFG 4.0, image CFG 1.0); ``g2u.schema.edit_params`` builds one with them.
 
-    ``size`` is the explicit working size (width, height); ``None`` until the pipeline resolves it
-    from the input's aspect ratio and the backend's working area. Never the pipeline's silent resize.
+    ``size`` is the explicit working size (width, height); ``None`` until the plan resolves it from the
+    input's aspect ratio and the backend's working area. Never the pipeline's silent resize.
     ``options`` holds the backend's own knobs (BAGEL: ``think``, ``cfg_interval``...) as the request
     set them; a backend reads each with its own default.
     """
 
-    steps: int = 30
-    text_cfg: float = 4.0
-    image_cfg: float = 1.0
-    seed: int = 0
-    size: tuple[int, int] | None = None
-    area: int | None = None
+    steps: int
+    text_cfg: float
+    image_cfg: float
+    seed: int
+    size: tuple[int, int] | None
+    area: int | None
     """Working area in pixels when ``size`` is not given (None: the backend's own size rule)."""
-    negative_prompt: str = " "
-    options: dict[str, Any] = field(default_factory=dict)
+    negative_prompt: str
+    options: dict[str, Any]
 
     def batch_key(self) -> tuple:
         """Items whose keys match can share one batched edit call (per-item seeds stay per item)."""
@@ -54,27 +55,34 @@ class EditParams:
 
 @dataclass
 class AnswerParams:
-    """Stage-II decoding parameters: greedy by default, so answers are reproducible."""
+    """Stage-II decoding parameters (defaults: the schema's; ``g2u.schema.answer_params``)."""
 
-    max_new_tokens: int = 32
-    temperature: float = 0.0
-    stage2_max_pixels: int | None = None
+    max_new_tokens: int
+    temperature: float
+    stage2_max_pixels: int | None
     """Cap on each stage-II image (None: the backend's, by default its processor's own ``max_pixels``)."""
-    return_scores: bool = False
-    """Ask the backend for ``Answer`` objects (text + token probabilities) instead of plain texts: the
-    confidence gate and the ``confidence``/``agreement`` selections read them."""
+    return_scores: bool
+    """Ask the backend for token probabilities (``Answer.prob``): the confidence gate and the
+    ``confidence``/``agreement`` selections read them."""
+
+    def group_key(self) -> tuple:
+        """Answers whose keys match can share one batched ``answer`` call."""
+        return (self.max_new_tokens, self.temperature, self.return_scores, self.stage2_max_pixels)
 
 
 @dataclass
 class Answer:
-    """A stage-II answer with how sure the model was of it (``AnswerParams.return_scores``).
+    """One stage-II answer, and what stage II read to make it.
 
     ``prob``: the mean probability of the generated tokens (end token excluded; 0 for an empty answer);
-    ``first_prob``: the probability of the first token (for a letter/yes-no answer, the decision itself)."""
+    ``first_prob``: the probability of the first token (for a letter/yes-no answer, the decision itself);
+    both ``None`` unless ``AnswerParams.return_scores``. ``stage2``: how the backend sized the request's
+    images (``g2u.sizing``; None without images or a sizing policy)."""
 
     text: str
-    prob: float
-    first_prob: float
+    prob: float | None = None
+    first_prob: float | None = None
+    stage2: dict[str, Any] | None = None
 
 
 @dataclass
@@ -83,46 +91,41 @@ class G2URequest:
 
     image: Image.Image
     question: str
-    options: list[str] | None = None
-    mode: str = "g2u"
-    prompt: str | None = None
-    prompt_name: str | None = None
-    family: str | None = None
-    writer: str = "library"
-    edit: EditParams = field(default_factory=EditParams)
-    answer: AnswerParams = field(default_factory=AnswerParams)
-    order: tuple[str, ...] = ("I", "q", "T")
-    layout: str = "paper"
-    """Stage-II layout of a thought mode: ``paper``, ``labelled`` or ``multiturn`` (``g2u.pipeline``)."""
-    reasoning_tokens: int = 512
+    options: list[str] | None
+    mode: str
+    prompt: str | None
+    prompt_name: str | None
+    family: str | None
+    writer: str
+    edit: EditParams
+    answer: AnswerParams
+    order: tuple[str, ...]
+    layout: str
+    """Stage-II layout of a thought mode: ``paper``, ``labelled`` or ``multiturn`` (``g2u.answer_prompt``)."""
+    reasoning_tokens: int
     """Token budget of the ``textual_cot`` reasoning."""
-    return_thought: bool = False
-    timeout_s: float | None = None
+    return_thought: bool
+    timeout_s: float | None
     """Seconds the request may take (``g2u.batch`` caps it by the server's deadline)."""
-    id: str | None = None
-    gold_answer: str | None = None
-    """Known answer (evaluation only): the leak guard also rejects edit prompts containing it."""
-    strategy: Strategy = field(default_factory=lambda: Strategy())
-    """Beyond the paper: candidates, selection, gate (defaults: the paper's single-thought loop)."""
-    thought: Image.Image | None = None
+    id: str | None
+    strategy: Strategy
+    """Beyond the paper: candidates, selection, gate."""
+    thought: Image.Image | None
     """A thought brought by the caller: stage I is skipped and this image is used instead."""
-    gated: Any = None
-    """Set by ``G2UPipeline.imagine`` when the confidence gate ran (a ``g2u.gate.GateDecision``)."""
+    gold_answer: str | None = None
+    """Known answer (evaluation only, set by the caller after parsing): the leak guard also rejects edit
+    prompts containing it."""
 
 
 @dataclass
 class Strategy:
-    """Options beyond the paper's loop; every default reproduces the paper (one thought, no gate)."""
+    """Options beyond the paper's loop (the schema's defaults reproduce the paper: one thought, no gate)."""
 
-    candidates: int = 1
-    candidate_prompts: list[str] | None = None
-    selection: str = "confidence"
-    gate: str = "none"
-    gate_threshold: float = 0.9
-
-    @property
-    def default(self) -> bool:
-        return self.candidates == 1 and not self.candidate_prompts and self.gate == "none"
+    candidates: int
+    candidate_prompts: list[str] | None
+    selection: str
+    gate: str
+    gate_threshold: float
 
 
 @dataclass
@@ -132,6 +135,10 @@ class EditOutput:
 
     image: Image.Image
     plan: str | None = None
+    cached: bool = False
+    """Served by the thought cache (``g2u.thought_cache.CachedEditor``): stage I did not run for it."""
+    cache_ms: float | None = None
+    """The cache lookup's time (hits only)."""
 
 
 @dataclass
@@ -172,7 +179,8 @@ class Thought:
 
     image: Image.Image
     edit: EditRecord
-    fidelity: dict[str, float] = field(default_factory=dict)
+    measures: dict[str, float] = field(default_factory=dict)
+    """SSIM/PSNR of Î against I (``g2u.measures``): how much the pixels changed, not fidelity."""
     timings_ms: dict[str, float] = field(default_factory=dict)
     gate: Any = None
     """The confidence gate's decision that let this thought be made (``g2u.gate.GateDecision``): it travels

@@ -1,7 +1,7 @@
 """TorchServe handler for Generation-to-Understanding inference.
 
     preprocess  decode + validate every item (``g2u.batch.Batch.parse``: the schema, the backend's checks)
-    edit        stage I over the whole batch   (``Batch.imagine``)
+    edit        stage I over the whole batch   (``Batch.edit``)
     understand  stage II over the whole batch  (``Batch.understand``)
     postprocess one JSON body per item, with its own HTTP status
 
@@ -195,7 +195,7 @@ class G2UHandler(BaseHandler):
     def edit(self, batch: Batch) -> Batch:
         """Stage I (the visual thoughts), one batched call for all valid items."""
         start = time.perf_counter()
-        batch.imagine()
+        batch.edit()
         self._metric(STAGE_LATENCY, time.perf_counter() - start, "edit")
         return batch
 

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
+from g2u.backends import backend_class
 from g2u.errors import InputError
 from g2u.memory import apply_memory_fit, validate_memory_fit
 from g2u.pipeline import G2UPipeline
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'logit rel.err':>14}{'thought SSIM':>13}")
     for offload, quantize in SETTINGS:
         try:
-            validate_memory_fit(offload, quantize, device, args.backend)
+            validate_memory_fit(offload, quantize, device, backend_class(args.backend).no_offload)
         except InputError as exc:
             print(f"{offload:<11}{quantize:<9}  refused: {exc.field}: {exc.reason}")
             continue

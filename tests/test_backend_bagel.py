@@ -26,7 +26,7 @@ from g2u.backends.base import Backend, read_demo_marker
 from g2u.demo.bagel import DEMO_EDIT_AREA, build_bagel_demo
 from g2u.errors import CheckpointError, InputError
 from g2u.modes import MODES
-from g2u.types import AnswerParams, EditParams
+from g2u.schema import answer_params, edit_params
 
 
 def edit_images(backend, images, prompts, params):
@@ -153,7 +153,7 @@ def test_a_branch_at_scale_one_is_never_computed(backend, text_cfg, image_cfg, r
         lambda mod, args, out: calls.append((args[0].shape[0], args[0].shape[1])))
     steps = 4
     try:
-        params = [EditParams(steps=steps, text_cfg=text_cfg, image_cfg=image_cfg, size=SIZE, seed=s) for s in (0, 1)]
+        params = [edit_params(steps=steps, text_cfg=text_cfg, image_cfg=image_cfg, size=SIZE, seed=s) for s in (0, 1)]
         edit_images(backend, [_picture(SIZE), _picture(SIZE, 5)], ["sharpen it", "denoise it"], params)
     finally:
         hook.remove()
@@ -192,11 +192,11 @@ def test_renorm_never_exceeds_the_conditional_norm():
 # ---------------------------------------------------------------- stage I through the protocol
 def test_edit_is_decided_by_the_seed_not_the_batch(backend):
     img_a, img_b = _picture(SIZE), _picture(SIZE, 17)
-    alone = edit_images(backend, [img_a], ["sharpen the details"], [EditParams(steps=4, size=SIZE, seed=3)])[0]
-    again = edit_images(backend, [img_a], ["sharpen the details"], [EditParams(steps=4, size=SIZE, seed=3)])[0]
+    alone = edit_images(backend, [img_a], ["sharpen the details"], [edit_params(steps=4, size=SIZE, seed=3)])[0]
+    again = edit_images(backend, [img_a], ["sharpen the details"], [edit_params(steps=4, size=SIZE, seed=3)])[0]
     batch = edit_images(backend, [img_b, img_a], ["extend the frame to the left", "sharpen the details"],
-                         [EditParams(steps=4, size=SIZE, seed=8), EditParams(steps=4, size=SIZE, seed=3)])
-    other = edit_images(backend, [img_a], ["sharpen the details"], [EditParams(steps=4, size=SIZE, seed=4)])[0]
+                         [edit_params(steps=4, size=SIZE, seed=8), edit_params(steps=4, size=SIZE, seed=3)])
+    other = edit_images(backend, [img_a], ["sharpen the details"], [edit_params(steps=4, size=SIZE, seed=4)])[0]
     assert alone.size == SIZE and alone.mode == "RGB"
     assert np.array_equal(np.asarray(alone), np.asarray(again))
     assert np.abs(np.asarray(alone, np.int16) - np.asarray(batch[1], np.int16)).max() <= 1
@@ -204,7 +204,7 @@ def test_edit_is_decided_by_the_seed_not_the_batch(backend):
 
 
 def test_mixed_sizes_are_grouped(backend):
-    params = [EditParams(steps=3, size=SIZE, seed=0), EditParams(steps=3, size=(32, 32), seed=0)]
+    params = [edit_params(steps=3, size=SIZE, seed=0), edit_params(steps=3, size=(32, 32), seed=0)]
     out = edit_images(backend, [_picture(SIZE), _picture((40, 40))], ["a", "b"], params)
     assert [o.size for o in out] == [SIZE, (32, 32)]
 
@@ -215,12 +215,12 @@ def test_think_decodes_a_plan_into_the_context(backend):
     thought, plans = backend.edit_contexts(images, ["sharpen the details"], latents, GRID, settings, think_tokens=6)
     assert isinstance(plans[0], str)
     assert thought.length > plain.length
-    params = EditParams(steps=3, size=SIZE, seed=0, options={"think": True, "max_think_tokens": 6})
+    params = edit_params(steps=3, size=SIZE, seed=0, options={"think": True, "max_think_tokens": 6})
     [out] = backend.edit([images[0]], ["sharpen the details"], [params])
     assert out.image.size == SIZE and isinstance(out.plan, str) and out.plan
-    [plain_out] = backend.edit([images[0]], ["sharpen the details"], [EditParams(steps=3, size=SIZE, seed=0)])
+    [plain_out] = backend.edit([images[0]], ["sharpen the details"], [edit_params(steps=3, size=SIZE, seed=0)])
     assert plain_out.plan is None
-    assert params.batch_key() != EditParams(steps=3, size=SIZE, seed=0).batch_key()
+    assert params.batch_key() != edit_params(steps=3, size=SIZE, seed=0).batch_key()
 
 
 @pytest.mark.parametrize(("change", "field"), [
@@ -232,7 +232,7 @@ def test_think_decodes_a_plan_into_the_context(backend):
     ({"options": {"cfg_interval": (0.8, 0.2)}}, "cfg_interval"),
 ])
 def test_validate_edit_names_the_field(backend, change, field):
-    params = EditParams(**{"size": SIZE, **change})
+    params = edit_params(**{"size": SIZE, **change})
     with pytest.raises(InputError) as err:
         backend.validate_edit(params)
     assert err.value.field == field
@@ -243,7 +243,7 @@ def test_answers_are_greedy_and_independent_of_batching(backend):
     img, thought = _picture((96, 64)), _picture((96, 64), 40)
     contents = [[img, "What is in the picture?"], [img, "Which object is on the left?", thought],
                 [img, "Is there a circle?", VaeImage(thought)]]
-    params = AnswerParams(max_new_tokens=6)
+    params = answer_params(max_new_tokens=6)
     batched = backend.answer(contents, params)
     single = [backend.answer([c], params)[0] for c in contents]
     assert batched == single and all(isinstance(a, str) for a in batched)

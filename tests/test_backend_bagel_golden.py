@@ -22,7 +22,7 @@ from g2u.backends.bagel.sampler import SamplerSettings, combine, denoise
 from g2u.backends.bagel.vae import decode_latents, encode_latents
 from g2u.backends.bagel.vision import to_unit_tensor
 from g2u.demo.bagel import build_bagel_demo
-from g2u.types import AnswerParams
+from g2u.schema import answer_params
 
 GOLDEN = Path(__file__).parent / "golden" / "bagel"
 BF16_REL = 0.05
@@ -103,7 +103,7 @@ def test_understanding_logits_and_greedy_tokens(backend, golden, meta):
 def test_answer_reads_the_image_as_the_inferencer_does(backend, golden, meta):
     """The public stage-II call (its sizing included: BAGEL's transform, then the ViT's) answers what the
     official inferencer answered."""
-    (answer,) = backend.answer([[golden_picture(), QUESTION]], AnswerParams(max_new_tokens=meta["text_tokens"]))
+    (answer,) = backend.answer([[golden_picture(), QUESTION]], answer_params(max_new_tokens=meta["text_tokens"]))
     assert answer == backend.decode_text(golden["text_tokens"].tolist())
 
 

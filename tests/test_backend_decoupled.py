@@ -17,7 +17,7 @@ from g2u.backends.base import Backend
 from g2u.backends.decoupled import DecoupledBackend, load_decoupled_dir
 from g2u.demo.decoupled import DEMO_EDIT_AREA, build_decoupled_demo, build_decoupled_kontext_demo
 from g2u.errors import CheckpointError, InputError
-from g2u.types import AnswerParams, EditParams
+from g2u.schema import answer_params, edit_params
 
 
 def edit_images(backend, images, prompts, params):
@@ -73,7 +73,7 @@ def test_edit_returns_exactly_the_requested_sizes(backends, kind):
     m = MULTIPLE[kind]
     sizes = [(6 * m, 4 * m), (3 * m, 5 * m), (6 * m, 4 * m)]  # two share a batch group, one does not
     images = [_picture((100, 60)), _picture((37, 90), 40), Image.new("L", (64, 64), 90)]
-    params = [EditParams(steps=2, size=s, seed=i) for i, s in enumerate(sizes)]
+    params = [edit_params(steps=2, size=s, seed=i) for i, s in enumerate(sizes)]
     out = edit_images(backends[kind], images, ["brighten", "zoom in", "denoise"], params)
     assert [o.size for o in out] == sizes
     assert all(o.mode == "RGB" for o in out)
@@ -85,7 +85,7 @@ def test_same_seed_same_thought_across_loads(backends, demo_dirs, kind):
     img = _picture((70, 50))
 
     def run(backend: DecoupledBackend, seed: int) -> np.ndarray:
-        params = [EditParams(steps=3, size=size, seed=seed)]
+        params = [edit_params(steps=3, size=size, seed=seed)]
         return _arr(edit_images(backend, [img], ["sharpen the details"], params)[0])
 
     first = run(backends[kind], 7)
@@ -99,8 +99,8 @@ def test_seed_is_per_item_in_a_batch(backends, kind):
     size = (4 * MULTIPLE[kind], 4 * MULTIPLE[kind])
     img = _picture((64, 64))
     pair = edit_images(backends[kind], [img, img], ["edit", "edit"],
-                               [EditParams(steps=2, size=size, seed=1), EditParams(steps=2, size=size, seed=2)])
-    alone = edit_images(backends[kind], [img], ["edit"], [EditParams(steps=2, size=size, seed=2)])[0]
+                               [edit_params(steps=2, size=size, seed=1), edit_params(steps=2, size=size, seed=2)])
+    alone = edit_images(backends[kind], [img], ["edit"], [edit_params(steps=2, size=size, seed=2)])[0]
     assert not np.array_equal(_arr(pair[0]), _arr(pair[1]))
     assert np.abs(_arr(pair[1]) - _arr(alone)).max() <= 2  # same noise; batching may move float rounding
 
@@ -109,23 +109,23 @@ def test_seed_is_per_item_in_a_batch(backends, kind):
 def test_answer_with_one_and_two_images(backends, kind):
     img, thought = _picture((64, 48)), _picture((48, 64), 90)
     contents = [[img, "What colour dominates?"], [img, "What colour dominates?", thought]]
-    answers = backends[kind].answer(contents, AnswerParams(max_new_tokens=4))
+    answers = backends[kind].answer(contents, answer_params(max_new_tokens=4))
     assert len(answers) == 2 and all(isinstance(a, str) and a for a in answers)
-    assert backends[kind].answer(contents, AnswerParams(max_new_tokens=4)) == answers  # greedy
+    assert backends[kind].answer(contents, answer_params(max_new_tokens=4)) == answers  # greedy
 
 
 def test_kontext_rejects_image_cfg(backends):
     with pytest.raises(InputError) as err:
-        edit_images(backends["kontext"], [_picture((64, 64))], ["x"], [EditParams(image_cfg=1.5, size=(64, 64))])
+        edit_images(backends["kontext"], [_picture((64, 64))], ["x"], [edit_params(image_cfg=1.5, size=(64, 64))])
     assert err.value.field == "image_cfg"
 
 
 @pytest.mark.parametrize(("kind", "params", "field"), [
-    ("ip2p", EditParams(text_cfg=1.0, image_cfg=1.5, size=(64, 64)), "image_cfg"),
-    ("ip2p", EditParams(image_cfg=0.5, size=(64, 64)), "image_cfg"),
-    ("ip2p", EditParams(size=(60, 64)), "edit_size"),
-    ("kontext", EditParams(size=(72, 64)), "edit_size"),
-    ("kontext", EditParams(steps=0, size=(64, 64)), "steps"),
+    ("ip2p", edit_params(text_cfg=1.0, image_cfg=1.5, size=(64, 64)), "image_cfg"),
+    ("ip2p", edit_params(image_cfg=0.5, size=(64, 64)), "image_cfg"),
+    ("ip2p", edit_params(size=(60, 64)), "edit_size"),
+    ("kontext", edit_params(size=(72, 64)), "edit_size"),
+    ("kontext", edit_params(steps=0, size=(64, 64)), "steps"),
 ])
 def test_impossible_params_are_rejected_by_field(backends, kind, params, field):
     with pytest.raises(InputError) as err:

@@ -19,8 +19,7 @@ from g2u.backends.qwen_image_edit import QwenImageEditBackend
 from g2u.backends.qwen_vl import QWEN2_5_VL_CHAT_TEMPLATE
 from g2u.errors import CheckpointError
 from g2u.pipeline import G2UPipeline
-from g2u.schema import parse_request
-from g2u.types import AnswerParams, EditParams
+from g2u.schema import answer_params, edit_params, parse_request
 
 ODD = [(1, 1), (4000, 60), (8000, 20), (20, 8000)]
 
@@ -57,7 +56,7 @@ def test_every_shape_is_edited_at_its_reported_size(name, bagel, qwen):
         plan = backend.plan_edit_size(shape)
         w, h = plan.size
         assert max(w, h) <= backend.size_limits.max_side and min(w, h) >= backend.size_multiple
-        params = EditParams(steps=2, size=plan.size, text_cfg=1.0)
+        params = edit_params(steps=2, size=plan.size, text_cfg=1.0)
         backend.validate_edit(params)
         (out,) = backend.edit([_picture(shape)], ["sharpen the details"], [params])
         assert out.image.size == plan.size
@@ -83,7 +82,7 @@ def test_bagel_edit_context_vit_reads_the_resized_image(bagel, monkeypatch):
 
     monkeypatch.setattr(bagel.model, "embed_vit_images", spy)
     plan = bagel.plan_edit_size((300, 100))
-    bagel.edit([_picture((300, 100))], ["sharpen"], [EditParams(steps=2, size=plan.size, text_cfg=1.0)])
+    bagel.edit([_picture((300, 100))], ["sharpen"], [edit_params(steps=2, size=plan.size, text_cfg=1.0)])
     assert seen == [plan.size]
 
 
@@ -93,7 +92,7 @@ def test_stage2_reads_original_and_thought_at_one_size_even_for_a_strip(name, ba
     backend = {"bagel": bagel, "qwen": qwen}[name]
     original = _picture((8000, 20))
     thought = _picture(backend.plan_edit_size((8000, 20)).size)
-    (answer,) = backend.answer([[original, "What is in the picture?", thought]], AnswerParams(max_new_tokens=3))
+    (answer,) = backend.answer([[original, "What is in the picture?", thought]], answer_params(max_new_tokens=3))
     assert isinstance(answer, str)
     (record,) = backend.last_stage2
     sizes = {tuple(r["resize"]) if r["pad"] is None else tuple(record["size"]) for r in record["images"]}
@@ -105,17 +104,17 @@ def test_stage2_reads_original_and_thought_at_one_size_even_for_a_strip(name, ba
 
 def test_stage2_cap_is_configurable(qwen):
     cap = 28 * 28 * 6
-    qwen.answer([[_picture((900, 700)), "What?"]], AnswerParams(max_new_tokens=2))
+    qwen.answer([[_picture((900, 700)), "What?"]], answer_params(max_new_tokens=2))
     w, h = qwen.last_stage2[0]["size"]
     assert w * h > cap  # the processor's own max_pixels by default
     qwen.stage2_max_pixels = cap
     try:
-        qwen.answer([[_picture((900, 700)), "What?"]], AnswerParams(max_new_tokens=2))
+        qwen.answer([[_picture((900, 700)), "What?"]], answer_params(max_new_tokens=2))
         w, h = qwen.last_stage2[0]["size"]
         assert w * h <= cap
     finally:
         qwen.stage2_max_pixels = None
-    per_call = AnswerParams(max_new_tokens=2)
+    per_call = answer_params(max_new_tokens=2)
     per_call.stage2_max_pixels = 28 * 28 * 4  # a request's own cap, where the schema carries one
     qwen.answer([[_picture((900, 700)), "What?"]], per_call)
     w, h = qwen.last_stage2[0]["size"]
@@ -135,7 +134,7 @@ def test_bagel_think_answer_uses_its_vlm_think_prompt_and_a_real_budget(bagel, m
     budget = []
     decode = bagel.model.decode
     monkeypatch.setattr(bagel.model, "decode", lambda cache, n, *a, **k: budget.append(n) or decode(cache, n, *a, **k))
-    out = bagel.think_answer([[_picture((64, 48)), "What is in the picture?"]], AnswerParams(max_new_tokens=3),
+    out = bagel.think_answer([[_picture((64, 48)), "What is in the picture?"]], answer_params(max_new_tokens=3),
                              max_think_tokens=5)
     (reasoning, answer), = out
     assert isinstance(reasoning, str) and isinstance(answer, str)
@@ -167,7 +166,7 @@ def test_processor_without_chat_template_falls_back_to_the_stock_one(demo_root, 
         (folder / sub / "chat_template.jinja").unlink()
     backend = QwenImageEditBackend.from_pretrained(str(folder), device="cpu")
     assert backend.pipe.processor.chat_template == QWEN2_5_VL_CHAT_TEMPLATE
-    assert isinstance(backend.answer([[_picture((64, 48)), "What?"]], AnswerParams(max_new_tokens=2))[0], str)
+    assert isinstance(backend.answer([[_picture((64, 48)), "What?"]], answer_params(max_new_tokens=2))[0], str)
 
 
 def test_plus_layout_loads_as_the_plus_variant_and_edits(demo_root):
@@ -177,8 +176,8 @@ def test_plus_layout_loads_as_the_plus_variant_and_edits(demo_root):
     assert isinstance(backend.pipe, QwenImageEditPlusPipeline) and backend.plus
     assert backend.info.demo
     plan = backend.plan_edit_size((96, 64))
-    (out,) = backend.edit([_picture((96, 64))], ["sharpen"], [EditParams(steps=2, size=plan.size)])
+    (out,) = backend.edit([_picture((96, 64))], ["sharpen"], [edit_params(steps=2, size=plan.size)])
     thought = out.image
     assert thought.size == plan.size
-    (answer,) = backend.answer([[_picture((96, 64)), "What?", thought]], AnswerParams(max_new_tokens=2))
+    (answer,) = backend.answer([[_picture((96, 64)), "What?", thought]], answer_params(max_new_tokens=2))
     assert isinstance(answer, str)

@@ -18,7 +18,7 @@ from g2u.backends.base import Backend
 from g2u.backends.qwen_image_edit import QwenImageEditBackend
 from g2u.demo.qwen import DEMO_EDIT_AREA, build_qwen_image_edit_demo
 from g2u.errors import InputError
-from g2u.types import AnswerParams, EditParams
+from g2u.schema import answer_params, edit_params
 
 
 def edit_images(backend, images, prompts, params):
@@ -104,7 +104,7 @@ def test_load_reports_demo_and_shares_one_text_model(backend):
 
 def test_edit_returns_exact_working_sizes_for_mixed_inputs(backend):
     images = [_picture((96, 64)), _picture((40, 90), shift=9)]
-    params = [EditParams(steps=STEPS, size=(64, 48), seed=1), EditParams(steps=STEPS, size=(32, 80), seed=2)]
+    params = [edit_params(steps=STEPS, size=(64, 48), seed=1), edit_params(steps=STEPS, size=(32, 80), seed=2)]
     out = edit_images(backend, images, ["sharpen the details", "extend the frame to the left"], params)
     assert [o.size for o in out] == [(64, 48), (32, 80)]
     assert all(o.mode == "RGB" for o in out)
@@ -113,9 +113,9 @@ def test_edit_returns_exact_working_sizes_for_mixed_inputs(backend):
 def test_same_seed_same_thought_across_loads(ckpt, backend):
     other = QwenImageEditBackend.from_pretrained(str(ckpt), device="cpu")
     img = _picture((80, 64))
-    a = edit_images(backend, [img], ["denoise"], [EditParams(steps=STEPS, size=(48, 48), seed=7)])[0]
-    b = edit_images(other, [img], ["denoise"], [EditParams(steps=STEPS, size=(48, 48), seed=7)])[0]
-    c = edit_images(other, [img], ["denoise"], [EditParams(steps=STEPS, size=(48, 48), seed=8)])[0]
+    a = edit_images(backend, [img], ["denoise"], [edit_params(steps=STEPS, size=(48, 48), seed=7)])[0]
+    b = edit_images(other, [img], ["denoise"], [edit_params(steps=STEPS, size=(48, 48), seed=7)])[0]
+    c = edit_images(other, [img], ["denoise"], [edit_params(steps=STEPS, size=(48, 48), seed=8)])[0]
     assert np.array_equal(np.asarray(a), np.asarray(b))
     assert not np.array_equal(np.asarray(a), np.asarray(c))
 
@@ -173,7 +173,7 @@ def test_text_cfg_one_skips_the_uncond_branch(backend):
     )
     try:
         edit_images(backend,
-            [_picture((32, 32))] * 2, ["a", "b"], [EditParams(steps=2, text_cfg=1.0, size=(32, 32))] * 2
+            [_picture((32, 32))] * 2, ["a", "b"], [edit_params(steps=2, text_cfg=1.0, size=(32, 32))] * 2
         )
     finally:
         hook.remove()
@@ -199,17 +199,17 @@ def test_item_thought_does_not_depend_on_batch_mates(backend):
 def test_answer_one_and_two_images(backend):
     img, thought = _picture((64, 48)), _picture((48, 48), shift=50)
     contents = [[img, "What color is the square?"], [img, "What color is the square?", thought]]
-    answers = backend.answer(contents, AnswerParams(max_new_tokens=6))
+    answers = backend.answer(contents, answer_params(max_new_tokens=6))
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
     # Greedy and left-padded: a batched answer equals the answer alone.
-    assert backend.answer(contents[1:], AnswerParams(max_new_tokens=6)) == answers[1:]
+    assert backend.answer(contents[1:], answer_params(max_new_tokens=6)) == answers[1:]
 
 
 def test_rejects_image_cfg_and_bad_sizes(backend):
     img = _picture((32, 32))
     with pytest.raises(InputError) as err:
-        edit_images(backend, [img], ["x"], [EditParams(steps=1, image_cfg=1.5, size=(32, 32))])
+        edit_images(backend, [img], ["x"], [edit_params(steps=1, image_cfg=1.5, size=(32, 32))])
     assert err.value.field == "image_cfg"
     with pytest.raises(InputError) as err:
-        edit_images(backend, [img], ["x"], [EditParams(steps=1, size=(40, 32))])
+        edit_images(backend, [img], ["x"], [edit_params(steps=1, size=(40, 32))])
     assert err.value.field == "edit_size"

@@ -35,7 +35,7 @@ def test_tiny_bench_reports_stages_ratios_and_drift_within_noise(capsys):
                                    "--tokens", "3", "--edit-size", "48x48"])
     assert code == 0, err
     report = json.loads(out)
-    assert set(report["stages_ms"]) == {"write_prompt", "edit", "fidelity", "understand", "total"}
+    assert set(report["stages_ms"]) == {"write_prompt", "edit", "measures", "understand", "total"}
     for row in report["stages_ms"].values():
         assert row["stock"] >= 0 and row["fast"] >= 0
     assert report["end_to_end_speedup"] > 0

@@ -11,8 +11,8 @@ from PIL import Image
 from g2u.backends import load_backend
 from g2u.batch import RawItem, outcome_body, run_batch
 from g2u.pipeline import G2UPipeline
+from g2u.schema import edit_params
 from g2u.thought_cache import ThoughtCache
-from g2u.types import EditParams
 
 FAST = {"steps": 2, "max_new_tokens": 3}
 
@@ -75,7 +75,7 @@ def test_key_depends_on_the_checkpoint(demo_root, rgb_image, tmp_path):
     cache = ThoughtCache(tmp_path / "c")
     a = load_backend(str(demo_root / "qwen_image_edit"))
     b = load_backend(str(demo_root / "decoupled"))
-    params = EditParams(steps=2, size=(64, 64))
+    params = edit_params(steps=2, size=(64, 64))
     assert cache.key(a, rgb_image, "p", params) == cache.key(a, rgb_image, "p", params)
     assert cache.key(a, rgb_image, "p", params) != cache.key(b, rgb_image, "p", params)
     assert cache.key(a, rgb_image, "p", params, "1.0.0") != cache.key(a, rgb_image, "p", params, "1.0.1")

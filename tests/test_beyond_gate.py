@@ -7,7 +7,8 @@ import pytest
 from g2u.backends import load_backend
 from g2u.batch import RawItem, outcome_body, run_batch
 from g2u.pipeline import G2UPipeline
-from g2u.types import Answer, AnswerParams
+from g2u.schema import answer_params
+from g2u.types import Answer
 
 FAST = {"steps": 2, "max_new_tokens": 3}
 
@@ -68,13 +69,13 @@ def test_bad_gate_fields_are_4xx(backend, rgb_image, fields, field):
 def test_backends_return_answer_probabilities(demo_root, rgb_image, name):
     be = load_backend(str(demo_root / name))
     contents = [[rgb_image, "What color is the square?"], [rgb_image, "How many squares?"]]
-    plain = be.answer(contents, AnswerParams(max_new_tokens=3))
-    scored = be.answer(contents, AnswerParams(max_new_tokens=3, return_scores=True))
+    plain = be.answer(contents, answer_params(max_new_tokens=3))
+    scored = be.answer(contents, answer_params(max_new_tokens=3, return_scores=True))
     assert all(isinstance(a, Answer) for a in scored)
     assert [a.text for a in scored] == plain, "asking for scores must not change the answers"
     for a in scored:
         assert 0.0 < a.prob <= 1.0 and 0.0 < a.first_prob <= 1.0
-    one = be.answer(contents, AnswerParams(max_new_tokens=1, return_scores=True))
+    one = be.answer(contents, answer_params(max_new_tokens=1, return_scores=True))
     for a in one:  # one generated token: its mean is its first
         assert a.prob == pytest.approx(a.first_prob)
 

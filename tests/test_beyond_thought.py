@@ -11,7 +11,7 @@ from PIL import Image
 
 from g2u.backends import load_backend
 from g2u.batch import RawItem, outcome_body, run_batch
-from g2u.fidelity import fidelity
+from g2u.measures import edit_measures
 from g2u.pipeline import G2UPipeline
 
 FAST = {"steps": 2, "max_new_tokens": 3}
@@ -52,7 +52,7 @@ def test_base64_thought_is_used_instead_of_stage_one(backend, rgb_image):
     assert out.ok, body
     assert pipe.backend.edit_calls == 0
     assert body["edit"]["provided"] is True and body["edit"]["writer"] == "provided"
-    assert body["fidelity"] == fidelity(rgb_image, _thought())
+    assert body["measures"] == edit_measures(rgb_image, _thought())
     assert out.result.thought.image.tobytes() == _thought().tobytes()
 
 

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
+from g2u.backends import backend_class
 from g2u.errors import InputError
 from g2u.memory import apply_memory_fit, validate_memory_fit
 from g2u.pipeline import G2UPipeline
@@ -28,13 +29,13 @@ from g2u.schema import parse_request
 ])
 def test_settings_that_cannot_run_are_refused_by_field(offload, quantize, backend, field, reason):
     with pytest.raises(InputError, match=reason) as info:
-        validate_memory_fit(offload, quantize, "cpu", backend)
+        validate_memory_fit(offload, quantize, "cpu", backend_class(backend).no_offload if backend else None)
     assert info.value.field == field
 
 
 def test_int8_and_none_are_accepted_on_cpu():
-    validate_memory_fit("none", "int8", "cpu", "bagel")
-    validate_memory_fit("none", "none", "cpu", "qwen_image_edit")
+    validate_memory_fit("none", "int8", "cpu", backend_class("bagel").no_offload)
+    validate_memory_fit("none", "none", "cpu", backend_class("qwen_image_edit").no_offload)
 
 
 def _request(image):

@@ -96,7 +96,7 @@ def test_evaluate_logs_predictions_with_every_field(project_env, tmp_path):
     g2u = [r for r in records if r["mode"] == "g2u"]
     for r in g2u:
         for field in ("id", "question", "options", "answer", "prediction", "correct", "mode", "edit_prompt",
-                      "family", "writer", "fidelity", "thought_path"):
+                      "family", "writer", "measures", "thought_path"):
             assert field in r, field
         assert r["family"] == "extension" and (out / r["thought_path"]).is_file()
     # replace and g2u of one sample read the same thought: stage I ran once per sample

@@ -112,10 +112,9 @@ def test_cli_parses_bool_and_option_flags():
 def test_internal_defaults_are_the_schema_defaults():
     """EditParams/AnswerParams are built by the schema; their own defaults (used by backend tests and
     library callers) must not drift from the schema's."""
-    from g2u.schema import field_default
-    from g2u.types import AnswerParams, EditParams
+    from g2u.schema import answer_params, edit_params, field_default
 
-    edit, answer = EditParams(), AnswerParams()
+    edit, answer = edit_params(), answer_params()
     assert (edit.steps, edit.text_cfg, edit.image_cfg, edit.seed) == tuple(
         field_default(n) for n in ("steps", "text_cfg", "image_cfg", "seed"))
     assert answer.max_new_tokens == field_default("max_new_tokens")

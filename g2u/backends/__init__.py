@@ -5,7 +5,7 @@ A checkpoint is a local folder in the real on-disk layout or a hub id (where a h
 - ``bagel``: the released BAGEL-7B-MoT layout (``ema.safetensors``, ``ae.safetensors``, ``llm_config.json``...);
 - ``decoupled``: a folder with ``g2u_backend.json`` naming an editor and an answerer, or both given
   explicitly (``editor=``/``answerer=``: any diffusers edit pipeline + any image-text-to-text model);
-(the embedded demo checkpoints are the pipeline's default: ``g2u.demo.ensure_demo_checkpoint``).
+(the embedded demo checkpoints are the entry points' default: ``g2u.checkpoints.resolve_checkpoint``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,24 @@ from g2u.errors import CheckpointError
 BACKENDS = ("qwen_image_edit", "decoupled", "bagel")
 _QWEN_EDIT_CLASSES = ("QwenImageEditPipeline", "QwenImageEditPlusPipeline")
 
-__all__ = ["BACKENDS", "Backend", "BackendBase", "BackendInfo", "detect_backend", "load_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendBase", "BackendInfo", "backend_class", "detect_backend", "load_backend"]
+
+
+def backend_class(name: str) -> type[BackendBase]:
+    """The class of a backend by name (imported on first use: each pulls in its own model libraries)."""
+    if name == "qwen_image_edit":
+        from g2u.backends.qwen_image_edit import QwenImageEditBackend
+
+        return QwenImageEditBackend
+    if name == "bagel":
+        from g2u.backends.bagel import BagelBackend
+
+        return BagelBackend
+    if name == "decoupled":
+        from g2u.backends.decoupled import DecoupledBackend
+
+        return DecoupledBackend
+    raise CheckpointError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 
 def detect_backend(checkpoint: str) -> str:
@@ -57,7 +74,7 @@ def load_backend(checkpoint: str | None, backend: str | None = None, *, editor: 
 
     target = resolve_device(device)
     name = backend or ("decoupled" if editor or answerer else detect_backend(checkpoint) if checkpoint else None)
-    validate_memory_fit(offload, quantize, target, name)
+    validate_memory_fit(offload, quantize, target, backend_class(name).no_offload if name else None)
     staging = "cpu" if target.type == "cuda" else device  # the fit moves (or offloads) the weights itself
     loaded = _load(checkpoint, backend, editor, answerer, staging, dtype or dtype_name(resolve_dtype(None, target)))
     apply_memory_fit(loaded, offload=offload, quantize=quantize, device=target)
@@ -85,14 +102,8 @@ def _load(checkpoint: str | None, backend: str | None, editor: str | None, answe
         raise CheckpointError("no checkpoint given: pass a folder or hub id (or editor= and answerer=)")
     if backend is None:
         backend = detect_backend(checkpoint)
-    if backend == "qwen_image_edit":
-        from g2u.backends.qwen_image_edit import QwenImageEditBackend
+    if backend == "decoupled":
+        from g2u.backends.decoupled import load_decoupled_dir
 
-        return QwenImageEditBackend.from_pretrained(checkpoint, device=device, dtype=dtype)
-    if backend == "bagel":
-        from g2u.backends.bagel import BagelBackend
-
-        return BagelBackend.from_pretrained(checkpoint, device=device, dtype=dtype)
-    from g2u.backends.decoupled import load_decoupled_dir
-
-    return load_decoupled_dir(checkpoint, device=device, dtype=dtype)
+        return load_decoupled_dir(checkpoint, device=device, dtype=dtype)
+    return backend_class(backend).from_pretrained(checkpoint, device=device, dtype=dtype)

@@ -1,16 +1,17 @@
 """The backend protocol: one batched call per G→U stage, plus how a thought enters stage II.
 
-A backend owns its models and knows how to (I) edit images under prompts and (II) answer from
-interleaved image/text content. All G→U logic (modes, prompt choice, ordering, fidelity) lives in
-``g2u.pipeline``; ``BackendBase`` holds the chores every backend shares (length checks, grouping items
-that can share a batched call, per-item seeded generators), so a new model family writes only
-``validate_edit``, ``edit_group`` and ``answer``.
+A backend owns its models and what it knows about them: its working-size rule and limits, its stage-II
+sizing, its components (what memory fit and the fast path act on), and how to (I) edit images under
+prompts and (II) answer from interleaved image/text content. All G→U logic (modes, prompt choice,
+ordering, measures) lives in ``g2u.pipeline``; ``BackendBase`` holds the chores every backend shares
+(length checks, grouping items that can share a batched call, per-item seeded generators), so a new
+model family writes only ``validate_edit``, ``edit_group`` and ``answer``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -21,6 +22,7 @@ from pydantic import BaseModel
 
 from g2u.errors import InputError
 from g2u.modes import MODES, Mode, modes_for
+from g2u.sizing import SizeLimits, SizePlan, area_target, edit_plan
 from g2u.types import Answer, AnswerParams, EditOutput, EditParams
 
 DEMO_MARKER = "g2u_demo.json"
@@ -44,6 +46,23 @@ class BackendInfo:
     dtype: str
 
 
+@dataclass(frozen=True)
+class Component:
+    """One model a backend holds, registered by name (as diffusers' ``register_modules``), with what may
+    be done to it: memory fit quantizes the Linear-heavy ones, offloads or moves the others; the fast path
+    finds the answer model and the denoiser by ``role``."""
+
+    module: Any
+    quantize: bool = False
+    """Linear-heavy: int8/fp8/nf4 weight-only quantization targets it."""
+    offload: str | None = None
+    """``pipeline`` (diffusers' ``enable_*_offload``), ``module`` (accelerate hooks), None: cannot."""
+    move: bool = True
+    """Moved by ``.to(device)`` when the backend is placed on a device (parts of a moved pipeline: False)."""
+    role: str | None = None
+    """``answer_model`` (stage II's ``generate`` model) or ``denoiser`` (stage I's transformer/UNet)."""
+
+
 @runtime_checkable
 class Backend(Protocol):
     info: BackendInfo
@@ -53,8 +72,8 @@ class Backend(Protocol):
     """Pixel area of the automatic working size (512² for real checkpoints, small for demo ones)."""
     options_model: type[BaseModel] | None
     """The backend's own request fields (``g2u.schema.BACKEND_OPTIONS``), None when it has none."""
-    last_stage2: list[dict | None]
-    """How the last ``answer`` call sized each request's images (one size for I and Î, ``g2u.sizing``)."""
+    components: dict[str, Component]
+    """The models it holds, by name (``g2u.memory`` and ``g2u.fastpath`` act on them)."""
 
     def plan_edit_size(self, image_size: tuple[int, int], size: tuple[int, int] | None = None,
                        area: int | None = None) -> Any:
@@ -84,21 +103,56 @@ class Backend(Protocol):
         """The answer-prompt part carrying a thought in ``mode`` (an image, or e.g. BAGEL's VAE latents)."""
         ...
 
-    def answer(self, contents: Sequence[Sequence[Any]], params: AnswerParams) -> list[str] | list[Answer]:
-        """Stage II: one text per request, each from its interleaved images and text parts. With
-        ``params.return_scores`` one ``Answer`` (text + token probabilities) per request instead."""
+    def answer(self, contents: Sequence[Sequence[Any]], params: AnswerParams) -> list[Answer]:
+        """Stage II: one ``Answer`` per request from its interleaved images and text parts: the text, the
+        token probabilities when ``params.return_scores``, and how its images were sized (``stage2``)."""
+        ...
+
+    def answer_grouped(self, contents: Sequence[Sequence[Any]], params: Sequence[AnswerParams]) -> list[Answer]:
+        """Stage II over items with their own parameters: one ``answer`` call per distinct group key."""
+        ...
+
+    def think_answer(self, contents: Sequence[Sequence[Any]], params: AnswerParams,
+                     max_think_tokens: int) -> list[tuple[str, Answer]] | None:
+        """A backend's own textual reasoning (BAGEL's think prompt): (reasoning, answer) per request, or
+        None where the backend has no format of its own (the loop then writes the reasoning in a pass)."""
         ...
 
 
+def with_stage2(answers: Sequence[Answer], sizing: Sequence[dict | None]) -> list[Answer]:
+    """Answers carrying how stage II sized each request's images (``g2u.sizing.prepare_contents``)."""
+    for ans, record in zip(answers, sizing):
+        ans.stage2 = record
+    return list(answers)
+
+
 class BackendBase:
-    """Shared chores of the backends. Subclasses set ``info``, ``size_multiple``, ``default_edit_area``
-    and implement ``validate_edit``, ``edit_group`` and ``answer``."""
+    """Shared chores of the backends. Subclasses set ``info``, ``size_multiple``, ``default_edit_area``,
+    their size rule and limits, register their components, and implement ``validate_edit``,
+    ``edit_group`` and ``answer``."""
 
     info: BackendInfo
     size_multiple: int
     default_edit_area: int
     options_model: type[BaseModel] | None = None
-    last_stage2: list[dict | None] = []
+    size_limits: SizeLimits | None = None
+    """Stage-I limits (None: the stride and a 2048-pixel side)."""
+    default_size_rule: tuple[str, Callable[[int, int], tuple[float, float]]] | None = None
+    """The model's own working-size rule, named (None: the input's aspect at ``default_edit_area``)."""
+    no_offload: str | None = None
+    """Why the backend's models cannot be offloaded (None: they can); read before loading (``g2u.memory``)."""
+
+    @property
+    def components(self) -> dict[str, Component]:
+        return self.__dict__.setdefault("_components", {})
+
+    def register(self, name: str, module: Any, **how: Any) -> None:
+        """Register a model the backend holds (``Component`` says what may be done to it)."""
+        self.components[name] = Component(module, **how)
+
+    def component(self, role: str) -> Any:
+        """The module registered with ``role`` (None: the backend has none)."""
+        return next((c.module for c in self.components.values() if c.role == role), None)
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -129,17 +183,30 @@ class BackendBase:
         raise NotImplementedError
 
     def plan_edit_size(self, image_size: tuple[int, int], size: tuple[int, int] | None = None,
-                       area: int | None = None) -> Any:
+                       area: int | None = None) -> SizePlan:
         """The working size of an input (``g2u.sizing.SizePlan``): ``size`` if given, else ``area``, else the
-        model's own rule (``default_size_rule``; without one, the input's aspect at ``default_edit_area``),
-        within ``size_limits`` (without them, the stride and a 2048-pixel side)."""
-        from g2u.sizing import SizeLimits, area_target, edit_plan
-
-        limits = getattr(self, "size_limits", None) or SizeLimits(multiple=self.size_multiple, max_side=2048)
+        model's own rule (``default_size_rule``), within ``size_limits``."""
+        limits = self.size_limits or SizeLimits(multiple=self.size_multiple, max_side=2048)
         area_px = self.default_edit_area
-        rule = getattr(self, "default_size_rule", None) or (f"area:{area_px}",
-                                                             lambda w, h: area_target((w, h), area_px))
+        rule = self.default_size_rule or (f"area:{area_px}", lambda w, h: area_target((w, h), area_px))
         return edit_plan(image_size, limits, rule, size=size, area=area)
+
+    def answer_grouped(self, contents: Sequence[Sequence[Any]], params: Sequence[AnswerParams]) -> list[Answer]:
+        """Stage II over items with their own parameters: one ``answer`` call per distinct
+        ``AnswerParams.group_key`` (requests almost always share one), answers back in item order."""
+        out: list[Answer | None] = [None] * len(contents)
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(params):
+            groups.setdefault(p.group_key(), []).append(i)
+        for idx in groups.values():
+            for i, ans in zip(idx, self.answer([contents[i] for i in idx], params[idx[0]])):
+                out[i] = ans
+        return out  # type: ignore[return-value]
+
+    def think_answer(self, contents: Sequence[Sequence[Any]], params: AnswerParams,
+                     max_think_tokens: int) -> list[tuple[str, Answer]] | None:
+        """No reasoning format of its own (BAGEL overrides this): the loop writes the reasoning in a pass."""
+        return None
 
     def thought_part(self, image: Image.Image, mode: Mode) -> Any:
         if mode.thought_as == "image":
@@ -152,4 +219,5 @@ class BackendBase:
         return [torch.Generator(device=device).manual_seed(int(p.seed)) for p in params]
 
 
-__all__ = ["MODES", "Backend", "BackendBase", "BackendInfo", "DEMO_MARKER", "read_demo_marker"]
+__all__ = ["MODES", "Backend", "BackendBase", "BackendInfo", "Component", "DEMO_MARKER", "read_demo_marker",
+           "with_stage2"]

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from g2u.backends.base import BackendBase, BackendInfo, read_demo_marker
+from g2u.backends.base import BackendBase, BackendInfo, read_demo_marker, with_stage2
 from g2u.devices import dtype_name, resolve_device, resolve_dtype
 from g2u.errors import CheckpointError, G2UError, InputError, ModelError
 from g2u.sizing import (
@@ -36,10 +36,9 @@ from g2u.sizing import (
     demo_scale,
     place,
     prepare_contents,
-    qwen_vl_stage2_for,
     stage2_cap,
 )
-from g2u.types import AnswerParams, ContentPart, EditParams
+from g2u.types import Answer, AnswerParams, ContentPart, EditParams
 
 BACKEND_FILE = "g2u_backend.json"
 REAL_DEFAULT_EDIT_AREA = 512 * 512
@@ -227,7 +226,11 @@ class DecoupledBackend(BackendBase):
         self.default_size_rule = (f"area:{area}", lambda w, h: area_target((w, h), area))
         self.stage2_max_pixels: int | None = None
         """Cap on each stage-II image for Qwen-VL answerers (``None``: the processor's ``max_pixels``)."""
-        self.last_stage2: list[dict | None] = []
+        denoiser = getattr(editor, "transformer", None) or getattr(editor, "unet", None)  # a diffusers pipeline's
+        self.register("editor", editor, offload="pipeline")
+        if denoiser is not None:
+            self.register("denoiser", denoiser, quantize=True, move=False, role="denoiser")
+        self.register("answer_model", answer_model, quantize=True, offload="module", role="answer_model")
 
     @classmethod
     def from_pretrained(cls, editor: str, answerer: str, device: str | torch.device | None = None,
@@ -302,14 +305,16 @@ class DecoupledBackend(BackendBase):
     def stage2_sizing(self, cap: int | None = None):
         """Qwen-VL answerers: every image of a request at one capped size (None for others, e.g. LLaVA,
         whose processor resizes every image to its fixed input size already)."""
+        from g2u.backends.qwen_vl import qwen_vl_stage2_for
+
         return qwen_vl_stage2_for(self.processor, cap or self.stage2_max_pixels)
 
-    def answer(self, contents: Sequence[Sequence[ContentPart]], params: AnswerParams) -> list[str]:
+    def answer(self, contents: Sequence[Sequence[ContentPart]], params: AnswerParams) -> list[Answer]:
         """One batched chat-template generation over all requests (see ``qwen_vl.generate_answers``)."""
         from g2u.backends.qwen_vl import generate_answers
 
-        contents, self.last_stage2 = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)))
-        return generate_answers(self.answer_model, self.processor, contents, params)
+        contents, sizing = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)))
+        return with_stage2(generate_answers(self.answer_model, self.processor, contents, params), sizing)
 
 
 def load_decoupled_dir(folder: str | Path, device: str | torch.device | None = None,

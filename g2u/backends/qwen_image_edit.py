@@ -14,16 +14,21 @@ size of the original, capped by ``stage2_max_pixels`` (default: the processor's 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from g2u.backends.base import BackendBase, BackendInfo, read_demo_marker
+from g2u.backends.base import BackendBase, BackendInfo, read_demo_marker, with_stage2
 from g2u.backends.qwen_edit_pipeline import QwenImageEditG2UPipeline
-from g2u.backends.qwen_vl import QWEN2_5_VL_CHAT_TEMPLATE, QwenVLImageProcessor, generate_answers
+from g2u.backends.qwen_vl import (
+    QWEN2_5_VL_CHAT_TEMPLATE,
+    QwenVLImageProcessor,
+    generate_answers,
+    qwen_vl_stage2_for,
+)
 from g2u.devices import dtype_name, resolve_device, resolve_dtype
 from g2u.errors import CheckpointError, InputError
 from g2u.sizing import (
@@ -32,12 +37,10 @@ from g2u.sizing import (
     demo_scale,
     place,
     prepare_contents,
-    qwen_image_edit_rule,
-    qwen_vl_stage2_for,
     scaled_rule,
     stage2_cap,
 )
-from g2u.types import AnswerParams, ContentPart, EditParams
+from g2u.types import Answer, AnswerParams, ContentPart, EditParams
 
 STOCK_EDIT_AREA = 1024 * 1024
 """The stock pipelines' working area: ``calculate_dimensions(1024 * 1024, width / height)``."""
@@ -114,9 +117,11 @@ class QwenImageEditBackend(BackendBase):
         """The stock rule (real checkpoints at 1024²; a demo at its marker's area)."""
         self.stage2_max_pixels = stage2_max_pixels
         """Cap on each stage-II image (``None``: the processor's own ``max_pixels``)."""
-        self.last_stage2: list[dict | None] = []
-        """What stage II did to each request's images in the last ``answer`` call."""
         self.pipe.set_progress_bar_config(disable=True)
+        # the pipeline moves and offloads as one; its transformer and text encoder are quantized in place
+        self.register("pipe", pipe, offload="pipeline")
+        self.register("transformer", pipe.transformer, quantize=True, move=False, role="denoiser")
+        self.register("text_encoder", pipe.text_encoder, quantize=True, move=False, role="answer_model")
 
     def stage2_sizing(self, cap: int | None = None):
         """Stage-II sizing under ``cap`` (a request's), else ``stage2_max_pixels``, else the processor's."""
@@ -227,14 +232,25 @@ class QwenImageEditBackend(BackendBase):
         ).images[0]
         return result.convert("RGB")
 
-    def answer(self, contents: Sequence[Sequence[ContentPart]], params: AnswerParams) -> list[str]:
+    def answer(self, contents: Sequence[Sequence[ContentPart]], params: AnswerParams) -> list[Answer]:
         """Stage II with the pipeline's own text encoder and processor (no second copy of the weights).
-        Each request's images are first brought to one stage-II size (``last_stage2`` says how)."""
-        contents, self.last_stage2 = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)))
-        return generate_answers(self.pipe.text_encoder, self.pipe.processor, contents, params)
+        Each request's images are first brought to one stage-II size (each answer's ``stage2`` says how)."""
+        contents, sizing = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)))
+        return with_stage2(generate_answers(self.pipe.text_encoder, self.pipe.processor, contents, params), sizing)
 
 
 def _plus_class() -> type:
     from diffusers import QwenImageEditPlusPipeline
 
     return QwenImageEditPlusPipeline
+
+
+def qwen_image_edit_rule(area: int = 1024 * 1024) -> Callable[[int, int], tuple[int, int]]:
+    """diffusers' own rule: ``calculate_dimensions(area, width / height)`` (sides multiples of 32)."""
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_dimensions
+
+    def rule(width: int, height: int) -> tuple[int, int]:
+        tw, th = calculate_dimensions(area, width / height)
+        return max(tw, 1), max(th, 1)  # the stock rule rounds an extreme side to 0; clamp() lifts it
+
+    return rule

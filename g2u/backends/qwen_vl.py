@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from PIL import Image
 from transformers import ProcessorMixin, Qwen2VLProcessor, StoppingCriteriaList
 
 from g2u.deadline import deadline_criteria
-from g2u.types import AnswerParams, ContentPart, Turn
+from g2u.sizing import SizeLimits, Stage2Sizing
+from g2u.types import Answer, AnswerParams, ContentPart, Turn
 
 IMAGE_TOKEN = "<|image_pad|>"
 VIDEO_TOKEN = "<|video_pad|>"
@@ -392,7 +394,7 @@ def answer_generate_kwargs(model: Any, processor: Any, params: AnswerParams) -> 
 
 def generate_answers(
     model: Any, processor: Any, contents: Sequence[Sequence[ContentPart]], params: AnswerParams
-) -> list[str]:
+) -> list[Answer]:
     """Answer a batch of interleaved image/text prompts with one ``generate`` call.
 
     Only the new tokens are decoded. ``temperature == 0`` is greedy. Generic over transformers
@@ -412,7 +414,7 @@ def generate_answers(
     new_tokens = sequences[:, inputs["input_ids"].shape[1] :]
     texts = [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     if not params.return_scores:
-        return texts
+        return [Answer(text) for text in texts]
     return scored_answers(model, output, new_tokens, texts, tokenizer)
 
 
@@ -420,8 +422,6 @@ def scored_answers(model: Any, output: Any, new_tokens: torch.Tensor, texts: lis
     """``Answer`` objects from ``generate(output_scores=True, return_dict_in_generate=True)``: each
     token's probability comes from transformers' ``compute_transition_scores`` (processed logits, so the
     probability of the token greedy/sampling really chose); end and padding tokens are not counted."""
-    from g2u.types import Answer
-
     logp = model.compute_transition_scores(output.sequences, output.scores, normalize_logits=True)
     probs = logp.float().exp().cpu()
     stop = set(tokenizer.all_special_ids)
@@ -430,3 +430,42 @@ def scored_answers(model: Any, output: Any, new_tokens: torch.Tensor, texts: lis
         keep = [probs[row, k].item() for k, tok in enumerate(new_tokens[row].tolist()) if tok not in stop]
         out.append(Answer(text, sum(keep) / len(keep) if keep else 0.0, keep[0] if keep else 0.0))
     return out
+
+
+# ---------------------------------------------------------------------------------------- stage-II sizing
+def qwen_vl_stage2(min_pixels: int, max_pixels: int, factor: int = 28, max_aspect: float = 200.0,
+                   cap: int | None = None) -> Stage2Sizing:
+    """Qwen2/2.5-VL: ``smart_resize`` within [min_pixels, min(max_pixels, cap)], aspect kept below 200
+    (a wider image is padded). ``cap`` is the configurable stage-II budget (``None``: the processor's)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    top = min(max_pixels, cap) if cap else max_pixels
+    top = max(top, min_pixels)
+    # the longest side any image may have: at the lowest allowed short side and the aspect bound
+    longest = min(top // factor, int(math.sqrt(top * (max_aspect - 1))))
+    limits = SizeLimits(multiple=factor, max_side=longest // factor * factor,
+                        min_side=factor, max_pixels=top, max_aspect=max_aspect)
+
+    def rule(width: int, height: int) -> tuple[float, float]:
+        w, h = float(width), float(height)
+        bound = max_aspect - 1  # strictly below the processor's bound, with room for rounding
+        if max(w, h) / min(w, h) > bound:  # pad the short side up to the bound first
+            if w > h:
+                h = w / bound
+            else:
+                w = h / bound
+        w, h = max(w, factor), max(h, factor)
+        rh, rw = smart_resize(int(round(h)), int(round(w)), factor=factor, min_pixels=min_pixels, max_pixels=top)
+        return rw, rh
+
+    return Stage2Sizing(f"qwen_vl_smart_resize:{min_pixels}-{top}", rule, limits)
+
+
+def qwen_vl_stage2_for(processor, cap: int | None = None) -> Stage2Sizing | None:
+    """The stage-II sizing of a Qwen2/2.5-VL processor (``None`` for processors of other families)."""
+    ip = getattr(processor, "image_processor", None)
+    size = getattr(ip, "size", None) or {}
+    if ip is None or "shortest_edge" not in size or not hasattr(ip, "merge_size"):
+        return None
+    factor = ip.patch_size * ip.merge_size
+    return qwen_vl_stage2(int(size["shortest_edge"]), int(size["longest_edge"]), factor=factor, cap=cap)

@@ -171,10 +171,9 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     from g2u.backends.qwen_vl import prepare_answer_inputs
     from g2u.batch import RawItem, run_batch
     from g2u.devices import dtype_name, resolve_device, resolve_dtype
-    from g2u.fidelity import fidelity
+    from g2u.measures import edit_measures
     from g2u.pipeline import G2UPipeline
-    from g2u.schema import parse_request
-    from g2u.types import AnswerParams
+    from g2u.schema import answer_params, parse_request
 
     cfg = config.resolved()
     device = resolve_device(cfg.device)
@@ -201,7 +200,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     request = parse_request(fields, image=image)
     chosen = g2u.library.resolve(None, None, None)
     model = pipe.text_encoder
-    params = AnswerParams(max_new_tokens=cfg.answer_tokens)
+    params = answer_params(max_new_tokens=cfg.answer_tokens)
     question = f"{format_question(QUESTION, None)}\nAnswer the question using a single word or phrase."
 
     # ---- stock (diffusers __call__, HF generate defaults) and fast (the served G2UPipeline with the fast
@@ -220,7 +219,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         out: dict[str, float] = {}
         _, out["write_prompt"] = timed(lambda: g2u.library.resolve(None, None, None), device)
         thought, out["edit"] = timed(stock_edit, device)
-        _, out["fidelity"] = timed(lambda: fidelity(image, thought), device)
+        _, out["measures"] = timed(lambda: edit_measures(image, thought), device)
         answers, out["understand"] = timed(lambda: backend.answer([[image, question, thought]], params), device)
         out["total"] = sum(out.values())
         return out, thought, answers[0]
@@ -233,7 +232,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         if not outcomes[0].ok:
             raise RuntimeError(f"the fast path failed: {outcomes[0].error}")
         result = outcomes[0].result
-        out = {k: float(result.timings_ms.get(k, 0.0)) for k in ("write_prompt", "edit", "fidelity", "understand")}
+        out = {k: float(result.timings_ms.get(k, 0.0)) for k in ("write_prompt", "edit", "measures", "understand")}
         out["total"] = wall
         return out, result
 
@@ -280,7 +279,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
 
     log.info("timing done; measuring drift and per-token decode")
     # ---- drift of the fast path against stock
-    drift: dict[str, Any] = {"thought_vs_stock": fidelity(stock_thought, fast_thought),
+    drift: dict[str, Any] = {"thought_vs_stock": edit_measures(stock_thought, fast_thought),
                              "thought_max_abs_diff": int(np.abs(np.asarray(stock_thought, dtype=np.int16)
                                                                 - np.asarray(fast_thought, dtype=np.int16)).max())}
     inputs = prepare_answer_inputs(model, pipe.processor, contents)

@@ -112,7 +112,7 @@ def accuracy(model, processor, samples: Sequence[SandboxSample], with_thought: b
              use_degraded: bool = False, batch_size: int = 32) -> float:
     """Share of ``samples`` answered correctly (greedy, the pipeline's answer function and scoring)."""
     from g2u.backends.qwen_vl import generate_answers
-    from g2u.types import AnswerParams
+    from g2u.schema import answer_params
 
     correct = 0
     model.eval()
@@ -124,7 +124,7 @@ def accuracy(model, processor, samples: Sequence[SandboxSample], with_thought: b
             if use_degraded and not with_thought:
                 parts = [s.degraded, parts[1]]
             contents.append(parts)
-        answers = generate_answers(model, processor, contents, AnswerParams(max_new_tokens=4))
+        answers = generate_answers(model, processor, contents, answer_params(max_new_tokens=4))
         correct += sum(score_sample(as_eval_sample(s), a) for s, a in zip(chunk, answers))
     return correct / len(samples)
 

@@ -72,7 +72,7 @@ class LocalPredictor:
         if need:
             batch = Batch(self.pipeline)
             batch.parse([raw(s, m) for s, m in need])
-            batch.imagine()
+            batch.edit()
             for (sample, _), item in zip(need, batch.items):
                 if item.ok and item.thought is not None:
                     item.thought.image.save(thought_dir / _thought_name(sample.id, config))
@@ -101,7 +101,7 @@ class LocalPredictor:
             result = outcome.result
             out = result.to_dict()
             record = {"id": sample.id, "mode": mode, "prediction": result.answer,
-                      "edit": out["edit"], "fidelity": out["fidelity"], "timings_ms": out["timings_ms"],
+                      "edit": out["edit"], "measures": out["measures"], "timings_ms": out["timings_ms"],
                       "reasoning": result.reasoning, "model": out["model"]}
             record.update({k: out[k] for k in ("gate", "candidates", "selection") if k in out})
             if result.thought is not None:
@@ -115,7 +115,8 @@ def _thought_from_record(record: dict, thought_dir: Path) -> Thought:
     edit = {k: v for k, v in record["edit"].items() if k in known}
     edit["size"] = tuple(edit["size"])
     image = Image.open(thought_dir / Path(record["thought_path"]).name).convert("RGB")
-    return Thought(image=image, edit=EditRecord(**edit), fidelity=record.get("fidelity") or {},
+    measures = record.get("measures") or record.get("fidelity") or {}
+    return Thought(image=image, edit=EditRecord(**edit), measures=measures,
                    timings_ms={"edit": 0.0, "reused": 1.0})
 
 
@@ -172,7 +173,7 @@ class EndpointPredictor:
                 records.append(_error_record(sample, mode, body, status))
                 continue
             record = {"id": sample.id, "mode": mode, "prediction": body.get("answer", ""),
-                      "edit": body.get("edit"), "fidelity": body.get("fidelity"),
+                      "edit": body.get("edit"), "measures": body.get("measures", body.get("fidelity")),
                       "timings_ms": body.get("timings_ms"), "reasoning": body.get("reasoning"),
                       "model": body.get("model")}
             if body.get("thought"):

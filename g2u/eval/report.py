@@ -103,7 +103,7 @@ def paired_gains(records: Sequence[dict], mode: str = "g2u", base: str = "baseli
         if s_mode is None or s_base is None:
             continue  # an error on either side: not a pair
         edit = r.get("edit") or {}
-        fid = r.get("fidelity") or {}
+        fid = _measures(r)
         judged = fid.get("judged") or {}
         out.append({"id": sid, "category": r.get("category"), "family": edit.get("family"),
                     "prompt": _prompt_label(edit), "ssim": fid.get("ssim"), "psnr": fid.get("psnr"),
@@ -373,6 +373,12 @@ def _embedded(folder: Path, relative: str | None, side: int = 256) -> str | None
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _measures(record: dict) -> dict:
+    """A record's edit measures (SSIM/PSNR) with its judged fidelity (``judged``) beside them; records
+    written before ``measures`` had both under ``fidelity``."""
+    return {**(record.get("fidelity") or {}), **(record.get("measures") or {})}
+
+
 def _fidelity_html(fidelity: dict | None) -> str:
     """Judged scores and the judge's reason when present, then the edit magnitude."""
     esc = html.escape
@@ -421,7 +427,7 @@ def write_gallery(records: Sequence[dict], originals: dict[str, str], path: Path
             f"<li><b>{esc(m)}</b>: {esc(str(r.get('prediction', ''))[:200])} {verdict(r)}</li>"
             for m, r in sorted(modes.items()))
         edit = next((r.get("edit") for r in modes.values() if r.get("edit")), None) or {}
-        fid = next((r.get("fidelity") for r in modes.values() if r.get("fidelity")), None)
+        fid = next((_measures(r) for r in modes.values() if r.get("measures") or r.get("fidelity")), None)
         opts = any_rec.get("options") or []
         rows.append(
             "<tr>"

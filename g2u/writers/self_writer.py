@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from PIL import Image
 
 from g2u.prompts import PromptLibrary
-from g2u.types import AnswerParams
+from g2u.schema import answer_params
 from g2u.writers.config import WriterConfig
 from g2u.writers.exemplars import ExemplarSet, load_exemplars
 from g2u.writers.guard import WrittenPrompt, fallback, guarded
@@ -41,7 +41,7 @@ class SelfWriter:
               family: str | None = None, answer: str | None = None) -> WrittenPrompt:
         text = f"{self.instruction}Image: (attached)\n{request_text(question, None, family)}\nReply:"
         try:
-            [reply] = self.backend.answer([[image, text]], AnswerParams(max_new_tokens=MAX_NEW_TOKENS))
+            [reply] = self.backend.answer([[image, text]], answer_params(max_new_tokens=MAX_NEW_TOKENS))
         except Exception as exc:  # the writer must not fail the prediction; stage II will surface a real fault
             return fallback(self.library, self.name, family, f"backend error: {type(exc).__name__}: {exc}",
                             options, answer)

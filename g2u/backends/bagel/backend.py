@@ -20,6 +20,7 @@ then the ViT's ``ImageTransform(980, 224, 14)``), capped by ``stage2_max_pixels`
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from PIL import Image
 
 from g2u.backends.bagel.cache import KVCache
 from g2u.backends.bagel.config import check_layout
-from g2u.backends.bagel.layout import fit_size, patchify, unpatchify
+from g2u.backends.bagel.layout import bagel_rule, fit_size, patchify, unpatchify
 from g2u.backends.bagel.loading import load_model, load_tokenizer, load_vae
 from g2u.backends.bagel.model import BagelModel, LatentSegment, Segment, TextSegment, VitSegment
 from g2u.backends.bagel.params import (
@@ -41,14 +42,13 @@ from g2u.backends.bagel.params import (
 from g2u.backends.bagel.sampler import RENORM_TYPES, SamplerSettings, denoise
 from g2u.backends.bagel.vae import decode_latents, encode_latents
 from g2u.backends.bagel.vision import VIT_MAX_PIXELS, VIT_MAX_SIDE, VIT_MIN_SIDE, to_unit_tensor
-from g2u.backends.base import BackendBase, BackendInfo, read_demo_marker
+from g2u.backends.base import BackendBase, BackendInfo, read_demo_marker, with_stage2
 from g2u.devices import dtype_name, resolve_device, resolve_dtype
 from g2u.errors import InputError
 from g2u.modes import Mode
 from g2u.sizing import (
     SizeLimits,
     Stage2Sizing,
-    bagel_rule,
     check_explicit,
     demo_scale,
     place,
@@ -71,6 +71,8 @@ class BagelBackend(BackendBase):
     """BAGEL-MoT for both stages. Answer parts may also be ``VaeImage`` (the ``vae_concat`` mode)."""
 
     options_model = BagelOptions
+    no_offload = ("the bagel backend runs its MoT layers outside their forward() (KV-cache prefill and sampling), "
+                  "so offload hooks would never fire; use quantize (nf4 or int8 fit a 24 GB card)")
 
     def __init__(self, model: BagelModel, vae, tokenizer, info: BackendInfo, default_edit_area: int, *,
                  demo_scale_area: int | None = None, stage2_max_pixels: int | None = None):
@@ -90,7 +92,9 @@ class BagelBackend(BackendBase):
                                                    int(VAE_MAX_PIXELS * scale * scale)))
         self.stage2_max_pixels = stage2_max_pixels
         """Cap on each stage-II image (``None``: the ViT transform's own 14·14·9·1024)."""
-        self.last_stage2: list[dict | None] = []
+        # one MoT model for both stages (no offload hooks: its KV cache spans every layer); the VAE moves with it
+        self.register("model", model, quantize=True)
+        self.register("vae", vae)
 
     def stage2_sizing(self, cap: int | None = None) -> Stage2Sizing:
         """The understanding size of a request's first image (the inferencer's generation-side resize,
@@ -220,19 +224,19 @@ class BagelBackend(BackendBase):
 
     # ------------------------------------------------------------------ stage II
     @torch.inference_mode()
-    def answer(self, contents: Sequence[Sequence[ContentPart | VaeImage]],
-               params: AnswerParams) -> list[str] | list[Answer]:
+    def answer(self, contents: Sequence[Sequence[ContentPart | VaeImage]], params: AnswerParams) -> list[Answer]:
         """Stage II: one answer per request from its interleaved parts, all requests in one batch."""
         if not contents:
             return []
-        contents, self.last_stage2 = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)))
+        contents, sizing = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)))
         cache = self.answer_context(contents)
         probs: list[list[float]] | None = [] if params.return_scores else None
         ids = self.model.decode(cache, params.max_new_tokens, params.temperature, token_probs=probs)
         texts = [self.decode_text(x) for x in ids]
         if probs is None:
-            return texts
-        return [Answer(t, sum(p) / len(p) if p else 0.0, p[0] if p else 0.0) for t, p in zip(texts, probs)]
+            return with_stage2([Answer(t) for t in texts], sizing)
+        return with_stage2([Answer(t, sum(p) / len(p) if p else 0.0, p[0] if p else 0.0)
+                            for t, p in zip(texts, probs)], sizing)
 
     def thought_part(self, image: Image.Image, mode: Mode) -> Image.Image | VaeImage:
         """A thought enters the answer prompt as ViT features (``g2u``), or as VAE latents through the
@@ -241,7 +245,7 @@ class BagelBackend(BackendBase):
 
     @torch.inference_mode()
     def think_answer(self, contents: Sequence[Sequence[ContentPart]], params: AnswerParams,
-                     max_think_tokens: int = DEFAULT_THINK_TOKENS) -> list[tuple[str, str]]:
+                     max_think_tokens: int = DEFAULT_THINK_TOKENS) -> list[tuple[str, Answer]]:
         """Textual CoT the way BAGEL does it (inferencer ``think=True, understanding_output=True``): its
         understanding think system prompt, then the request's parts, then one decode of at most
         ``max_think_tokens`` that writes ``<think> reasoning </think> answer``. Returns (reasoning, answer)
@@ -251,27 +255,26 @@ class BagelBackend(BackendBase):
             raise InputError("max_think_tokens", f"must be >= 1, got {max_think_tokens}")
         if not contents:
             return []
-        contents, self.last_stage2 = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)))
+        contents, sizing = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)))
         system = [TextSegment(self.encode_text(VLM_THINK_SYSTEM_PROMPT))]
         rows = [system + [self._segment(part) for part in parts] for parts in contents]
         cache = self.model.new_cache(len(rows))
         self.model.extend(cache, rows)
         texts = [self.tokenizer.decode(ids, skip_special_tokens=True)
                  for ids in self.model.decode(cache, max_think_tokens, params.temperature)]
-        out: list[tuple[str, str] | None] = [None] * len(texts)
+        out: list[tuple[str, Answer] | None] = [None] * len(texts)
         retry = []
         for i, text in enumerate(texts):
             reasoning, closed, answer = text.partition(THINK_END)
             reasoning = reasoning.replace("<think>", "").strip()
             if closed and answer.strip():
-                out[i] = (reasoning, answer.strip())
+                out[i] = (reasoning, Answer(answer.strip(), stage2=sizing[i]))
             else:
                 retry.append(i)
         if retry:
             follow = [[*contents[i], f"Reasoning: {out_reasoning(texts[i])}"] for i in retry]
-            answers = self.answer(follow, params)
-            for i, answer in zip(retry, answers):
-                out[i] = (out_reasoning(texts[i]), answer)
+            for i, answer in zip(retry, self.answer(follow, params)):
+                out[i] = (out_reasoning(texts[i]), replace(answer, stage2=sizing[i]))
         return out  # type: ignore[return-value]
 
     def answer_context(self, contents: Sequence[Sequence[ContentPart | VaeImage]]) -> KVCache:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -43,3 +45,12 @@ def unpatchify(tokens: torch.Tensor, rows: int, cols: int, patch: int) -> torch.
     c = tokens.shape[-1] // (patch * patch)
     x = tokens.reshape(rows, cols, patch, patch, c)
     return x.permute(4, 0, 2, 1, 3).reshape(c, rows * patch, cols * patch)
+
+
+def bagel_rule(max_side: int = 1024, min_side: int = 512, stride: int = 16,
+               max_pixels: int = 14 * 14 * 9 * 1024) -> Callable[[int, int], tuple[int, int]]:
+    """BAGEL's inferencer transform ``ImageTransform(max_side, min_side, stride)``."""
+    def rule(width: int, height: int) -> tuple[int, int]:
+        return fit_size(width, height, max_side, min_side, stride, max_pixels)
+
+    return rule

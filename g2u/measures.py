@@ -1,10 +1,10 @@
-"""Edit magnitude of the visual thought Î against the input I: SSIM and PSNR (torchmetrics), computed at
+"""Edit measures of the visual thought Î against the input I: SSIM and PSNR (torchmetrics), computed at
 the thought's working size (I is resized to it).
 
 These measure how much the editor changed the pixels, not whether the thought is faithful: they are
 highest when the editor does nothing and meaningless for edits that move pixels (outpaint, zoom,
-viewpoint). The paper's fidelity is the judged VIEScore in ``g2u.judge``. The keys stay ``ssim``/``psnr``
-(the response's ``fidelity`` object), and ``fidelity`` remains as the older name of ``edit_magnitude``.
+viewpoint). The paper's fidelity is the judged VIEScore in ``g2u.judge``. Responses carry them as
+``measures`` (and, for one release, under the older key ``fidelity``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def _tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0)
 
 
-def edit_magnitude(original: Image.Image, thought: Image.Image) -> dict[str, float]:
+def edit_measures(original: Image.Image, thought: Image.Image) -> dict[str, float]:
     """{"ssim", "psnr"} of ``thought`` against ``original`` (PSNR capped at 100 dB for identical images):
     1.0 / 100 dB mean "nothing was edited"."""
     ref = original if original.size == thought.size else original.resize(thought.size, Image.Resampling.BICUBIC)
@@ -29,6 +29,3 @@ def edit_magnitude(original: Image.Image, thought: Image.Image) -> dict[str, flo
     psnr = float(peak_signal_noise_ratio(b, a, data_range=1.0))
     return {"ssim": round(ssim, 6), "psnr": round(min(psnr, 100.0), 4)}
 
-
-fidelity = edit_magnitude
-"""The older name, kept so ``g2u.pipeline`` and saved predictions keep working."""
