@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from g2u.errors import InputError
 from g2u.modes import MODES
+from g2u.schema import field_default
 from g2u.types import G2URequest
 
-PAPER_STEPS = 30
 HEADROOM = 4.0
 MIN_EDIT_WORK = 16.0
 """Floor of the default budget (MP·steps·branches): demo checkpoints' tiny areas still allow a 512² edit."""
@@ -31,7 +31,7 @@ class WorkBudget:
     @classmethod
     def for_backend(cls, default_edit_area: int, max_edit_work: float | None = None,
                     max_decode_tokens: int | None = None) -> WorkBudget:
-        paper = default_edit_area / 1e6 * PAPER_STEPS * 2
+        paper = default_edit_area / 1e6 * field_default("steps") * 2  # the schema's steps, text CFG on
         return cls(max_edit_work=float(max_edit_work or max(HEADROOM * paper, MIN_EDIT_WORK)),
                    max_decode_tokens=int(max_decode_tokens or 4096 + 512))
 

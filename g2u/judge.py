@@ -217,7 +217,7 @@ class SelfAsker:
 
     def __call__(self, images: Sequence[Image.Image], text: str) -> str:
         [reply] = self.backend.answer([[*images, text]], self.params)
-        return reply
+        return reply.text
 
 
 JUDGES = ("none", "openai", "self")

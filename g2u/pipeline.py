@@ -45,7 +45,7 @@ class G2UPipeline:
         self.budget = budget or WorkBudget.for_backend(backend.default_edit_area)
         """Per-request work budget (``g2u.budget``): requests over it are refused before any work."""
         self.thought_cache = thought_cache
-        self.editor = CachedEditor(backend, thought_cache, self.library.version) if thought_cache else backend
+        self.editor = backend if thought_cache is None else CachedEditor(backend, thought_cache, self.library.version)
         self.judge = judge
         """Fidelity judge ``score(original, thought, prompt) -> float | None`` for ``selection: judge``."""
         self.writer_config = writer_config

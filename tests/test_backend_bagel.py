@@ -19,6 +19,7 @@ from safetensors import safe_open
 from g2u.backends.bagel import BagelBackend, VaeImage
 from g2u.backends.bagel.layout import patchify
 from g2u.backends.bagel.model import LatentSegment, TextSegment, VitSegment
+from g2u.backends.bagel.params import sampler_settings
 from g2u.backends.bagel.sampler import SamplerSettings, combine, denoise
 from g2u.backends.bagel.vae import encode_latents
 from g2u.backends.bagel.vision import to_unit_tensor
@@ -28,6 +29,11 @@ from g2u.errors import CheckpointError, InputError
 from g2u.modes import MODES
 from g2u.schema import answer_params, edit_params
 
+
+def _settings(**given) -> SamplerSettings:
+    """Sampler settings of a request: the schema's and BAGEL's option defaults under ``given``."""
+    core = {k: given.pop(k) for k in ("steps", "text_cfg", "image_cfg") if k in given}
+    return sampler_settings(edit_params(**core, options=given))
 
 def edit_images(backend, images, prompts, params):
     """Stage I through the backend protocol, thoughts only (``edit`` returns EditOutput)."""
@@ -113,7 +119,7 @@ def test_prefilled_cache_gives_the_velocity_of_a_full_recomputation(backend):
     """The context is prefilled once (image, then prompt) and reused; evaluating the query after a fresh
     one-pass prefill of [image, prompt, query] must give the same velocity, and reusing must not alter
     the cache."""
-    settings = SamplerSettings(steps=4, text_cfg=1.0, image_cfg=1.0)
+    settings = _settings(steps=4, text_cfg=1.0, image_cfg=1.0)
     images, latents, cache = _contexts(backend, settings)
     model = backend.model
     x_t = torch.randn(1, GRID[0] * GRID[1], 64, generator=torch.Generator().manual_seed(0))
@@ -134,14 +140,14 @@ def test_prefilled_cache_gives_the_velocity_of_a_full_recomputation(backend):
 
 
 def test_batched_cfg_equals_unbatched(backend):
-    settings = SamplerSettings(steps=5, text_cfg=4.0, image_cfg=2.0, cfg_interval=(0.4, 1.0))
+    settings = _settings(steps=5, text_cfg=4.0, image_cfg=2.0, cfg_interval=(0.4, 1.0))
     _, _, cache = _contexts(backend, settings, prompts=("sharpen the details", "remove the noise and the blur"))
     noise = torch.randn(2, GRID[0] * GRID[1], 64, generator=torch.Generator().manual_seed(1))
     batched = denoise(backend.model, cache, noise, GRID, settings, batch_cfg=True)
     unbatched = denoise(backend.model, cache, noise, GRID, settings, batch_cfg=False)
     torch.testing.assert_close(batched, unbatched, rtol=1e-4, atol=1e-5)
     plain = denoise(backend.model, cache.view_rows(0, 2), noise, GRID,
-                    SamplerSettings(steps=5, text_cfg=1.0, image_cfg=1.0))
+                    _settings(steps=5, text_cfg=1.0, image_cfg=1.0))
     assert not torch.allclose(batched, plain, atol=1e-3)  # guidance does change the result
 
 
@@ -164,7 +170,7 @@ def test_a_branch_at_scale_one_is_never_computed(backend, text_cfg, image_cfg, r
 
 
 def test_cfg_interval_drops_the_branches_outside_it(backend):
-    settings = SamplerSettings(steps=6, text_cfg=4.0, image_cfg=1.0, cfg_interval=(0.5, 1.0))
+    settings = _settings(steps=6, text_cfg=4.0, image_cfg=1.0, cfg_interval=(0.5, 1.0))
     times, deltas = settings.schedule()
     assert times[0] == pytest.approx(1.0) and sum(deltas) == pytest.approx(1.0)
     guided = [settings.guided(t) for t in times]
@@ -183,10 +189,10 @@ def test_renorm_never_exceeds_the_conditional_norm():
     gen = torch.Generator().manual_seed(0)
     v, v_text, v_img = (torch.randn(2, 6, 8, generator=gen) for _ in range(3))
     for kind in ("global", "channel"):
-        out = combine(v, v_text, v_img, SamplerSettings(text_cfg=4.0, image_cfg=2.0, cfg_renorm_type=kind))
+        out = combine(v, v_text, v_img, _settings(text_cfg=4.0, image_cfg=2.0, cfg_renorm_type=kind))
         dims = (1, 2) if kind == "global" else (-1,)
         assert (out.norm(dim=dims) <= v.norm(dim=dims) * (1 + 1e-5)).all()
-    assert torch.equal(combine(v, None, None, SamplerSettings()), v)
+    assert torch.equal(combine(v, None, None, _settings()), v)
 
 
 # ---------------------------------------------------------------- stage I through the protocol
@@ -210,7 +216,7 @@ def test_mixed_sizes_are_grouped(backend):
 
 
 def test_think_decodes_a_plan_into_the_context(backend):
-    settings = SamplerSettings(steps=3, text_cfg=4.0, image_cfg=1.0)
+    settings = _settings(steps=3, text_cfg=4.0, image_cfg=1.0)
     images, latents, plain = _contexts(backend, settings)
     thought, plans = backend.edit_contexts(images, ["sharpen the details"], latents, GRID, settings, think_tokens=6)
     assert isinstance(plans[0], str)
@@ -244,10 +250,10 @@ def test_answers_are_greedy_and_independent_of_batching(backend):
     contents = [[img, "What is in the picture?"], [img, "Which object is on the left?", thought],
                 [img, "Is there a circle?", VaeImage(thought)]]
     params = answer_params(max_new_tokens=6)
-    batched = backend.answer(contents, params)
-    single = [backend.answer([c], params)[0] for c in contents]
+    batched = [a.text for a in backend.answer(contents, params)]
+    single = [backend.answer([c], params)[0].text for c in contents]
     assert batched == single and all(isinstance(a, str) for a in batched)
-    assert backend.answer(contents, params) == batched
+    assert [a.text for a in backend.answer(contents, params)] == batched
 
 
 def test_vae_thought_enters_as_latents_through_the_generation_expert(backend):

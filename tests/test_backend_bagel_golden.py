@@ -104,7 +104,7 @@ def test_answer_reads_the_image_as_the_inferencer_does(backend, golden, meta):
     """The public stage-II call (its sizing included: BAGEL's transform, then the ViT's) answers what the
     official inferencer answered."""
     (answer,) = backend.answer([[golden_picture(), QUESTION]], answer_params(max_new_tokens=meta["text_tokens"]))
-    assert answer == backend.decode_text(golden["text_tokens"].tolist())
+    assert answer.text == backend.decode_text(golden["text_tokens"].tolist())
 
 
 def test_vae_round_trip(backend, golden, meta):

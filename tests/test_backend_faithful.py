@@ -66,7 +66,7 @@ def test_pipeline_reports_the_backend_plan_in_edit_size(bagel):
     pipe = G2UPipeline(bagel)
     req = parse_request({"question": "What is in the picture?", "steps": 2, "text_cfg": 1.0},
                         image=_picture((4000, 60)))
-    (thought,) = pipe.imagine([req])
+    (thought,) = pipe.edit([pipe.plan(req)])
     plan = bagel.plan_edit_size((4000, 60))
     assert tuple(thought.edit.size) == plan.size == thought.image.size
     assert thought.edit.sizing == plan.record() and thought.edit.to_dict()["sizing"]["input"] == [4000, 60]
@@ -93,8 +93,8 @@ def test_stage2_reads_original_and_thought_at_one_size_even_for_a_strip(name, ba
     original = _picture((8000, 20))
     thought = _picture(backend.plan_edit_size((8000, 20)).size)
     (answer,) = backend.answer([[original, "What is in the picture?", thought]], answer_params(max_new_tokens=3))
-    assert isinstance(answer, str)
-    (record,) = backend.last_stage2
+    assert isinstance(answer.text, str)
+    record = answer.stage2
     sizes = {tuple(r["resize"]) if r["pad"] is None else tuple(record["size"]) for r in record["images"]}
     assert sizes == {tuple(record["size"])}
     first = record["images"][0]
@@ -104,20 +104,20 @@ def test_stage2_reads_original_and_thought_at_one_size_even_for_a_strip(name, ba
 
 def test_stage2_cap_is_configurable(qwen):
     cap = 28 * 28 * 6
-    qwen.answer([[_picture((900, 700)), "What?"]], answer_params(max_new_tokens=2))
-    w, h = qwen.last_stage2[0]["size"]
+    [answer] = qwen.answer([[_picture((900, 700)), "What?"]], answer_params(max_new_tokens=2))
+    w, h = answer.stage2["size"]
     assert w * h > cap  # the processor's own max_pixels by default
     qwen.stage2_max_pixels = cap
     try:
-        qwen.answer([[_picture((900, 700)), "What?"]], answer_params(max_new_tokens=2))
-        w, h = qwen.last_stage2[0]["size"]
+        [answer] = qwen.answer([[_picture((900, 700)), "What?"]], answer_params(max_new_tokens=2))
+        w, h = answer.stage2["size"]
         assert w * h <= cap
     finally:
         qwen.stage2_max_pixels = None
     per_call = answer_params(max_new_tokens=2)
     per_call.stage2_max_pixels = 28 * 28 * 4  # a request's own cap, where the schema carries one
-    qwen.answer([[_picture((900, 700)), "What?"]], per_call)
-    w, h = qwen.last_stage2[0]["size"]
+    [answer] = qwen.answer([[_picture((900, 700)), "What?"]], per_call)
+    w, h = answer.stage2["size"]
     assert w * h <= 28 * 28 * 4
 
 
@@ -137,7 +137,7 @@ def test_bagel_think_answer_uses_its_vlm_think_prompt_and_a_real_budget(bagel, m
     out = bagel.think_answer([[_picture((64, 48)), "What is in the picture?"]], answer_params(max_new_tokens=3),
                              max_think_tokens=5)
     (reasoning, answer), = out
-    assert isinstance(reasoning, str) and isinstance(answer, str)
+    assert isinstance(reasoning, str) and isinstance(answer.text, str) and answer.stage2 is not None
     first = rows_seen[0][0][0]
     assert isinstance(first, TextSegment) and first.ids == bagel.encode_text(VLM_THINK_SYSTEM_PROMPT)
     assert budget[0] == 5
@@ -166,7 +166,7 @@ def test_processor_without_chat_template_falls_back_to_the_stock_one(demo_root, 
         (folder / sub / "chat_template.jinja").unlink()
     backend = QwenImageEditBackend.from_pretrained(str(folder), device="cpu")
     assert backend.pipe.processor.chat_template == QWEN2_5_VL_CHAT_TEMPLATE
-    assert isinstance(backend.answer([[_picture((64, 48)), "What?"]], answer_params(max_new_tokens=2))[0], str)
+    assert isinstance(backend.answer([[_picture((64, 48)), "What?"]], answer_params(max_new_tokens=2))[0].text, str)
 
 
 def test_plus_layout_loads_as_the_plus_variant_and_edits(demo_root):
@@ -180,4 +180,4 @@ def test_plus_layout_loads_as_the_plus_variant_and_edits(demo_root):
     thought = out.image
     assert thought.size == plan.size
     (answer,) = backend.answer([[_picture((96, 64)), "What?", thought]], answer_params(max_new_tokens=2))
-    assert isinstance(answer, str)
+    assert isinstance(answer.text, str)

@@ -1,4 +1,4 @@
-"""Working sizes and stage-II sizes (issue 13): each model's own rule, every input shape, reported.
+"""Working sizes and stage-II sizes: each model's own rule, every input shape, reported.
 
 The rule tables are checked against the references' formulas evaluated by hand (BAGEL's
 ``ImageTransform(1024, 512, 16)``; diffusers' ``calculate_dimensions``), the limits against every odd
@@ -11,15 +11,11 @@ import pytest
 from PIL import Image
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
+from g2u.backends.bagel.layout import bagel_rule
+from g2u.backends.qwen_image_edit import qwen_image_edit_rule
+from g2u.backends.qwen_vl import qwen_vl_stage2
 from g2u.errors import InputError
-from g2u.sizing import (
-    SizeLimits,
-    bagel_rule,
-    edit_plan,
-    place,
-    qwen_image_edit_rule,
-    qwen_vl_stage2,
-)
+from g2u.sizing import SizeLimits, edit_plan, place
 
 BAGEL_LIMITS = SizeLimits(multiple=16, max_side=1024)
 QWEN_LIMITS = SizeLimits(multiple=16, max_side=2048)

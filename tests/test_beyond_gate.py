@@ -72,7 +72,8 @@ def test_backends_return_answer_probabilities(demo_root, rgb_image, name):
     plain = be.answer(contents, answer_params(max_new_tokens=3))
     scored = be.answer(contents, answer_params(max_new_tokens=3, return_scores=True))
     assert all(isinstance(a, Answer) for a in scored)
-    assert [a.text for a in scored] == plain, "asking for scores must not change the answers"
+    assert [a.text for a in scored] == [a.text for a in plain], "asking for scores must not change the answers"
+    assert all(a.prob is None for a in plain)  # probabilities only when asked
     for a in scored:
         assert 0.0 < a.prob <= 1.0 and 0.0 < a.first_prob <= 1.0
     one = be.answer(contents, answer_params(max_new_tokens=1, return_scores=True))
@@ -88,7 +89,7 @@ def test_gate_decision_travels_with_the_thought_to_a_separate_stage_two(backend,
     fields = {"question": "What color is the square?", **FAST, "gate": "confidence", "gate_threshold": 1.0}
     batch = Batch(pipe)
     batch.parse([RawItem(fields, rgb_image)])
-    batch.imagine()
+    batch.edit()
     thought = batch.items[0].thought
     [out] = run_batch(pipe, [RawItem(fields, rgb_image, thought=thought)])
     body = outcome_body(out)

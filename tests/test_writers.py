@@ -17,6 +17,7 @@ from g2u.pipeline import G2UPipeline
 from g2u.prompts import default_library
 from g2u.schema import parse_request
 from g2u.testing.fake_http import FakeHTTPServer, error
+from g2u.types import Answer
 from g2u.writers import WriterConfig, load_exemplars, make_writer
 from g2u.writers.openai_writer import BACKOFF_S, OpenAIWriter, retry_after_s
 from g2u.writers.reply import MalformedOutput, parse_reply
@@ -287,7 +288,7 @@ class ScriptedBackend:
         self.seen.append((contents, params))
         if isinstance(self.reply, Exception):
             raise self.reply
-        return [self.reply for _ in contents]
+        return [Answer(self.reply) for _ in contents]
 
 
 @pytest.mark.parametrize("reply, fallback, reason", [
@@ -331,7 +332,7 @@ class FakeBackend(BackendBase):
         pass
 
     def answer(self, contents, params):
-        return ["A" for _ in contents]
+        return [Answer("A") for _ in contents]
 
 
 def test_writer_result_surfaces_through_the_pipeline(server, monkeypatch):

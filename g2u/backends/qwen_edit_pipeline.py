@@ -66,9 +66,9 @@ class QwenImageEditG2UPipeline(QwenImageEditPipeline):
         *,
         width: int,
         height: int,
+        true_cfg_scale: float,
+        num_inference_steps: int,
         negative_prompt: str | Sequence[str] = " ",
-        true_cfg_scale: float = 4.0,
-        num_inference_steps: int = 30,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         batch_cfg: bool | None = None,
         output_type: str = "pil",
@@ -83,7 +83,9 @@ class QwenImageEditG2UPipeline(QwenImageEditPipeline):
             width, height: working size in pixels, multiples of ``vae_scale_factor * 2``; the output has
                 this size too. Never rounded or replaced silently.
             negative_prompt: the unconditional prompt of true CFG (stock default ``" "``), one or per item.
-            true_cfg_scale: text CFG scale; ``<= 1`` skips the unconditional branch entirely.
+            true_cfg_scale: text CFG scale; ``<= 1`` skips the unconditional branch entirely (no default
+                here: the request schema's is the one, ``g2u.schema``).
+            num_inference_steps: denoising steps (likewise the schema's).
             generator: one generator per item (so an item's noise does not depend on its batch-mates) or
                 a single one for the whole batch.
             batch_cfg: run cond and uncond in one transformer forward of batch 2B. ``None``: whenever the

@@ -222,7 +222,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         _, out["measures"] = timed(lambda: edit_measures(image, thought), device)
         answers, out["understand"] = timed(lambda: backend.answer([[image, question, thought]], params), device)
         out["total"] = sum(out.values())
-        return out, thought, answers[0]
+        return out, thought, answers[0].text
 
     def fast_once():
         apply_fast_path(backend, resolved_fast)

@@ -125,7 +125,7 @@ def accuracy(model, processor, samples: Sequence[SandboxSample], with_thought: b
                 parts = [s.degraded, parts[1]]
             contents.append(parts)
         answers = generate_answers(model, processor, contents, answer_params(max_new_tokens=4))
-        correct += sum(score_sample(as_eval_sample(s), a) for s, a in zip(chunk, answers))
+        correct += sum(score_sample(as_eval_sample(s), a.text) for s, a in zip(chunk, answers))
     return correct / len(samples)
 
 

@@ -95,11 +95,11 @@ def evaluate_conditions(pipe, samples: Sequence[Sample], sandbox: Path, config: 
         for condition in config.conditions:
             mode = CONDITION_MODES[condition]
             images = clean if condition == "clean" else degraded
-            requests = [_request(s, img, mode, config) for s, img in zip(chunk, images)]
+            requests = [pipe.plan(_request(s, img, mode, config)) for s, img in zip(chunk, images)]
             if condition in ("g2u_oracle", "replace_oracle"):
                 thoughts = [_oracle_thought(c, s.extra["expected_family"]) for s, c in zip(chunk, clean)]
             elif condition == "g2u_editor":
-                thoughts = pipe.imagine(requests)
+                thoughts = pipe.edit(requests)
             else:
                 thoughts = [None] * len(chunk)
             for s, result in zip(chunk, pipe.understand(requests, thoughts)):

@@ -41,7 +41,8 @@ class SelfWriter:
               family: str | None = None, answer: str | None = None) -> WrittenPrompt:
         text = f"{self.instruction}Image: (attached)\n{request_text(question, None, family)}\nReply:"
         try:
-            [reply] = self.backend.answer([[image, text]], answer_params(max_new_tokens=MAX_NEW_TOKENS))
+            [out] = self.backend.answer([[image, text]], answer_params(max_new_tokens=MAX_NEW_TOKENS))
+            reply = out.text
         except Exception as exc:  # the writer must not fail the prediction; stage II will surface a real fault
             return fallback(self.library, self.name, family, f"backend error: {type(exc).__name__}: {exc}",
                             options, answer)

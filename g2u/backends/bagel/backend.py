@@ -62,8 +62,6 @@ VAE_MAX_SIDE = 1024
 VAE_MIN_SIDE = 512
 VAE_MAX_PIXELS = 14 * 14 * 9 * 1024
 """BAGEL's generation-side transform (``ImageTransform(1024, 512, 16)``): edits and VAE images in answers."""
-DEFAULT_THINK_TOKENS = 512
-"""Budget of ``think_answer`` (reasoning and answer together, as the inferencer's ``max_think_token_n``)."""
 THINK_END = "</think>"
 
 
@@ -245,10 +243,11 @@ class BagelBackend(BackendBase):
 
     @torch.inference_mode()
     def think_answer(self, contents: Sequence[Sequence[ContentPart]], params: AnswerParams,
-                     max_think_tokens: int = DEFAULT_THINK_TOKENS) -> list[tuple[str, Answer]]:
+                     max_think_tokens: int) -> list[tuple[str, Answer]]:
         """Textual CoT the way BAGEL does it (inferencer ``think=True, understanding_output=True``): its
         understanding think system prompt, then the request's parts, then one decode of at most
-        ``max_think_tokens`` that writes ``<think> reasoning </think> answer``. Returns (reasoning, answer)
+        ``max_think_tokens`` (the request's ``reasoning_tokens``; the inferencer's ``max_think_token_n``) that
+        writes ``<think> reasoning </think> answer``. Returns (reasoning, answer)
         per request. Where the budget ends before ``</think>`` closes (or nothing follows it), the answer
         is decoded in a second pass from the parts plus the reasoning, with ``params.max_new_tokens``."""
         if max_think_tokens < 1:

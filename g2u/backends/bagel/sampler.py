@@ -25,15 +25,17 @@ RENORM_TYPES = ("global", "channel", "text_channel")
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """One group's sampler settings (every request of a batched edit shares them)."""
+    """One group's sampler settings (every request of a batched edit shares them). No defaults here: the
+    request schema's (steps, CFG) and BAGEL's options' (``params.BagelOptions``) are the only ones;
+    ``params.sampler_settings`` builds one from an ``EditParams``."""
 
-    steps: int = 30
-    text_cfg: float = 4.0
-    image_cfg: float = 1.0
-    timestep_shift: float = 3.0
-    cfg_interval: tuple[float, float] = (0.0, 1.0)
-    cfg_renorm_type: str = "text_channel"
-    cfg_renorm_min: float = 0.0
+    steps: int
+    text_cfg: float
+    image_cfg: float
+    timestep_shift: float
+    cfg_interval: tuple[float, float]
+    cfg_renorm_type: str
+    cfg_renorm_min: float
 
     def schedule(self) -> tuple[list[float], list[float]]:
         """The evaluation times and their step sizes: ``steps`` shifted points in [1, 0]."""
