@@ -84,6 +84,8 @@ class G2URequest:
     image: Image.Image
     question: str
     options: list[str] | None = None
+    prompt_text: str | None = None
+    """The question as an evaluation protocol builds it (``g2u.eval.protocols``); the answer prompt uses it as is."""
     mode: str = "g2u"
     prompt: str | None = None
     prompt_name: str | None = None

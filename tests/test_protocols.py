@@ -119,3 +119,36 @@ def test_unknown_protocol_and_bad_file_are_named(tmp_path):
                    "budget: {max_new_tokens: {default: 8}}\n")
     with pytest.raises(InputError, match="misses the layouts"):
         load_protocol(str(bad))
+
+
+# ---------------------------------------------------------------- the stage-II prompt keeps its layout
+class _Backend:
+    def thought_part(self, image, mode):
+        return image
+
+
+def _thought(image):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(image=image)
+
+
+@pytest.mark.parametrize("layout", ["paper", "labelled", "multiturn"])
+def test_a_protocols_text_is_the_question_and_the_layout_still_places_the_thought(layout):
+    from g2u.answer_prompt import answer_contents
+    from g2u.types import G2URequest
+
+    image, thought = Image.new("RGB", (4, 4)), Image.new("RGB", (4, 4), (9, 9, 9))
+    text = "Question: Which?\nOptions:\nA. x\nB. y\nPlease select the correct answer from the options above. \n"
+    req = G2URequest(image=image, question="Which?", options=["x", "y"], prompt_text=text, layout=layout)
+    parts = answer_contents(req, _thought(thought), None, _Backend())
+    texts = [p for p in parts if isinstance(p, str)]
+    assert texts[-1] == text                                   # nothing appended: no second instruction
+    assert not any("Answer with the option" in t for t in texts)
+    assert any(p is thought for p in parts) and any(p is image for p in parts)
+    if layout == "paper":
+        assert parts == [image, text, thought]                 # [I, q, Î] as the paper writes it
+    plain = answer_contents(G2URequest(image=image, question="Which?", options=["x", "y"], layout=layout),
+                            _thought(thought), None, _Backend())
+    assert [p for p in plain if isinstance(p, str)][-1].endswith(
+        "A. x\nB. y\nAnswer with the option's letter from the given choices directly.")  # without: as before
