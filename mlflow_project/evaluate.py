@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity-judge", dest="fidelity_judge", default="",
                    help="judged fidelity (VIEScore) of each thought: none, openai, openai:MODEL (OpenAI-compatible "
                         "endpoint) or self (the model's own understanding pathway); cached in the output folder")
+    p.add_argument("--protocol", default="vlmevalkit",
+                   help="evaluation protocol: vlmevalkit (the paper's harness), bagel_readme (BAGEL's README "
+                        "numbers), g2u_v1 (this project's first prompt) or a protocol YAML (g2u/data/protocols)")
     p.add_argument("--judge", default="", choices=["", "none", "openai"],
                    help="openai: rescore open answers with an LLM judge (OPENAI_BASE_URL/OPENAI_API_KEY, "
                         "model $G2U_JUDGE_MODEL or gpt-4o-mini); without a key the normalised match stands")
@@ -58,7 +61,8 @@ def config_from_args(args: argparse.Namespace):
     from g2u.schema import SETTING_FIELDS
 
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
-    return EvalConfig.create(modes, **{name: getattr(args, name, None) for name in SETTING_FIELDS})
+    return EvalConfig.create(modes, protocol=opt(getattr(args, "protocol", None)) or "vlmevalkit",
+                             **{name: getattr(args, name, None) for name in SETTING_FIELDS})
 
 
 def make_predictor(args: argparse.Namespace):
@@ -74,7 +78,7 @@ def _predictor(endpoint: str | None, token: str | None, checkpoint: str | None, 
     from g2u.eval.predictors import EndpointPredictor
 
     if endpoint:
-        return EndpointPredictor(endpoint, token=token)
+        return EndpointPredictor(endpoint, token=token, backend=backend)
     from g2u.eval.ray_executor import RayPredictor, local_predictor, model_label
 
     fit = {"offload": offload, "quantize": quantize} if (offload, quantize) != ("none", "none") else {}
@@ -97,6 +101,25 @@ def default_out_dir(args: argparse.Namespace, config) -> Path:
     name = Path(args.benchmark.rstrip("/")).stem or "benchmark"
     settings = json.dumps([config.key(m) for m in config.modes] + [args.checkpoint, args.endpoint, args.backend])
     return OUTPUT_DIR / "eval" / f"{name}-{hashlib.sha256(settings.encode()).hexdigest()[:10]}"
+
+
+def protocol_params(config, predictor) -> dict:
+    """What the run records of its protocol: name@version, the reference commit, the answer budget it gave
+    this model (``answer_budget``) and the answer judge (``answer_judge``)."""
+    from g2u.eval.protocols import load_protocol
+
+    protocol = load_protocol(config.protocol)
+    info = getattr(getattr(predictor, "pipeline", None), "backend", None)
+    info = getattr(info, "info", None)
+    backend = info.backend if info else getattr(predictor, "backend", None)
+    demo = bool(info and info.demo)
+    if "max_new_tokens" in config.fields:
+        budget = f"{config.fields['max_new_tokens']} (set)"
+    else:
+        budget = ",".join(f"{layout}={protocol.max_new_tokens(layout, backend, demo)}" for layout in protocol.layouts)
+    return {"protocol": protocol.label, "protocol_reference": protocol.reference.get("commit", "") or "none",
+            "answer_budget": budget, "decoding": protocol.budget.decoding,
+            "extraction": protocol.extraction}
 
 
 def metric_name(name: str) -> str:
@@ -123,7 +146,8 @@ def run(args: argparse.Namespace, nested: bool = False) -> dict:
         log_params({"benchmark": args.benchmark, "modes": ",".join(config.modes), **config.fields,
                     "limit": opt_int(args.limit), "batch_size": int(float(args.batch_size)), "model": predictor.label,
                     "endpoint": opt(args.endpoint), "n_samples": len(samples), "out_dir": str(out_dir),
-                    "judge": opt(args.judge) or "none", "fidelity_judge": opt(args.fidelity_judge) or "none"})
+                    "judge": opt(args.judge) or "none", "fidelity_judge": opt(args.fidelity_judge) or "none",
+                    **protocol_params(config, predictor)})
         judge = mmvet_judge if opt(args.judge) == "openai" else None
         pipeline = getattr(predictor, "pipeline", None)
         try:
