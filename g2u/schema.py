@@ -441,7 +441,8 @@ def pyfunc_columns() -> dict[str, str]:
     return {name: kinds[field_kind(name)] for name in FIELD_NAMES}
 
 
-PER_SAMPLE_FIELDS = ("image", "question", "options", "prompt_text", "mode", "id", "return_thought", "timeout_s", "thought")
+PER_SAMPLE_FIELDS = ("image", "question", "options", "prompt_text", "mode", "id", "return_thought", "timeout_s",
+                     "thought")
 """Fields an evaluation sets per sample; every other field is an evaluation setting."""
 SETTING_FIELDS = tuple(n for n in FIELD_NAMES if n not in PER_SAMPLE_FIELDS)
 
