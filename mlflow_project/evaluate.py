@@ -161,6 +161,9 @@ def run(args: argparse.Namespace, nested: bool = False) -> dict:
         flat = {k: v for k, v in metrics["flat"].items() if isinstance(v, (int, float)) and v == v}
         mlflow.log_metrics({metric_name(k): v for k, v in flat.items()} |
                            {"computed": result.computed, "resumed": result.reused})
+        if metrics.get("scoring_skipped"):
+            mlflow.set_tag("g2u.scoring_skipped", metrics["scoring_skipped"])
+            print(metrics["scoring_skipped"], file=sys.stderr)
         demo = any((r.get("model") or {}).get("demo") for r in result.records)
         mlflow.set_tags({"demo_checkpoint": str(demo).lower(), "g2u.out_dir": str(out_dir)})
 
@@ -183,6 +186,13 @@ def run(args: argparse.Namespace, nested: bool = False) -> dict:
         (out_dir / "transfer.md").write_text(transfer_markdown(metrics))  # Δ per category × prompt family
         (out_dir / "fidelity_gain.json").write_text(json.dumps(metrics.get("fidelity_gain", {}), indent=2,
                                                                default=str))
+        # VLMEvalKit's prediction files, one per mode: `vlmutil eval FILE --judge exact_matching` scores them
+        from g2u.eval.vlmevalkit_io import write_prediction_files
+
+        xlsx = write_prediction_files(result.records, samples, out_dir / "vlmevalkit", predictor.label,
+                                      samples[0].dataset or "benchmark")
+        mlflow.log_artifacts(str(out_dir / "vlmevalkit"), artifact_path="vlmevalkit")
+        mlflow.set_tag("g2u.vlmevalkit_files", ",".join(p.name for p in xlsx.values()))
         for name in ("predictions.jsonl", "metrics.json", "delta_per_category.png", "fidelity_vs_gain.png",
                      "gallery.html", "transfer.md", "fidelity_gain.json"):
             if (out_dir / name).exists():

@@ -71,7 +71,8 @@ def benchmarks(folder: Path) -> dict[str, tuple[Path, dict[str, str | None]]]:
     for c, cat in enumerate(MME_PERCEPTION + MME_COGNITION):
         owner = n
         for gold in ("Yes", "No"):
-            mme.append([n, f"Is it {cat} {gold}? Please answer yes or no.", gold, cat, IMG if n == owner else str(owner)])
+            image = IMG if n == owner else str(owner)
+            mme.append([n, f"Is it {cat} {gold}? Please answer yes or no.", gold, cat, image])
             said = gold if (c + n) % 3 else ("Yes" if gold == "No" else "No")
             mpreds[str(n)] = {5: FAIL, 9: "**Yes**", 20: "yes, it is", 27: FAIL}.get(n, said)
             n += 1
@@ -165,3 +166,41 @@ if __name__ == "__main__":  # writes the golden prediction files (then run gen_s
     import sys
 
     print(write_files(Path(sys.argv[1])))
+
+
+def test_a_split_without_gold_answers_is_predicted_written_and_not_scored(tmp_path):
+    """MMBench's test split has no answers: the run predicts, writes the prediction file (no answer
+    column), and says scoring was skipped, never "field 'answer' is missing"."""
+    import pandas as pd
+
+    from g2u.eval.report import compute_metrics
+    from g2u.eval.runner import EvalConfig, evaluate
+
+    path = _tsv(tmp_path / "MMBench_TEST_EN.tsv", ["index", "question", "A", "B", "category", "image"],
+                [[0, "Colour?", "red", "blue", "color", IMG], [1000000, "Colour?", "blue", "red", "color", "0"]])
+    samples = load_dataset(path)
+
+    class Say:
+        label = "say"
+
+        def predict(self, samples, modes, config, thought_dir, reuse):
+            return [{"id": s.id, "mode": m, "prediction": "A"} for s, ms in zip(samples, modes) for m in ms]
+
+    result = evaluate(samples, Say(), EvalConfig(modes=("baseline",)), tmp_path / "out", progress=False)
+    assert all(r["correct"] is None for r in result.records)
+    metrics = compute_metrics(result.records, samples)
+    assert metrics["flat"]["n_no_gold"] == 2 and "acc/baseline/overall" not in metrics["flat"]
+    assert "not scored" in metrics["scoring_skipped"]
+    [xlsx] = write_prediction_files(result.records, samples, tmp_path / "x", "say", "MMBench_TEST_EN").values()
+    frame = pd.read_excel(xlsx, dtype=str)
+    assert "answer" not in frame.columns and list(frame["prediction"]) == ["A", "A"]
+
+
+def test_g2u_eval_score_cli_prints_the_reference_numbers(capsys, reference):
+    from g2u.cli import main
+
+    assert main(["eval", "score", str(GOLDEN / "g2u-demo-baseline_MME.xlsx")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["metrics"]["mme/baseline/perception"] == pytest.approx(reference["MME"]["perception"])
+    assert out["metrics"]["n_errors/baseline"] == 2 and out["params"]["answer_judge"] == "exact_matching"
+    assert main(["eval", "score", str(GOLDEN / "scores.json")]) == 2  # not a prediction file: named, exit 2

@@ -203,9 +203,13 @@ def load_tsv(path: Path) -> list[Sample]:
     import pandas as pd
 
     frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=True)
-    for key in ("index", "question", "answer"):
+    for key in ("index", "question"):
         if key not in frame.columns:
             raise ValueError(f"{path}: column {key!r} is missing (VLMEvalKit TSV)")
+    # A split without gold answers (MMBench's test split): predicted and written, its scoring skipped
+    no_gold = "answer" not in frame.columns or frame["answer"].isna().all()
+    if no_gold:
+        frame["answer"] = ""
     if "image" not in frame.columns and "image_path" not in frame.columns:
         raise ValueError(f"{path}: needs an 'image' (base64) or 'image_path' column")
     rows = frame.to_dict("records")
@@ -220,11 +224,11 @@ def load_tsv(path: Path) -> list[Sample]:
     for n, row in enumerate(rows, 2):  # line 1 is the header
         where = f"{path}:{n}"
         index = str(row["index"])
-        question, answer = _cell(row["question"]), _cell(row["answer"])
+        question, answer = _cell(row["question"]), "" if no_gold else _cell(row["answer"])
         if question is None or answer is None:
             raise ValueError(f"{where}: field {'question' if question is None else 'answer'!r} is empty")
         options = [o for o in (_cell(row.get(c)) for c in LETTERS[:8]) if o is not None] or None
-        if options:
+        if options and not no_gold:
             answer = gold_letter(answer, options, where)
         hint = _cell(row.get("hint"))
         raw_question = question
@@ -243,10 +247,14 @@ def load_tsv(path: Path) -> list[Sample]:
         if image_b64 is None and image_path is not None and not Path(image_path).is_absolute():
             image_path = str((path.parent / image_path).resolve())
         kind = "open" if mmvet else _kind(options, answer)
+        if no_gold and not options and "yes or no" in question.lower():
+            kind = "yesno"
         if kind == "yesno":
             answer = answer.strip().lower()
         extra = {k: v for k, v in ((c, _cell(row.get(c))) for c in ("l2-category", "hint", "split", "source"))
                  if v is not None}
+        if no_gold:
+            extra["no_gold"] = True
         if hallusion is not None:
             l2, set_id, figure_id, question_id = hallusion
             extra["figure_group"] = f"{l2}/{set_id}/{figure_id}"

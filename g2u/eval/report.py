@@ -266,6 +266,9 @@ def compute_metrics(records: Sequence[dict], samples: Sequence[Any] | None = Non
     benchmark's ``Sample`` list) fills in fields the records may lack (l2-category)."""
     if samples is not None:
         records = with_sample_fields(records, samples)
+    unscored = [r for r in records if r.get("no_gold")]
+    if unscored:  # a split without gold answers: predicted and written, never scored
+        records = [r for r in records if not r.get("no_gold")]
     acc = accuracy_table(records)  # headline: failed predictions are misses
     flat: dict[str, float] = {}
     for mode, row in acc.items():
@@ -335,6 +338,10 @@ def compute_metrics(records: Sequence[dict], samples: Sequence[Any] | None = Non
         values.sort()
         flat[f"time_ms/{name}/p50"] = values[len(values) // 2]
     flat["n_records"] = len(records)
+    if unscored:
+        flat["n_no_gold"] = len(unscored)
+        out["scoring_skipped"] = (f"{len(unscored)} predictions have no gold answer (a split without answers, "
+                                  "such as MMBench's test split): written, not scored")
     flat["n_scored"] = len(records) - out["n_errors"]
     flat["n_errors"] = out["n_errors"]
     return out

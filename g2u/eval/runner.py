@@ -172,7 +172,8 @@ def evaluate(samples: Sequence[Sample], predictor: Predictor, config: EvalConfig
                               protocol=load_protocol(config.protocol).label,
                               edit_prompt=edit.get("prompt"), family=edit.get("family"), writer=edit.get("writer"))
                 # A refused or failed prediction is an error, never a wrong answer.
-                record["correct"] = None if record.get("error") else bool(score_sample(sample, record["prediction"]))
+                record["correct"] = None if record.get("error") or record.get("no_gold") else \
+                    bool(score_sample(sample, record["prediction"]))
                 if judge is not None and sample.answer_kind == "open" and not record.get("error"):
                     verdict = judge(sample.question, sample.answer, record["prediction"])
                     record["judge"] = verdict  # None: the judge could not answer; the match score stands
@@ -198,4 +199,4 @@ def _sample_fields(sample: Sample) -> dict[str, Any]:
     return {"question": sample.question, "options": sample.options, "answer": sample.answer,
             "category": sample.category, "answer_kind": sample.answer_kind, "group": sample.group,
             "l2_category": sample.extra.get("l2-category"),
-            **{k: sample.extra[k] for k in ("figure_group", "question_group") if k in sample.extra}}
+            **{k: sample.extra[k] for k in ("figure_group", "question_group", "no_gold") if k in sample.extra}}

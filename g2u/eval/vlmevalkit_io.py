@@ -136,3 +136,13 @@ def score_prediction_file(path: str | Path, mode: str = "baseline") -> dict[str,
 
     records, samples = records_from_file(path, mode)
     return compute_metrics(records, samples)
+
+
+def score_summary(path: str | Path, mode: str = "baseline") -> dict[str, Any]:
+    """The numbers of ``score_prediction_file`` (finite ones), with what made them: extraction, judge and
+    how failed predictions count."""
+    metrics = score_prediction_file(path, mode)
+    flat = {k: v for k, v in metrics["flat"].items() if isinstance(v, (int, float)) and v == v}
+    return {"file": str(path), "params": {"extraction": "vlmevalkit@e8e78f05", "answer_judge": "exact_matching",
+                                          "errors": "miss (excl_errors/… beside)"},
+            "metrics": flat}
