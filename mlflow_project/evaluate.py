@@ -179,7 +179,9 @@ def run(args: argparse.Namespace, nested: bool = False) -> dict:
                 img.thumbnail((512, 512))
                 img.save(target, quality=85)
             originals[sample.id] = f"originals/{name}"
-        (out_dir / "metrics.json").write_text(json.dumps({"accuracy": metrics["accuracy"], "flat": flat}, indent=2))
+        (out_dir / "metrics.json").write_text(json.dumps({"protocol": protocol_params(config, predictor),
+                                                          "answer_judge": opt(args.judge) or "exact_matching",
+                                                          "accuracy": metrics["accuracy"], "flat": flat}, indent=2))
         plot_deltas(metrics, out_dir / "delta_per_category.png")
         plot_fidelity_gain(metrics, out_dir / "fidelity_vs_gain.png")
         write_gallery(result.records, originals, out_dir / "gallery.html")

@@ -194,6 +194,9 @@ def test_a_split_without_gold_answers_is_predicted_written_and_not_scored(tmp_pa
     [xlsx] = write_prediction_files(result.records, samples, tmp_path / "x", "say", "MMBench_TEST_EN").values()
     frame = pd.read_excel(xlsx, dtype=str)
     assert "answer" not in frame.columns and list(frame["prediction"]) == ["A", "A"]
+    noisy = [dict(r, prediction="A\x01\x0b") for r in result.records]   # a demo model's control characters
+    [xlsx] = write_prediction_files(noisy, samples, tmp_path / "y", "say", "MMBench_TEST_EN").values()
+    assert list(pd.read_excel(xlsx, dtype=str)["prediction"]) == ["A", "A"]
 
 
 def test_g2u_eval_score_cli_prints_the_reference_numbers(capsys, reference):

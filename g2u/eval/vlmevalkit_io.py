@@ -71,6 +71,7 @@ def write_prediction_files(records: Sequence[dict], samples: Sequence[Sample], o
     """``{model}-{mode}_{dataset}.xlsx`` per mode in ``out_dir`` (the reference's layout: one model's
     predictions on one dataset a file); returns {mode: path}."""
     import pandas as pd
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -79,7 +80,10 @@ def write_prediction_files(records: Sequence[dict], samples: Sequence[Sample], o
         path = out_dir / f"{_safe(model)}-{_safe(mode)}_{_safe(dataset, keep='_')}.xlsx"
         seen = list(dict.fromkeys(k for row in rows for k in row))
         columns = [c for c in _COLUMNS if c in seen] + [c for c in seen if c not in _COLUMNS]
-        pd.DataFrame(rows, columns=columns).to_excel(path, index=False, engine="openpyxl")
+        frame = pd.DataFrame(rows, columns=columns)
+        for column in frame.columns:  # control characters (a demo model's noise) cannot be stored in xlsx
+            frame[column] = frame[column].map(lambda v: ILLEGAL_CHARACTERS_RE.sub("", v) if isinstance(v, str) else v)
+        frame.to_excel(path, index=False, engine="openpyxl")
         paths[mode] = path
     return paths
 
