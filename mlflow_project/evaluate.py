@@ -104,7 +104,7 @@ def default_out_dir(args: argparse.Namespace, config) -> Path:
 
 
 def protocol_params(config, predictor) -> dict:
-    """What the run records of its protocol: name@version, the reference commit, the answer budget it gave
+    """What the run records of its protocol: its name (as given) and ``name@vVERSION``, the reference commit, the answer budget it gave
     this model (``answer_budget``) and the answer judge (``answer_judge``)."""
     from g2u.eval.protocols import load_protocol
 
@@ -117,7 +117,7 @@ def protocol_params(config, predictor) -> dict:
         budget = f"{config.fields['max_new_tokens']} (set)"
     else:
         budget = ",".join(f"{layout}={protocol.max_new_tokens(layout, backend, demo)}" for layout in protocol.layouts)
-    return {"protocol": protocol.label, "protocol_reference": protocol.reference.get("commit", "") or "none",
+    return {"protocol": config.protocol, "protocol_label": protocol.label, "protocol_reference": protocol.reference.get("commit", "") or "none",
             "answer_budget": budget, "decoding": protocol.budget.decoding,
             "extraction": protocol.extraction}
 
