@@ -104,8 +104,8 @@ def default_out_dir(args: argparse.Namespace, config) -> Path:
 
 
 def protocol_params(config, predictor) -> dict:
-    """What the run records of its protocol: its name (as given) and ``name@vVERSION``, the reference commit, the answer budget it gave
-    this model (``answer_budget``) and the answer judge (``answer_judge``)."""
+    """What the run records of its protocol: its name (as given) and ``name@vVERSION``, the reference
+    commit, the answer budget it gave this model (``answer_budget``), decoding and extraction."""
     from g2u.eval.protocols import load_protocol
 
     protocol = load_protocol(config.protocol)
@@ -117,8 +117,8 @@ def protocol_params(config, predictor) -> dict:
         budget = f"{config.fields['max_new_tokens']} (set)"
     else:
         budget = ",".join(f"{layout}={protocol.max_new_tokens(layout, backend, demo)}" for layout in protocol.layouts)
-    return {"protocol": config.protocol, "protocol_label": protocol.label, "protocol_reference": protocol.reference.get("commit", "") or "none",
-            "answer_budget": budget, "decoding": protocol.budget.decoding,
+    return {"protocol": config.protocol, "protocol_label": protocol.label,
+            "protocol_reference": protocol.reference.get("commit", "") or "none", "answer_budget": budget, "decoding": protocol.budget.decoding,
             "extraction": protocol.extraction}
 
 
