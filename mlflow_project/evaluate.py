@@ -118,8 +118,8 @@ def protocol_params(config, predictor) -> dict:
     else:
         budget = ",".join(f"{layout}={protocol.max_new_tokens(layout, backend, demo)}" for layout in protocol.layouts)
     return {"protocol": config.protocol, "protocol_label": protocol.label,
-            "protocol_reference": protocol.reference.get("commit", "") or "none", "answer_budget": budget, "decoding": protocol.budget.decoding,
-            "extraction": protocol.extraction}
+            "protocol_reference": protocol.reference.get("commit", "") or "none", "answer_budget": budget,
+            "decoding": protocol.budget.decoding, "extraction": protocol.extraction}
 
 
 def metric_name(name: str) -> str:
