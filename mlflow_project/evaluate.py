@@ -115,6 +115,8 @@ def protocol_params(config, predictor) -> dict:
     demo = bool(info and info.demo)
     if "max_new_tokens" in config.fields:
         budget = f"{config.fields['max_new_tokens']} (set)"
+    elif backend is None and getattr(predictor, "url", None):
+        budget = "the server's (backend unknown: pass --backend)"
     else:
         budget = ",".join(f"{layout}={protocol.max_new_tokens(layout, backend, demo)}" for layout in protocol.layouts)
     return {"protocol": config.protocol, "protocol_label": protocol.label,

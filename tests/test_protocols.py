@@ -152,3 +152,19 @@ def test_a_protocols_text_is_the_question_and_the_layout_still_places_the_though
                             _thought(thought), None, _Backend())
     assert [p for p in plain if isinstance(p, str)][-1].endswith(
         "A. x\nB. y\nAnswer with the option's letter from the given choices directly.")  # without: as before
+
+
+def test_a_users_budget_wins_and_an_unknown_server_keeps_its_own(tmp_path):
+    from g2u.eval.runner import EvalConfig
+
+    entry = next(e for layout, e in _golden("prompts.json") if layout == "mcq")
+    sample = _sample(tmp_path, entry)
+    config = EvalConfig.create(("baseline",), protocol="vlmevalkit")
+    assert config.sample_fields(sample, "baseline", backend="bagel")["max_new_tokens"] == 1000
+    assert config.sample_fields(sample, "baseline", backend="bagel")["prompt_text"] == entry["prompt"]
+    assert "max_new_tokens" not in config.sample_fields(sample, "baseline", budget=False)
+    mine = EvalConfig.create(("baseline",), protocol="vlmevalkit", max_new_tokens=7)
+    assert mine.sample_fields(sample, "baseline", backend="bagel")["max_new_tokens"] == 7
+    with pytest.raises(InputError, match="unknown protocol"):
+        EvalConfig.create(("baseline",), protocol="nope")
+    assert config.key("baseline") != EvalConfig.create(("baseline",), protocol="bagel_readme").key("baseline")

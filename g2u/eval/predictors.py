@@ -129,7 +129,8 @@ class EndpointPredictor:
                  backend: str | None = None):
         self.url = url
         self.backend = backend
-        """The served backend, when known (``--backend``): the protocol's answer budget is the one for it."""
+        """The served backend, when known (``--backend``): the protocol's answer budget is the one for it;
+        unknown, the server's own budget stands (its model-config ``max_new_tokens``)."""
         self.label = f"endpoint:{url}"
         self.timeout_s = timeout_s
         self.retries = retries
@@ -163,7 +164,8 @@ class EndpointPredictor:
         for sample, sample_modes in zip(samples, modes):
             image_b64 = base64.b64encode(png_bytes(sample.load_image())).decode()
             for mode in sample_modes:
-                payload = {"image": image_b64, **config.sample_fields(sample, mode, backend=self.backend),
+                payload = {"image": image_b64, **config.sample_fields(sample, mode, backend=self.backend,
+                                                                      budget=self.backend is not None),
                            "return_thought": needs_thought(mode)}
                 if not sample.options:
                     payload.pop("options")

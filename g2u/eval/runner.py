@@ -65,10 +65,14 @@ class EvalConfig:
             body["protocol"] = load_protocol(self.protocol).label
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
-    def sample_fields(self, sample: Sample, mode: str, backend: str | None = None, demo: bool = False) -> dict:
-        """One sample's request fields in ``mode``: the protocol's question text and answer budget, then
-        the evaluation's settings (a ``max_new_tokens`` set by the user wins over the protocol's)."""
+    def sample_fields(self, sample: Sample, mode: str, backend: str | None = None, demo: bool = False,
+                      budget: bool = True) -> dict:
+        """One sample's request fields in ``mode``: the protocol's question text and answer budget (unless
+        ``budget`` is False: a server whose backend is unknown keeps its own), then the evaluation's
+        settings (a ``max_new_tokens`` set by the user wins over the protocol's)."""
         fields = load_protocol(self.protocol).sample_fields(sample, backend=backend, demo=demo)
+        if not budget:
+            fields.pop("max_new_tokens")
         return {"question": sample.question, "options": sample.options, "id": sample.id, **fields,
                 **self.request_fields(mode)}
 
