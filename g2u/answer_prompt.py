@@ -35,10 +35,23 @@ def instruction(req: G2URequest) -> str:
     return MCQ_INSTRUCTION if req.options else OPEN_INSTRUCTION
 
 
+def question_and_tail(req: G2URequest) -> tuple[str, str]:
+    """The question text and the instruction that ends the prompt's last text part. A protocol's
+    ``prompt_text`` is the whole question text, its instruction included: nothing is added to it."""
+    if req.prompt_text is not None:
+        return req.prompt_text, ""
+    return format_question(req.question, req.options), instruction(req)
+
+
+def _joined(text: str, tail: str) -> str:
+    return f"{text}\n{tail}" if tail else text
+
+
 def cot_prompt(req: G2URequest, final: bool = False) -> str:
     """The text of a reasoning pass: write the reasoning only, or (``final``: a backend that reasons and
     answers in one decode, BAGEL's think prompt) the question with its answer instruction."""
-    return f"{format_question(req.question, req.options)}\n{instruction(req) if final else COT_INSTRUCTION}"
+    question, tail = question_and_tail(req)
+    return _joined(question, tail) if final else f"{question}\n{COT_INSTRUCTION}"
 
 
 def answer_contents(req: G2URequest, thought: Thought | None, reasoning: str | None, backend: Any) -> list[Any]:
@@ -46,13 +59,13 @@ def answer_contents(req: G2URequest, thought: Thought | None, reasoning: str | N
     out in turn: consecutive text parts are joined, and the answer instruction ends the last text part.
     The thought enters as the backend makes it (``thought_part``: an image, or BAGEL's VAE latents)."""
     mode = MODES[req.mode]
-    question, tail = format_question(req.question, req.options), instruction(req)
+    question, tail = question_and_tail(req)
     thought_part = backend.thought_part(thought.image, mode) if thought is not None else None
     if mode.parts is None and req.layout == "labelled":
-        return [ORIGINAL_LABEL, req.image, THOUGHT_LABEL, thought_part, f"{question}\n{tail}"]
+        return [ORIGINAL_LABEL, req.image, THOUGHT_LABEL, thought_part, _joined(question, tail)]
     if mode.parts is None and req.layout == "multiturn":
         return [req.image, f"{question}\n{ENHANCE_FIRST}", Turn("assistant"), thought_part, Turn("user"),
-                req.image, f"{question}\n{tail}"]
+                req.image, _joined(question, tail)]
     texts = {"q": question, "R": f"Reasoning: {reasoning}"}
     images = {"I": req.image, "T": thought_part}
     order = mode.parts or req.order
@@ -60,7 +73,7 @@ def answer_contents(req: G2URequest, thought: Thought | None, reasoning: str | N
     parts: list[Any] = []
     for i, key in enumerate(order):
         if key in texts:
-            text = texts[key] + (f"\n{tail}" if i == last_text else "")
+            text = _joined(texts[key], tail) if i == last_text else texts[key]
             if parts and isinstance(parts[-1], str):
                 parts[-1] = f"{parts[-1]}\n{text}"
             else:

@@ -1,4 +1,5 @@
-"""The ``g2u`` command: ``g2u predict``, ``g2u demo build|train``, ``g2u sandbox build|report``, ``g2u prompts``."""
+"""The ``g2u`` command: ``g2u predict``, ``g2u demo build|train``, ``g2u sandbox build|report``, ``g2u prompts``,
+``g2u eval score FILE``."""
 
 from __future__ import annotations
 
@@ -68,6 +69,16 @@ def _prompts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_score(args: argparse.Namespace) -> int:
+    from g2u.eval.vlmevalkit_io import score_summary
+
+    summary = score_summary(args.file, args.mode)
+    if not args.all:
+        summary["metrics"] = {k: v for k, v in summary["metrics"].items() if k.count("/") <= 2}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="g2u", description="Generation-to-Understanding inference")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     from g2u.bench.cli import add_command as add_bench_command
 
     add_bench_command(sub)  # g2u bench --size tiny|small|real [--flops]
+
+    ev = sub.add_parser("eval", help="evaluation tools").add_subparsers(dest="eval_command", required=True)
+    sc = ev.add_parser("score", help="score a VLMEvalKit prediction file ({model}_{dataset}.xlsx) with our protocol")
+    sc.add_argument("file", help="the prediction file (.xlsx, .tsv or .csv with index, question, prediction, ...)")
+    sc.add_argument("--mode", default="baseline", help="the mode name the metrics are reported under")
+    sc.add_argument("--all", action="store_true", help="every metric (default: the top-level ones)")
+    sc.set_defaults(func=_eval_score)
 
     pr = sub.add_parser("prompts", help="list the edit-prompt library")
     pr.add_argument("--library", help="a prompt library YAML (default: the shipped one)")

@@ -60,6 +60,11 @@ class CoreFields(BaseModel):
     options: list[str] | None = Field(None, min_length=2, max_length=MAX_OPTIONS,
                                       description="multiple-choice options: a list of 2..26 strings "
                                                   "(JSON-encoded text in a form or on the CLI)")
+    # issue 23: an evaluation protocol's question text (g2u/eval/protocols.py), per sample
+    prompt_text: str | None = Field(None, max_length=4 * MAX_QUESTION_CHARS,
+                                    description="the question exactly as the answer model reads it (hint, options "
+                                                "and instruction included), as an evaluation protocol builds it; "
+                                                "default: `question` and `options` with this project's instruction")
     mode: str = Field(DEFAULT_MODE, description="one of " + ", ".join(f"`{m}`" for m in MODES)
                       + " (`vae_concat` on BAGEL only)")
     prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS, description="a free edit prompt",
@@ -378,7 +383,8 @@ def parse_request(fields: dict[str, Any], *, max_pixels: int = DEFAULT_MAX_PIXEL
                       options=_backend_options(model))
     answer = AnswerParams(max_new_tokens=model.max_new_tokens, temperature=TEMPERATURE,
                           stage2_max_pixels=model.stage2_max_pixels, return_scores=False)
-    return G2URequest(image=pil, question=model.question, options=model.options, mode=model.mode,
+    return G2URequest(image=pil, question=model.question, options=model.options, prompt_text=model.prompt_text,
+                      mode=model.mode,
                       prompt=model.prompt, prompt_name=model.prompt_name, family=model.family, writer=model.writer,
                       edit=edit, answer=answer, order=model.order,
                       layout=model.layout, reasoning_tokens=model.reasoning_tokens, timeout_s=model.timeout_s,
@@ -469,7 +475,8 @@ def pyfunc_columns() -> dict[str, str]:
     return {name: kinds[field_kind(name)] for name in FIELD_NAMES}
 
 
-PER_SAMPLE_FIELDS = ("image", "question", "options", "mode", "id", "return_thought", "timeout_s", "thought")
+PER_SAMPLE_FIELDS = ("image", "question", "options", "prompt_text", "mode", "id", "return_thought", "timeout_s",
+                     "thought")
 """Fields an evaluation sets per sample; every other field is an evaluation setting."""
 SETTING_FIELDS = tuple(n for n in FIELD_NAMES if n not in PER_SAMPLE_FIELDS)
 

@@ -92,6 +92,8 @@ class G2URequest:
     image: Image.Image
     question: str
     options: list[str] | None
+    prompt_text: str | None
+    """The question as an evaluation protocol builds it (``g2u.eval.protocols``); the answer prompt uses it as is."""
     mode: str
     prompt: str | None
     prompt_name: str | None

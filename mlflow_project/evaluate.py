@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity-judge", dest="fidelity_judge", default="",
                    help="judged fidelity (VIEScore) of each thought: none, openai, openai:MODEL (OpenAI-compatible "
                         "endpoint) or self (the model's own understanding pathway); cached in the output folder")
+    p.add_argument("--protocol", default="vlmevalkit",
+                   help="evaluation protocol: vlmevalkit (the paper's harness), bagel_readme (BAGEL's README "
+                        "numbers), g2u_v1 (this project's first prompt) or a protocol YAML (g2u/data/protocols)")
     p.add_argument("--judge", default="", choices=["", "none", "openai"],
                    help="openai: rescore open answers with an LLM judge (OPENAI_BASE_URL/OPENAI_API_KEY, "
                         "model $G2U_JUDGE_MODEL or gpt-4o-mini); without a key the normalised match stands")
@@ -58,7 +61,8 @@ def config_from_args(args: argparse.Namespace):
     from g2u.schema import SETTING_FIELDS
 
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
-    return EvalConfig.create(modes, **{name: getattr(args, name, None) for name in SETTING_FIELDS})
+    return EvalConfig.create(modes, protocol=opt(getattr(args, "protocol", None)) or "vlmevalkit",
+                             **{name: getattr(args, name, None) for name in SETTING_FIELDS})
 
 
 def make_predictor(args: argparse.Namespace):
@@ -74,7 +78,7 @@ def _predictor(endpoint: str | None, token: str | None, checkpoint: str | None, 
     from g2u.eval.predictors import EndpointPredictor
 
     if endpoint:
-        return EndpointPredictor(endpoint, token=token)
+        return EndpointPredictor(endpoint, token=token, backend=backend)
     from g2u.eval.ray_executor import RayPredictor, local_predictor, model_label
 
     fit = {"offload": offload, "quantize": quantize} if (offload, quantize) != ("none", "none") else {}
@@ -97,6 +101,27 @@ def default_out_dir(args: argparse.Namespace, config) -> Path:
     name = Path(args.benchmark.rstrip("/")).stem or "benchmark"
     settings = json.dumps([config.key(m) for m in config.modes] + [args.checkpoint, args.endpoint, args.backend])
     return OUTPUT_DIR / "eval" / f"{name}-{hashlib.sha256(settings.encode()).hexdigest()[:10]}"
+
+
+def protocol_params(config, predictor) -> dict:
+    """What the run records of its protocol: its name (as given) and ``name@vVERSION``, the reference
+    commit, the answer budget it gave this model (``answer_budget``), decoding and extraction."""
+    from g2u.eval.protocols import load_protocol
+
+    protocol = load_protocol(config.protocol)
+    info = getattr(getattr(predictor, "pipeline", None), "backend", None)
+    info = getattr(info, "info", None)
+    backend = info.backend if info else getattr(predictor, "backend", None)
+    demo = bool(info and info.demo)
+    if "max_new_tokens" in config.fields:
+        budget = f"{config.fields['max_new_tokens']} (set)"
+    elif backend is None and getattr(predictor, "url", None):
+        budget = "the server's (backend unknown: pass --backend)"
+    else:
+        budget = ",".join(f"{layout}={protocol.max_new_tokens(layout, backend, demo)}" for layout in protocol.layouts)
+    return {"protocol": config.protocol, "protocol_label": protocol.label,
+            "protocol_reference": protocol.reference.get("commit", "") or "none", "answer_budget": budget,
+            "decoding": protocol.budget.decoding, "extraction": protocol.extraction}
 
 
 def metric_name(name: str) -> str:
@@ -123,7 +148,8 @@ def run(args: argparse.Namespace, nested: bool = False) -> dict:
         log_params({"benchmark": args.benchmark, "modes": ",".join(config.modes), **config.fields,
                     "limit": opt_int(args.limit), "batch_size": int(float(args.batch_size)), "model": predictor.label,
                     "endpoint": opt(args.endpoint), "n_samples": len(samples), "out_dir": str(out_dir),
-                    "judge": opt(args.judge) or "none", "fidelity_judge": opt(args.fidelity_judge) or "none"})
+                    "judge": opt(args.judge) or "none", "fidelity_judge": opt(args.fidelity_judge) or "none",
+                    **protocol_params(config, predictor)})
         judge = mmvet_judge if opt(args.judge) == "openai" else None
         pipeline = getattr(predictor, "pipeline", None)
         try:
@@ -137,6 +163,9 @@ def run(args: argparse.Namespace, nested: bool = False) -> dict:
         flat = {k: v for k, v in metrics["flat"].items() if isinstance(v, (int, float)) and v == v}
         mlflow.log_metrics({metric_name(k): v for k, v in flat.items()} |
                            {"computed": result.computed, "resumed": result.reused})
+        if metrics.get("scoring_skipped"):
+            mlflow.set_tag("g2u.scoring_skipped", metrics["scoring_skipped"])
+            print(metrics["scoring_skipped"], file=sys.stderr)
         demo = any((r.get("model") or {}).get("demo") for r in result.records)
         mlflow.set_tags({"demo_checkpoint": str(demo).lower(), "g2u.out_dir": str(out_dir)})
 
@@ -152,13 +181,22 @@ def run(args: argparse.Namespace, nested: bool = False) -> dict:
                 img.thumbnail((512, 512))
                 img.save(target, quality=85)
             originals[sample.id] = f"originals/{name}"
-        (out_dir / "metrics.json").write_text(json.dumps({"accuracy": metrics["accuracy"], "flat": flat}, indent=2))
+        (out_dir / "metrics.json").write_text(json.dumps({"protocol": protocol_params(config, predictor),
+                                                          "answer_judge": opt(args.judge) or "exact_matching",
+                                                          "accuracy": metrics["accuracy"], "flat": flat}, indent=2))
         plot_deltas(metrics, out_dir / "delta_per_category.png")
         plot_fidelity_gain(metrics, out_dir / "fidelity_vs_gain.png")
         write_gallery(result.records, originals, out_dir / "gallery.html")
         (out_dir / "transfer.md").write_text(transfer_markdown(metrics))  # Δ per category × prompt family
         (out_dir / "fidelity_gain.json").write_text(json.dumps(metrics.get("fidelity_gain", {}), indent=2,
                                                                default=str))
+        # VLMEvalKit's prediction files, one per mode: `vlmutil eval FILE --judge exact_matching` scores them
+        from g2u.eval.vlmevalkit_io import write_prediction_files
+
+        xlsx = write_prediction_files(result.records, samples, out_dir / "vlmevalkit", predictor.label,
+                                      samples[0].dataset or "benchmark")
+        mlflow.log_artifacts(str(out_dir / "vlmevalkit"), artifact_path="vlmevalkit")
+        mlflow.set_tag("g2u.vlmevalkit_files", ",".join(p.name for p in xlsx.values()))
         for name in ("predictions.jsonl", "metrics.json", "delta_per_category.png", "fidelity_vs_gain.png",
                      "gallery.html", "transfer.md", "fidelity_gain.json"):
             if (out_dir / name).exists():

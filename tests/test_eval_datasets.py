@@ -108,8 +108,13 @@ def test_vlmevalkit_tsv_yes_no_with_image_path_groups_per_image(tmp_path):
 
 
 def test_tsv_without_required_columns(tmp_path):
-    with pytest.raises(ValueError, match="column 'answer' is missing"):
-        load_dataset(_tsv(tmp_path / "x.tsv", ["index", "question", "image"], [["0", "q", "abc"]]))
+    with pytest.raises(ValueError, match="column 'question' is missing"):
+        load_dataset(_tsv(tmp_path / "x.tsv", ["index", "image"], [["0", "abc"]]))
+
+
+def test_tsv_without_answers_is_a_split_to_predict_not_an_error(tmp_path):
+    [sample] = load_dataset(_tsv(tmp_path / "x.tsv", ["index", "question", "image"], [["0", "q", "A" * 100]]))
+    assert sample.extra["no_gold"] is True and sample.answer == ""
 
 
 def test_mmvet_json(tmp_path):

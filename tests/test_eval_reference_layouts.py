@@ -84,13 +84,19 @@ def test_mme_perception_and_cognition(tmp_path):
                  [4, "2+2=4?", "Yes", "numerical_calculation", IMG], [5, "2+2=5?", "No", "numerical_calculation", "4"]])
     flat = _run(tmp_path, path, {("0", "*"): "Yes", ("1", "*"): "No.", ("2", "*"): "**No**", ("3", "*"): "No",
                                  ("4", "*"): "Yes", ("5", "baseline"): "Yes", ("5", "g2u"): None})
-    # color: acc 1, acc+ 1 → 200; OCR: "**No**" is no answer → acc 0.5, acc+ 0 → 50; perception 250
-    assert flat["mme/baseline/perception"] == 250.0 and flat["mme/baseline/category/color/score"] == 200.0
-    # numerical_calculation: baseline acc 0.5, acc+ 0 → 50; g2u: image 4 has a refused question → unscored
-    assert flat["mme/baseline/cognition"] == 50.0 and flat["mme/g2u/cognition"] == 0.0
-    assert "mme/g2u/category/numerical_calculation/score" not in flat
+    # color: acc 1, acc+ 1 → 200; OCR: "**No**" is no answer → acc 0.5, acc+ 0 → 50; 2 of 10 perception
+    # categories, 1 of 4 cognition ones: partial sums, never the totals
+    assert "mme/baseline/perception" not in flat and "mme/baseline/cognition" not in flat
+    assert flat["mme/baseline/perception_partial"] == 250.0 and flat["mme/baseline/perception_missing"] == 8
+    assert flat["mme/baseline/category/color/score"] == 200.0
+    # numerical_calculation: baseline acc 0.5, acc+ 0 → 50; g2u: the refused question is a miss → acc 0.5,
+    # acc+ 0 → 50; with the errors left out, image 4 goes whole → category absent → no cognition sum at all
+    assert flat["mme/baseline/cognition_partial"] == 50.0 and flat["mme/g2u/cognition_partial"] == 50.0
+    assert flat["mme/g2u/category/numerical_calculation/score"] == 50.0
+    assert "excl_errors/mme/g2u/cognition_partial" not in flat
+    assert flat["excl_errors/mme/g2u/perception_partial"] == 250.0
     assert flat["n_errors/g2u"] == 1 and flat["n_scored/g2u"] == 5
-    assert flat["lenient/mme/baseline/perception"] == 400.0        # lenient reads "**No**" as no
+    assert flat["lenient/mme/baseline/perception_partial"] == 400.0        # lenient reads "**No**" as no
 
 
 def test_hallusionbench(tmp_path):

@@ -95,7 +95,9 @@ def test_compute_metrics_adds_the_harness_aggregates_where_records_carry_groups(
     ]
     flat = compute_metrics(recs)["flat"]
     assert flat["circular/g2u/acc"] == 0.5
-    assert flat["mme/g2u/perception"] == 200.0 and flat["mme/g2u/cognition"] == 0.0
+    # one of MME's ten perception categories: a partial sum, never the total; no cognition category at all
+    assert "mme/g2u/perception" not in flat and "mme/g2u/cognition" not in flat
+    assert flat["mme/g2u/perception_partial"] == 200.0 and flat["mme/g2u/perception_missing"] == 9
     assert flat["mme/g2u/category/color/acc_plus"] == 1.0
     assert flat["acc/g2u/overall"] == 0.8 and flat["acc/g2u/category/color"] == 1.0
 
@@ -108,17 +110,19 @@ def _mcq(sid, mode, prediction, answer="B", error=None, **kw):
     return rec
 
 
-def test_a_refused_prediction_is_an_error_not_a_wrong_answer_and_deltas_are_paired():
+def test_a_failed_prediction_is_a_miss_in_the_headline_and_left_out_in_excl_errors():
     recs = [_mcq("1", "baseline", "A"), _mcq("1", "g2u", "B"),
             _mcq("2", "baseline", "B"), _mcq("2", "g2u", "", error="leaks the answer"),
             _mcq("3", "baseline", "B"), _mcq("3", "g2u", "B")]
     metrics = compute_metrics(recs)
     flat = metrics["flat"]
-    assert flat["acc/g2u/overall"] == 1.0          # 2 of 2 scored; the refusal is not a wrong answer
+    assert flat["acc/g2u/overall"] == pytest.approx(2 / 3)       # as VLMEvalKit: the failure is a miss
+    assert flat["excl_errors/acc/g2u/overall"] == 1.0           # 2 of 2 answered
     assert flat["acc/baseline/overall"] == pytest.approx(2 / 3)
     assert flat["n_scored/g2u"] == 2 and flat["n_errors/g2u"] == 1 and flat["n_errors/baseline"] == 0
     assert flat["n_scored"] == 5 and flat["n_errors"] == 1
-    assert flat["delta/g2u/n_paired"] == 2 and flat["delta/g2u/overall"] == 0.5  # samples 1 and 3 only
+    assert flat["delta/g2u/n_paired"] == 3 and flat["delta/g2u/overall"] == 0.0           # +1, −1, 0
+    assert flat["excl_errors/delta/g2u/n_paired"] == 2 and flat["excl_errors/delta/g2u/overall"] == 0.5
 
 
 def test_primary_accuracy_uses_the_reference_rules_and_lenient_is_logged_beside():
@@ -128,15 +132,29 @@ def test_primary_accuracy_uses_the_reference_rules_and_lenient_is_logged_beside(
     assert flat["lenient/acc/g2u/overall"] == 1.0
 
 
-def test_circular_groups_with_an_error_are_not_scored_and_l2_is_reported():
+def test_a_circular_group_with_an_errored_copy_is_wrong_and_l2_is_reported():
     recs = [_mcq("7", "g2u", "B", group="7", l2_category="perception"), _mcq("1000007", "g2u", "B", group="7"),
             _mcq("8", "g2u", "B", group="8", l2_category="perception"),
             _mcq("1000008", "g2u", "", group="8", error="boom"),
             _mcq("9", "g2u", "A", group="9", l2_category="reasoning"), _mcq("1000009", "g2u", "B", group="9")]
     flat = compute_metrics(recs)["flat"]
-    assert flat["circular/g2u/acc"] == 0.5             # groups 7 (right) and 9 (wrong); 8 has an error
-    assert flat["circular/g2u/l2/perception"] == 1.0 and flat["circular/g2u/l2/reasoning"] == 0.0
-    assert flat["lenient/circular/g2u/acc"] == 0.5
+    assert flat["circular/g2u/acc"] == pytest.approx(1 / 3)    # 7 right; 8 (an errored copy) and 9 wrong
+    assert flat["excl_errors/circular/g2u/acc"] == 0.5          # 8 left out: 7 right, 9 wrong
+    assert flat["circular/g2u/l2/perception"] == 0.5 and flat["circular/g2u/l2/reasoning"] == 0.0
+    assert flat["lenient/circular/g2u/acc"] == pytest.approx(1 / 3)
+
+
+def test_hallusionbench_figure_with_an_errored_question_is_wrong():
+    """The issue's case: with the errors left out, fAcc judged the figure on its one answered question (0.5
+    overall); the reference gives that figure 0."""
+    def yn(sid, pred, fig, error=False):
+        rec = {"id": sid, "mode": "g2u", "prediction": pred, "answer": "yes", "answer_kind": "yesno",
+               "category": "VD", "figure_group": fig, "question_group": sid, "group": "x"}
+        return dict(rec, error={"reason": "boom"}) if error else rec
+    recs = [yn("a", "Yes", "chart/0/0"), yn("b", "", "chart/0/0", error=True), yn("c", "No", "chart/0/1")]
+    flat = compute_metrics(recs)["flat"]
+    assert flat["hallusionbench/g2u/fAcc"] == 0.0 and flat["hallusionbench/g2u/aAcc"] == pytest.approx(1 / 3)
+    assert flat["excl_errors/hallusionbench/g2u/fAcc"] == 0.5
 
 
 def test_hallusionbench_and_mmvet_metrics_from_records():
@@ -198,3 +216,21 @@ def test_plot_and_gallery_show_judged_scores_and_reasons(tmp_path):
     assert plot_fidelity_gain(metrics, tmp_path / "fg.png").is_file()
     page = write_gallery(recs, {}, tmp_path / "g.html").read_text()
     assert "VIEScore <b>8.00</b>" in page and "reason 2" in page and "edit magnitude: SSIM 0.500" in page
+
+
+def test_mme_total_only_with_every_category_and_errors_counted_as_misses():
+    from g2u.eval.scoring import MME_PERCEPTION
+
+    def yn(cat, n, pred, error=False):
+        rec = {"id": f"{cat}{n}", "group": f"{cat}-img", "mode": "g2u", "answer_kind": "yesno", "answer": "yes",
+               "prediction": pred, "category": cat}
+        return dict(rec, error={"reason": "boom"}) if error else rec
+    recs = [r for cat in MME_PERCEPTION for r in (yn(cat, 0, "Yes"), yn(cat, 1, "Yes"))]
+    recs[-1] = yn("scene", 1, "", error=True)   # scene: one of its two questions failed
+    flat = compute_metrics(recs)["flat"]
+    # nine categories 200 each; scene acc 0.5, acc+ 0 → 50
+    assert flat["mme/g2u/perception"] == 9 * 200 + 50 and flat["n_errors/g2u"] == 1
+    # errors excluded, scene's image is left out whole: scene is absent, so the sum is partial
+    assert "excl_errors/mme/g2u/perception" not in flat
+    assert flat["excl_errors/mme/g2u/perception_partial"] == 9 * 200
+    assert flat["excl_errors/mme/g2u/perception_missing"] == 1

@@ -1,6 +1,6 @@
 """Scoring rules on hand-checked tables of tricky model outputs. Primary: VLMEvalKit's exact-matching
 semantics (each expected value worked out by hand from the reference rules: tokens after stripping
-``.()[],:;!*#{}``, a lone option letter among the last four tokens, "answer is X", then a short output
+``.()[],:;!*#{}``, a lone option letter among the last four tokens, "answer is x" in any case, then a short output
 holding exactly one option's text; yes/no after VLMEvalKit's punctuation processing). Secondary: the
 lenient reading, which answers where the reference says "no answer"."""
 
@@ -56,7 +56,9 @@ MCQ = [
     ("A dog runs in the park", OPTIONS, None, "B"),                 # A is token 1 of 6; 22 chars > 20
     ("B. The cat is sitting on the mat next to the window", OPTIONS, None, "B"),  # letter only at the start
     ("The correct answer is **C**. Here's why: a bird has feathers and wings", OPTIONS, "C", "C"),
-    ("The answer is dog", FOUR, "B", "B"),                          # "dog" is not D: no word-boundary bug
+    ("The answer is dog", FOUR, "D", "B"),                          # HEAD's rule: no boundary after the letter
+    ("the answer is b", OPTIONS, "B", "B"),                         # HEAD's rule is case-insensitive
+    ("My answer is c.", OPTIONS, "C", "C"),
     ("The answer is a cat", FOUR, "A", "A"),                        # by the option text, not by "a"
     ("The answer is D", OPTIONS, None, None),                       # D is not an option here
     ("The answer is (D)", OPTIONS, None, None),

@@ -82,7 +82,9 @@ def test_plain_mlflow_run_evaluates_the_demo_on_the_builtin_sample(project_env):
         assert name in metrics and 0 <= abs(metrics[name]) <= 1
     assert run.data.params["model"].startswith("qwen_image_edit:") and run.data.tags["demo_checkpoint"] == "true"
     assert {"predictions.jsonl", "gallery.html", "metrics.json", "delta_per_category.png",
-            "thoughts", "originals"} <= artifact_names(run.info.run_id)
+            "thoughts", "originals", "vlmevalkit"} <= artifact_names(run.info.run_id)
+    assert run.data.params["protocol"] == "vlmevalkit" and run.data.params["protocol_label"] == "vlmevalkit@v1"
+    assert "n_errors/g2u" in metrics
 
 
 def test_evaluate_logs_predictions_with_every_field(project_env, tmp_path):

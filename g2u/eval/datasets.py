@@ -46,6 +46,17 @@ class Sample:
     thought_path: str | None = None
     """A thought made by another system for this sample (the ``thought_path`` column): answered with,
     instead of generating one."""
+    hint: str | None = None
+    """The benchmark's hint (VLMEvalKit TSV ``hint``), kept apart so each protocol places it its own way."""
+    raw_question: str | None = None
+    """The question as the benchmark gives it, when ``question`` has the hint joined in."""
+    dataset: str = ""
+    """The benchmark's name (its file's stem): the protocol maps some names to their own prompt layout."""
+
+    @property
+    def prompt_question(self) -> str:
+        """The question a protocol builds its text from (without the hint)."""
+        return self.raw_question if self.raw_question is not None else self.question
 
     def thought_bytes(self) -> bytes | None:
         """The brought thought's file bytes (decoded by the request's bounded image loader)."""
@@ -72,6 +83,9 @@ class Sample:
 def load_dataset(source: str | Path, limit: int | None = None) -> list[Sample]:
     """Load a benchmark from a path (file or folder) or a built-in name; ``limit`` keeps the first N."""
     samples = _load(str(source))
+    name = _dataset_name(str(source))
+    for sample in samples:
+        sample.dataset = sample.dataset or name
     if not samples:
         raise ValueError(f"benchmark {source!r} has no samples")
     ids = [s.id for s in samples]
@@ -79,6 +93,14 @@ def load_dataset(source: str | Path, limit: int | None = None) -> list[Sample]:
         dup = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"benchmark {source!r}: sample id {dup!r} appears more than once")
     return samples[:limit] if limit else samples
+
+
+def _dataset_name(source: str) -> str:
+    """A benchmark's name: a built-in's name, else its file's stem (a folder: its one manifest's stem)."""
+    if source in ("sample", "builtin") or source.startswith("easy-vqa"):
+        return "easy-vqa"
+    path = Path(source).expanduser()
+    return path.stem if path.is_file() or not path.is_dir() else path.name
 
 
 def _load(source: str) -> list[Sample]:
@@ -181,9 +203,13 @@ def load_tsv(path: Path) -> list[Sample]:
     import pandas as pd
 
     frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=True)
-    for key in ("index", "question", "answer"):
+    for key in ("index", "question"):
         if key not in frame.columns:
             raise ValueError(f"{path}: column {key!r} is missing (VLMEvalKit TSV)")
+    # A split without gold answers (MMBench's test split): predicted and written, its scoring skipped
+    no_gold = "answer" not in frame.columns or frame["answer"].isna().all()
+    if no_gold:
+        frame["answer"] = ""
     if "image" not in frame.columns and "image_path" not in frame.columns:
         raise ValueError(f"{path}: needs an 'image' (base64) or 'image_path' column")
     rows = frame.to_dict("records")
@@ -191,18 +217,21 @@ def load_tsv(path: Path) -> list[Sample]:
     circular = any((_int_index(r["index"]) or 0) >= CIRCULAR_OFFSET for r in rows)
     # MM-Vet's TSV: every category a comma-separated set of its capabilities; all its answers are open
     # (a gold "yes" is graded by the judge, not read as a yes/no question)
-    mmvet = all(set(str(_cell(r.get("category")) or "?").split(",")) <= MMVET_CAPABILITIES for r in rows)
+    # (an MMBench subset whose rows are all "ocr" has options: it is not MM-Vet)
+    mmvet = all(set(str(_cell(r.get("category")) or "?").split(",")) <= MMVET_CAPABILITIES
+                and _cell(r.get("A")) is None for r in rows)
     samples = []
     for n, row in enumerate(rows, 2):  # line 1 is the header
         where = f"{path}:{n}"
         index = str(row["index"])
-        question, answer = _cell(row["question"]), _cell(row["answer"])
+        question, answer = _cell(row["question"]), "" if no_gold else _cell(row["answer"])
         if question is None or answer is None:
             raise ValueError(f"{where}: field {'question' if question is None else 'answer'!r} is empty")
         options = [o for o in (_cell(row.get(c)) for c in LETTERS[:8]) if o is not None] or None
-        if options:
+        if options and not no_gold:
             answer = gold_letter(answer, options, where)
         hint = _cell(row.get("hint"))
+        raw_question = question
         if hint:
             question = f"Hint: {hint}\nQuestion: {question}"
         image_b64 = _cell(row.get("image"))
@@ -218,10 +247,14 @@ def load_tsv(path: Path) -> list[Sample]:
         if image_b64 is None and image_path is not None and not Path(image_path).is_absolute():
             image_path = str((path.parent / image_path).resolve())
         kind = "open" if mmvet else _kind(options, answer)
+        if no_gold and not options and "yes or no" in question.lower():
+            kind = "yesno"
         if kind == "yesno":
             answer = answer.strip().lower()
         extra = {k: v for k, v in ((c, _cell(row.get(c))) for c in ("l2-category", "hint", "split", "source"))
                  if v is not None}
+        if no_gold:
+            extra["no_gold"] = True
         if hallusion is not None:
             l2, set_id, figure_id, question_id = hallusion
             extra["figure_group"] = f"{l2}/{set_id}/{figure_id}"
@@ -234,7 +267,8 @@ def load_tsv(path: Path) -> list[Sample]:
         samples.append(Sample(id=index, question=question, options=options, answer=answer,
                               category=_cell(row.get("category")) or "", answer_kind=kind,
                               image_path=None if image_b64 else image_path, image_b64=image_b64,
-                              group=group, extra=extra, thought_path=_relative(path, _cell(row.get("thought_path")))))
+                              group=group, extra=extra, thought_path=_relative(path, _cell(row.get("thought_path"))),
+                              hint=hint, raw_question=raw_question if hint else None))
     return samples
 
 

@@ -49,9 +49,10 @@ class LocalPredictor:
                 thought_dir: Path, reuse: dict[str, dict]) -> list[dict]:
         images = {s.id: s.load_image() for s in samples}
 
+        info = self.pipeline.backend.info
+
         def raw(sample: Sample, mode: str, thought: Thought | None = None) -> RawItem:
-            fields = {"question": sample.question, "options": sample.options, "id": sample.id,
-                      **config.request_fields(mode)}
+            fields = config.sample_fields(sample, mode, backend=info.backend, demo=info.demo)
             if sample.thought_path and needs_thought(mode) and thought is None:
                 fields["thought"] = sample.thought_bytes()  # brought by another system: used, not generated
             return RawItem(fields, images[sample.id], gold_answer=sample.answer, thought=thought)
@@ -125,8 +126,12 @@ class EndpointPredictor:
     server can batch them. Input errors (4xx) become error records; server errors are retried, then
     raised, so the run stops and a rerun resumes from the last appended prediction."""
 
-    def __init__(self, url: str, token: str | None = None, timeout_s: float = 600.0, retries: int = 3):
+    def __init__(self, url: str, token: str | None = None, timeout_s: float = 600.0, retries: int = 3,
+                 backend: str | None = None):
         self.url = url
+        self.backend = backend
+        """The served backend, when known (``--backend``): the protocol's answer budget is the one for it;
+        unknown, the server's own budget stands (its model-config ``max_new_tokens``)."""
         self.label = f"endpoint:{url}"
         self.timeout_s = timeout_s
         self.retries = retries
@@ -160,10 +165,11 @@ class EndpointPredictor:
         for sample, sample_modes in zip(samples, modes):
             image_b64 = base64.b64encode(png_bytes(sample.load_image())).decode()
             for mode in sample_modes:
-                payload = {"image": image_b64, "question": sample.question, "id": sample.id,
-                           **config.request_fields(mode), "return_thought": needs_thought(mode)}
-                if sample.options:
-                    payload["options"] = sample.options
+                payload = {"image": image_b64, **config.sample_fields(sample, mode, backend=self.backend,
+                                                                      budget=self.backend is not None),
+                           "return_thought": needs_thought(mode)}
+                if not sample.options:
+                    payload.pop("options")
                 jobs.append((sample, mode, payload))
         with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
             replies = list(pool.map(lambda job: self._post(job[2]), jobs))

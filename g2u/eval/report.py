@@ -4,8 +4,15 @@ samples (overall, per category, per prompt family, and the paper's transfer tabl
 family), the benchmarks' own aggregates, the fidelity→gain regression beside the paper's, plots and an HTML
 gallery.
 
-A failed or refused prediction (a record with ``error``) is an error, never a wrong answer: it is counted
-in ``n_errors`` and left out of every accuracy and delta.
+Failed predictions are counted as the reference counts them (VLMEvalKit scores a failed inference as a
+miss): every headline number (``acc/…``, ``delta/…``, ``circular/…``, ``mme/…``, ``hallusionbench/…``,
+``mmvet/…``) counts a record with ``error`` as wrong, and ``n_errors/<mode>`` stands beside it. A group
+(MMBench circular copies, the questions of one MME image, a HallusionBench figure or question) with an errored
+member is therefore wrong. The errors-excluded numbers stay as secondary metrics named so:
+``excl_errors/…`` (errors left out; a group with an errored member left out). A benchmark total whose
+categories are not all there (MME perception needs its 10, cognition its 4: a ``limit=`` subset, or, with
+errors excluded, a category whose every answer failed) is logged as ``…/perception_partial`` with
+``…/perception_missing`` (how many categories it lacks), never as the total.
 """
 
 from __future__ import annotations
@@ -35,10 +42,15 @@ PAPER_FIDELITY_GAIN = {"r2": 0.27, "p": "<0.01"}
 """The paper's fidelity→gain fit (VIEScore fidelity against accuracy gain), printed beside ours."""
 
 
-def _score(record: dict, lenient: bool = False) -> float | None:
-    """Primary (reference-rule) score; records without their scoring fields keep their ``correct``."""
+ERRORS = ("miss", "exclude")
+"""How a failed prediction counts: ``miss`` (the reference's headline: wrong) or ``exclude`` (left out)."""
+
+
+def _score(record: dict, lenient: bool = False, errors: str = "exclude") -> float | None:
+    """Primary (reference-rule) score; records without their scoring fields keep their ``correct``. A
+    failed prediction: 0 with ``errors="miss"``, None (no score) with ``errors="exclude"``."""
     if record.get("error"):
-        return None
+        return 0.0 if errors == "miss" else None
     if "answer_kind" in record and "answer" in record:
         return score_record(record, lenient=lenient)
     return None if lenient else float(record["correct"])
@@ -48,11 +60,11 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def scored(records: Sequence[dict], lenient: bool = False) -> list[dict]:
+def scored(records: Sequence[dict], lenient: bool = False, errors: str = "exclude") -> list[dict]:
     """The records that have a score, each a copy with ``score`` (0–1) added."""
     out = []
     for r in records:
-        s = _score(r, lenient)
+        s = _score(r, lenient, errors)
         if s is not None:
             out.append(dict(r, score=s))
     return out
@@ -65,10 +77,10 @@ def _by_mode(records: Sequence[dict]) -> dict[str, list[dict]]:
     return groups
 
 
-def accuracy_table(records: Sequence[dict], lenient: bool = False) -> dict[str, dict[str, float]]:
-    """{mode: {"overall": acc, "<category>": acc, ...}} over the scored records (errors left out)."""
+def accuracy_table(records: Sequence[dict], lenient: bool = False, errors: str = "miss") -> dict[str, dict[str, float]]:
+    """{mode: {"overall": acc, "<category>": acc, ...}}; failed predictions count as ``errors`` says."""
     table = {}
-    for mode, rows in _by_mode(scored(records, lenient)).items():
+    for mode, rows in _by_mode(scored(records, lenient, errors)).items():
         cats: dict[str, list[float]] = defaultdict(list)
         for r in rows:
             cats[str(r.get("category") or "all")].append(r["score"])
@@ -90,16 +102,18 @@ def _prompt_label(edit: dict) -> str | None:
     return edit.get("prompt_name") or edit.get("prompt")
 
 
-def paired_gains(records: Sequence[dict], mode: str = "g2u", base: str = "baseline") -> list[dict]:
+def paired_gains(records: Sequence[dict], mode: str = "g2u", base: str = "baseline",
+                 errors: str = "exclude") -> list[dict]:
     """Per sample scored in both modes: gain = score(mode) − score(base) ∈ [−1, 1], with the thought's
-    prompt and family, its edit magnitude (SSIM/PSNR) and its judged fidelity when there is one."""
+    prompt and family, its edit magnitude (SSIM/PSNR) and its judged fidelity when there is one.
+    ``errors="miss"``: a failed side scores 0 (every sample is a pair); ``"exclude"``: no pair."""
     by_key = {(r["id"], r["mode"]): r for r in records}
     out = []
     for (sid, m), r in by_key.items():
         if m != mode or (sid, base) not in by_key:
             continue
         b = by_key[(sid, base)]
-        s_mode, s_base = _score(r), _score(b)
+        s_mode, s_base = _score(r, errors=errors), _score(b, errors=errors)
         if s_mode is None or s_base is None:
             continue  # an error on either side: not a pair
         edit = r.get("edit") or {}
@@ -177,31 +191,58 @@ def _is_mmvet(rows: Sequence[dict]) -> bool:
         set(str(r.get("category") or "?").split(",")) <= MMVET_CAPABILITIES for r in rows)
 
 
-def benchmark_scores(records: Sequence[dict], lenient: bool = False) -> dict[str, float]:
+def _partial_sums(prefix: str, mme: dict[str, Any]) -> dict[str, float]:
+    """MME's sums, named ``…_partial`` (with ``…_missing``: how many categories they lack) unless every
+    category of the sum is there: a partial sum is never logged as the benchmark's total."""
+    from g2u.eval.scoring import MME_COGNITION, MME_PERCEPTION
+
+    out: dict[str, float] = {}
+    for name, cats in (("perception", MME_PERCEPTION), ("cognition", MME_COGNITION)):
+        lacking = sum(1 for c in cats if c in mme["missing"])
+        if lacking == len(cats):
+            continue  # none of its categories: no such sum at all
+        if lacking:
+            out[f"{prefix}/{name}_partial"] = mme[name]
+            out[f"{prefix}/{name}_missing"] = lacking
+        else:
+            out[f"{prefix}/{name}"] = mme[name]
+    return out
+
+
+def benchmark_scores(records: Sequence[dict], lenient: bool = False, errors: str = "miss") -> dict[str, float]:
     """The reference harnesses' own aggregates, where the records carry what they need: MMBench circular
     accuracy (overall, per category, per l2-category), MME perception / cognition sums and per-category
-    scores, HallusionBench aAcc/fAcc/qAcc (overall, per category, per l2-category), MM-Vet per capability."""
+    scores, HallusionBench aAcc/fAcc/qAcc (overall, per category, per l2-category), MM-Vet per capability.
+    ``errors="miss"`` (the reference's rule): a failed prediction is wrong, so its group is wrong;
+    ``"exclude"``: failed predictions and the groups they belong to are left out."""
     flat: dict[str, float] = {}
+
+    def grouped(rows: Sequence[dict]) -> list[dict]:
+        return scored(rows, lenient, "miss") if errors == "miss" else _whole_groups(rows, lenient)
+
     for mode, rows in _by_mode(records).items():
         mcq = [r for r in rows if r.get("answer_kind") == "mcq"]
         if any(r.get("group") not in (None, r["id"]) for r in mcq):
-            for k, v in circular_scores(_whole_groups(mcq, lenient)).items():
+            for k, v in circular_scores(grouped(mcq)).items():
                 flat[f"circular/{mode}/{'acc' if k == 'overall' else k}"] = v
         yesno = [r for r in rows if r.get("answer_kind") == "yesno"]
         if any(r.get("figure_group") for r in yesno):
-            for split, values in hallusionbench_scores(scored(yesno, lenient)).items():
+            for split, values in hallusionbench_scores(scored(yesno, lenient, errors)).items():
                 prefix = f"hallusionbench/{mode}" + ("" if split == "overall" else f"/{split}")
                 flat.update({f"{prefix}/{k}": v for k, v in values.items()})
         elif any(r.get("group") for r in yesno):
-            mme = mme_scores(_whole_groups(yesno, lenient))
-            flat[f"mme/{mode}/perception"] = mme["perception"]
-            flat[f"mme/{mode}/cognition"] = mme["cognition"]
+            mme = mme_scores(grouped(yesno))
+            flat.update(_partial_sums(f"mme/{mode}", mme))
             for cat, values in mme["categories"].items():
                 flat.update({f"mme/{mode}/category/{cat}/{k}": v for k, v in values.items()})
         openq = [r for r in rows if r.get("answer_kind") == "open"]
         if _is_mmvet(openq):
-            flat.update({f"mmvet/{mode}/{k}": v for k, v in mmvet_scores(scored(openq, lenient)).items()})
+            flat.update({f"mmvet/{mode}/{k}": v for k, v in mmvet_scores(scored(openq, lenient, errors)).items()})
     return flat
+
+
+_HEADLINE = ("/acc", "/perception", "/cognition", "/perception_partial", "/cognition_partial", "/aAcc", "/fAcc",
+             "/qAcc", "/overall")
 
 
 def with_sample_fields(records: Sequence[dict], samples: Sequence[Any]) -> list[dict]:
@@ -225,12 +266,19 @@ def compute_metrics(records: Sequence[dict], samples: Sequence[Any] | None = Non
     benchmark's ``Sample`` list) fills in fields the records may lack (l2-category)."""
     if samples is not None:
         records = with_sample_fields(records, samples)
-    acc = accuracy_table(records)
+    unscored = [r for r in records if r.get("no_gold")]
+    if unscored:  # a split without gold answers: predicted and written, never scored
+        records = [r for r in records if not r.get("no_gold")]
+    acc = accuracy_table(records)  # headline: failed predictions are misses
     flat: dict[str, float] = {}
     for mode, row in acc.items():
         for cat, value in row.items():
             flat[f"acc/{mode}/overall" if cat == "overall" else f"acc/{mode}/category/{cat}"] = value
-    for mode, rows in _by_mode(scored(records)).items():  # per l2-category, as the reference's report_acc
+    for mode, row in accuracy_table(records, errors="exclude").items():
+        for cat, value in row.items():
+            flat[f"excl_errors/acc/{mode}/overall" if cat == "overall" else
+                 f"excl_errors/acc/{mode}/category/{cat}"] = value
+    for mode, rows in _by_mode(scored(records, errors="miss")).items():  # per l2-category, as report_acc
         l2s: dict[str, list[float]] = defaultdict(list)
         for r in rows:
             if _has_l2(r):
@@ -247,16 +295,21 @@ def compute_metrics(records: Sequence[dict], samples: Sequence[Any] | None = Non
         for mode in acc:
             if mode == "baseline":
                 continue
-            gains = paired_gains(records, mode)
-            if not gains:
+            headline = paired_gains(records, mode, errors="miss")
+            gains = paired_gains(records, mode)  # error-free pairs: what a thought did (fidelity, transfer)
+            if not headline:
                 continue
-            flat[f"delta/{mode}/n_paired"] = len(gains)
-            flat[f"delta/{mode}/overall"] = _mean([g["gain"] for g in gains])
-            for cat, v in _mean_by(gains, "category").items():
+            flat[f"delta/{mode}/n_paired"] = len(headline)
+            flat[f"delta/{mode}/overall"] = _mean([g["gain"] for g in headline])
+            for cat, v in _mean_by(headline, "category").items():
                 flat[f"delta/{mode}/category/{cat}"] = v
-            for fam, v in _mean_by(gains, "family").items():
+            for fam, v in _mean_by(headline, "family").items():
                 if fam != "none":
                     flat[f"delta/{mode}/family/{fam}"] = v
+            flat[f"excl_errors/delta/{mode}/n_paired"] = len(gains)
+            if not gains:
+                continue
+            flat[f"excl_errors/delta/{mode}/overall"] = _mean([g["gain"] for g in gains])
             transfer = transfer_table(gains)
             for cat, fams in transfer.items():
                 flat.update({f"transfer/{mode}/{fam}/category/{cat}": v for fam, v in fams.items()})
@@ -270,9 +323,13 @@ def compute_metrics(records: Sequence[dict], samples: Sequence[Any] | None = Non
             out.setdefault("fidelity_gain", {})[mode] = {"metric": metric, "per_sample": per_sample,
                                                          "cells": cells, "paper": PAPER_FIDELITY_GAIN}
     flat.update(benchmark_scores(records))
-    flat.update({f"lenient/{k}": v for k, v in benchmark_scores(records, lenient=True).items()
-                 if k.endswith(("/acc", "/perception", "/cognition", "/aAcc", "/fAcc", "/qAcc"))
-                 and k.count("/") == 2})
+
+    def top(k: str) -> bool:
+        return k.endswith(_HEADLINE) and k.count("/") == 2
+
+    flat.update({f"excl_errors/{k}": v for k, v in benchmark_scores(records, errors="exclude").items()
+                 if top(k) or k.endswith(("_missing",))})
+    flat.update({f"lenient/{k}": v for k, v in benchmark_scores(records, lenient=True).items() if top(k)})
     timings: dict[str, list[float]] = defaultdict(list)
     for r in records:
         for stage, ms in (r.get("timings_ms") or {}).items():
@@ -281,6 +338,10 @@ def compute_metrics(records: Sequence[dict], samples: Sequence[Any] | None = Non
         values.sort()
         flat[f"time_ms/{name}/p50"] = values[len(values) // 2]
     flat["n_records"] = len(records)
+    if unscored:
+        flat["n_no_gold"] = len(unscored)
+        out["scoring_skipped"] = (f"{len(unscored)} predictions have no gold answer (a split without answers, "
+                                  "such as MMBench's test split): written, not scored")
     flat["n_scored"] = len(records) - out["n_errors"]
     flat["n_errors"] = out["n_errors"]
     return out

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from tqdm.auto import tqdm
 
 from g2u.eval.datasets import Sample
+from g2u.eval.protocols import DEFAULT_PROTOCOL, load_protocol
 from g2u.eval.scoring import score_sample
 from g2u.judge import attach_judgement
 from g2u.modes import MODES, needs_thought
@@ -33,9 +34,12 @@ class EvalConfig:
     fields: dict[str, Any] = field(default_factory=dict)
     model: str = ""
     """Backend + checkpoint (or endpoint) label: predictions of another model never count as done."""
+    protocol: str = DEFAULT_PROTOCOL
+    """The evaluation protocol (``g2u.eval.protocols``): each sample's question text and answer budget."""
 
     @classmethod
-    def create(cls, modes: Sequence[str] = ("baseline", "g2u"), model: str = "", **fields: Any) -> EvalConfig:
+    def create(cls, modes: Sequence[str] = ("baseline", "g2u"), model: str = "", protocol: str = DEFAULT_PROTOCOL,
+               **fields: Any) -> EvalConfig:
         """Validated settings: unknown modes and bad fields fail here, before any prediction, with their name."""
         from g2u.errors import InputError
         from g2u.schema import validate_settings
@@ -43,11 +47,12 @@ class EvalConfig:
         for mode in modes:
             if mode not in MODES:
                 raise InputError("modes", f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-        for name in ("question", "image", "options", "mode", "id", "return_thought"):
+        load_protocol(protocol)  # an unknown protocol fails here, named
+        for name in ("question", "image", "options", "prompt_text", "mode", "id", "return_thought"):
             if fields.get(name) not in (None, ""):
                 raise InputError(name, "is set per sample by the evaluation, not as a setting")
         settings = validate_settings({k: v for k, v in fields.items() if v not in (None, "")})
-        return cls(modes=tuple(modes), fields=_plain(settings), model=model)
+        return cls(modes=tuple(modes), fields=_plain(settings), model=model, protocol=protocol)
 
     def key(self, mode: str) -> str:
         from g2u.schema import EDIT_FIELDS
@@ -56,7 +61,20 @@ class EvalConfig:
         if not needs_thought(mode):  # the answer of a mode without a thought ignores the edit settings
             fields = {k: v for k, v in fields.items() if k not in EDIT_FIELDS}
         body = {"fields": fields, "mode": mode, "model": self.model}
+        if self.protocol != "g2u_v1":  # g2u_v1 is the prompt of the runs made before protocols: they resume
+            body["protocol"] = load_protocol(self.protocol).label
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+    def sample_fields(self, sample: Sample, mode: str, backend: str | None = None, demo: bool = False,
+                      budget: bool = True) -> dict:
+        """One sample's request fields in ``mode``: the protocol's question text and answer budget (unless
+        ``budget`` is False: a server whose backend is unknown keeps its own), then the evaluation's
+        settings (a ``max_new_tokens`` set by the user wins over the protocol's)."""
+        fields = load_protocol(self.protocol).sample_fields(sample, backend=backend, demo=demo)
+        if not budget:
+            fields.pop("max_new_tokens")
+        return {"question": sample.question, "options": sample.options, "id": sample.id, **fields,
+                **self.request_fields(mode)}
 
     def thought_key(self) -> str:
         """Settings that decide a thought (shared by every thought mode, layout and answer setting)."""
@@ -155,9 +173,11 @@ def evaluate(samples: Sequence[Sample], predictor: Predictor, config: EvalConfig
                 sample = by_id[record["id"]]
                 edit = record.get("edit") or {}
                 record.update(_sample_fields(sample), config_key=config.key(record["mode"]),
+                              protocol=load_protocol(config.protocol).label,
                               edit_prompt=edit.get("prompt"), family=edit.get("family"), writer=edit.get("writer"))
                 # A refused or failed prediction is an error, never a wrong answer.
-                record["correct"] = None if record.get("error") else bool(score_sample(sample, record["prediction"]))
+                record["correct"] = None if record.get("error") or record.get("no_gold") else \
+                    bool(score_sample(sample, record["prediction"]))
                 if judge is not None and sample.answer_kind == "open" and not record.get("error"):
                     verdict = judge(sample.question, sample.answer, record["prediction"])
                     record["judge"] = verdict  # None: the judge could not answer; the match score stands
@@ -183,4 +203,4 @@ def _sample_fields(sample: Sample) -> dict[str, Any]:
     return {"question": sample.question, "options": sample.options, "answer": sample.answer,
             "category": sample.category, "answer_kind": sample.answer_kind, "group": sample.group,
             "l2_category": sample.extra.get("l2-category"),
-            **{k: sample.extra[k] for k in ("figure_group", "question_group") if k in sample.extra}}
+            **{k: sample.extra[k] for k in ("figure_group", "question_group", "no_gold") if k in sample.extra}}

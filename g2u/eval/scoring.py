@@ -2,8 +2,8 @@
 
 Primary (what the paper's tables use, VLMEvalKit ``judge=exact_matching``):
 - MCQ (``can_infer``): strip ``.()[],:;!*#{}`` to spaces and split; exactly one option letter among the
-  tokens, within the last four tokens → that letter; a refusal phrase → no answer; else "answer is X"
-  (X an uppercase A–D, followed by a non-word character: "The answer is dog" is not D); else, when the
+  tokens, within the last four tokens → that letter; a refusal phrase → no answer; else "(correct) answer is
+  x" (any case of A–D, VLMEvalKit HEAD's rule: "the answer is b" → B); else, when the
   output is at most twice as long as all option texts together, exactly one option text contained in it.
 - yes/no (``YOrN_Extraction``): VLMEvalKit's punctuation processing, then the words; "yes" without "no"
   → yes, "no" without "yes" → no, otherwise no answer ("**Yes**", "Yes/No" are no answer).
@@ -36,8 +36,9 @@ _OPTION_SEPARATORS = str.maketrans({c: " " for c in ".()[],:;!*#{}"})
 _REFUSALS = ("Sorry, I can't help with images of people yet.", "I can't process this file.",
              "I'm sorry, but without the image provided", "Cannot determine the answer")
 _API_FAILURE = "Failed to obtain answer via API"
-# "the answer is B", "answer is **C**": the letter must end there ("The answer is dog" is not D).
-_ANSWER_IS = re.compile(r"(?i:\banswer\s+is)\s+\**([A-D])\**(?!\w)")
+# VLMEvalKit HEAD's ``_VERBOSE_ANSWER_RE``, as it is: case-insensitive letters ("the answer is b" → B) and no
+# word boundary after the letter, so "The answer is dog." reads as D there too (README: extraction).
+_ANSWER_IS = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**")
 _NO_ANSWER = "Z"  # the reference's "refused / no answer" sentinel
 
 
@@ -56,8 +57,8 @@ def _infer_option(text: str, letters: str) -> str | None:
     elif not named and tokens.count(_NO_ANSWER) >= 1 and _NO_ANSWER not in letters:
         return _NO_ANSWER
     match = _ANSWER_IS.search(text)
-    if match and match.group(1) in letters:
-        return match.group(1)
+    if match and match.group(1).upper() in letters:
+        return match.group(1).upper()
     return None
 
 
