@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from transformers import ProcessorMixin, Qwen2VLProcessor, StoppingCriteriaList
 
-from g2u.deadline import deadline_criteria
+from g2u.deadline import deadline_criteria, install_layer_checks
 from g2u.types import AnswerParams, ContentPart, Turn
 
 IMAGE_TOKEN = "<|image_pad|>"
@@ -401,6 +401,7 @@ def generate_answers(
     """
     if not contents:
         return []
+    install_layer_checks(model)  # the deadline can stop a long prefill between layers
     inputs = prepare_answer_inputs(model, processor, contents)
     tokenizer = getattr(processor, "tokenizer", processor)
     kwargs = answer_generate_kwargs(model, processor, params)
