@@ -7,9 +7,10 @@ square of that length: a 12k-token request took 0.6 GB alone and 6.2 GB batched 
 model's own tokenizer) and its images (the stage-II sizing the backend will apply, in the processor's
 patch tokens), refused past the model's positions or the server's ``max_prompt_tokens``
 (``g2u.budget``), and ``plan_groups`` splits a batch so that no group's padded size (requests × longest
-prompt) exceeds ``max_batch_tokens``, nor its stage-I work one request's ``max_edit_work``. Groups run
-cheapest first: a cheap batch-mate is answered before a costly one starts (``handler/g2u_handler.py``
-streams it out early where TorchServe allows).
+prompt) exceeds ``max_batch_tokens``, nor its stage-I work one request's ``max_edit_work``, and requests
+of very different stage-I work (``WORK_BAND``) run apart. Groups run cheapest first: a cheap batch-mate is
+computed before a costly one starts, and its answer's bytes leave then (``g2u.serving.send_early``; TorchServe
+completes the HTTP response with the batch).
 """
 
 from __future__ import annotations
@@ -117,12 +118,18 @@ def prompt_cost(backend: Any, req: G2URequest) -> PromptCost:
                       passes=passes)
 
 
+WORK_BAND = 2.0
+"""Items share a group only while the costliest one's stage-I work is at most this many times the
+cheapest one's (items without stage I group apart): a cheap item never waits for a costly one."""
+
+
 def plan_groups(costs: Sequence[tuple[int, int, int, float]], max_batch_tokens: int,
                 max_edit_work: float) -> list[list[int]]:
     """Positions of a batch's valid items, grouped: ``costs`` holds (position, prompt tokens, prompt passes,
     stage-I work) per item. In each group, rows (passes) × the longest prompt stay within
-    ``max_batch_tokens`` and the summed stage-I work within ``max_edit_work`` (an item over either runs
-    alone). Groups come cheapest first; items keep their order inside a group."""
+    ``max_batch_tokens``, the summed stage-I work within ``max_edit_work`` (an item over either runs alone)
+    and the works within ``WORK_BAND`` of each other. Groups come cheapest first; items keep their order
+    inside a group."""
     groups: list[list[tuple[int, int, int, float]]] = []
     for item in sorted(costs, key=lambda c: (c[3], c[1] * c[2], c[0])):
         if groups:
@@ -130,7 +137,9 @@ def plan_groups(costs: Sequence[tuple[int, int, int, float]], max_batch_tokens: 
             rows = sum(c[2] for c in group)
             longest = max(c[1] for c in group)
             work = sum(c[3] for c in group)
-            if rows * longest <= max_batch_tokens and (work <= max_edit_work or work == 0):
+            cheapest = min(c[3] for c in group)
+            same_band = item[3] == cheapest or (cheapest > 0 and item[3] <= WORK_BAND * cheapest)
+            if rows * longest <= max_batch_tokens and (work <= max_edit_work or work == 0) and same_band:
                 groups[-1].append(item)
                 continue
         groups.append([item])

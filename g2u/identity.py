@@ -73,10 +73,24 @@ def model_identity(backend: Any) -> dict[str, str]:
             "device": str(info.device).split(":")[0], "versions": json.dumps(software_versions(), sort_keys=True)}
 
 
+def checkpoint_label(backend: str, checkpoint: str, dtype: str) -> str:
+    """``backend:checkpoint#content@dtype``: what ``LocalPredictor`` and ``model_label`` (Ray) both report, so a
+    Ray run and an in-process run of one model resume each other's predictions, and nothing else does."""
+    whole = str(checkpoint)
+    parts = [whole] if Path(whole).exists() else whole.split("+")
+    content = hashlib.sha256("+".join(weights_fingerprint(p) for p in parts).encode()).hexdigest()[:16]
+    return f"{backend}:{checkpoint}#{content}@{dtype}"
+
+
+def fit_dtype(dtype: str, quantize: str = "none", offload: str = "none") -> str:
+    """The dtype label ``g2u.memory.apply_memory_fit`` gives a quantized or offloaded backend."""
+    return dtype + (f"+{quantize}" if quantize != "none" else "") + (f"+offload-{offload}" if offload != "none" else "")
+
+
 def identity_label(backend: Any) -> str:
     """``model_identity`` as one short label (a hash: no path, no versions spelled out)."""
     blob = json.dumps(model_identity(backend), sort_keys=True)
     return f"{backend.info.backend}:{hashlib.sha256(blob.encode()).hexdigest()[:24]}"
 
 
-__all__ = ["identity_label", "model_identity", "weights_fingerprint"]
+__all__ = ["checkpoint_label", "fit_dtype", "identity_label", "model_identity", "weights_fingerprint"]

@@ -7,7 +7,8 @@ What TorchServe 0.12 lets a worker do (read in its source, frontend and ``ts`` p
   headers and body at once and closes it when the batch's final message carries that item's (empty) last
   part. gRPC's unary ``Predictions`` completes the call on the first part and fails on the second, so only
   REST items (they carry the frontend's ``explain`` header, gRPC ones carry no headers) leave early; gRPC
-  items are answered with the batch.
+  items are answered with the batch. Only answers (status < 400) do: the frontend closes a streamed error's
+  connection after its status line, so errors leave with the batch's final message.
 - **Know that a client has gone**: it cannot. The frontend never tells the worker (its protocol has only
   load and predict messages), and the default batch aggregator does not look at the connection; only the
   continuous-batching aggregators drop a *streamed* job whose channel closed, after one of its parts.
@@ -136,12 +137,21 @@ def is_rest(context: Any, idx: int) -> bool:
     return isinstance(value, str) and value in ("True", "False")
 
 
+def _status(context: Any, idx: int) -> int:
+    try:
+        return int(context.get_response_status(idx)[0] or 200)
+    except (AttributeError, IndexError, TypeError):
+        return 200
+
+
 def send_early(context: Any, bodies: dict[int, str]) -> set[int]:
-    """Send these items' responses now, before the batch ends (REST items only); returns the indices
-    sent, whose final response must be empty. Outside a TorchServe worker nothing is sent."""
+    """Send these items' answers now, before the batch ends; returns the indices sent, whose final
+    response must be empty. Only REST answers with status < 400: the frontend closes the connection right
+    after the status line of an error sent as a stream (``NettyUtils.sendHttpResponse``), so an error waits
+    for the batch's final message. Outside a TorchServe worker nothing is sent."""
     if not bodies or getattr(context, "cl_socket", None) is None or not getattr(context, "request_ids", None):
         return set()
-    todo = {i: body for i, body in bodies.items() if is_rest(context, i)}
+    todo = {i: body for i, body in bodies.items() if is_rest(context, i) and _status(context, i) < 400}
     if not todo:
         return set()
     from ts.handler_utils.utils import send_intermediate_predict_response

@@ -32,10 +32,15 @@ class EvalConfig:
     modes: tuple[str, ...] = ("baseline", "g2u")
     fields: dict[str, Any] = field(default_factory=dict)
     model: str = ""
-    """Backend + checkpoint (or endpoint) label: predictions of another model never count as done."""
+    """The model's identity label (``g2u.identity``: backend, checkpoint content, dtype with quantization and
+    offload; or the endpoint's): predictions of another model never count as done."""
+    protocol: str = ""
+    """The evaluation protocol that turns answers into scores (prompt per dataset, extraction, judge), where
+    a run names one: predictions made under another protocol never count as done."""
 
     @classmethod
-    def create(cls, modes: Sequence[str] = ("baseline", "g2u"), model: str = "", **fields: Any) -> EvalConfig:
+    def create(cls, modes: Sequence[str] = ("baseline", "g2u"), model: str = "", protocol: str = "",
+               **fields: Any) -> EvalConfig:
         """Validated settings: unknown modes and bad fields fail here, before any prediction, with their name."""
         from g2u.errors import InputError
         from g2u.schema import validate_settings
@@ -47,7 +52,7 @@ class EvalConfig:
             if fields.get(name) not in (None, ""):
                 raise InputError(name, "is set per sample by the evaluation, not as a setting")
         settings = validate_settings({k: v for k, v in fields.items() if v not in (None, "")})
-        return cls(modes=tuple(modes), fields=_plain(settings), model=model)
+        return cls(modes=tuple(modes), fields=_plain(settings), model=model, protocol=protocol)
 
     def key(self, mode: str) -> str:
         from g2u.schema import EDIT_FIELDS
@@ -55,7 +60,7 @@ class EvalConfig:
         fields = dict(self.fields)
         if not needs_thought(mode):  # the answer of a mode without a thought ignores the edit settings
             fields = {k: v for k, v in fields.items() if k not in EDIT_FIELDS}
-        body = {"fields": fields, "mode": mode, "model": self.model}
+        body = {"fields": fields, "mode": mode, "model": self.model, "protocol": self.protocol}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
     def thought_key(self) -> str:
