@@ -130,19 +130,20 @@ def plan_groups(costs: Sequence[tuple[int, int, int, float]], max_batch_tokens: 
     ``max_batch_tokens``, the summed stage-I work within ``max_edit_work`` (an item over either runs alone)
     and the works within ``WORK_BAND`` of each other. Groups come cheapest first; items keep their order
     inside a group."""
+    def fits(group: list[tuple[int, int, int, float]], item: tuple[int, int, int, float]) -> bool:
+        group = [*group, item]
+        rows, longest = sum(c[2] for c in group), max(c[1] for c in group)
+        work, cheapest = sum(c[3] for c in group), min(c[3] for c in group)
+        same_band = item[3] == cheapest or (cheapest > 0 and item[3] <= WORK_BAND * cheapest)
+        return rows * longest <= max_batch_tokens and (work <= max_edit_work or work == 0) and same_band
+
     groups: list[list[tuple[int, int, int, float]]] = []
-    for item in sorted(costs, key=lambda c: (c[3], c[1] * c[2], c[0])):
-        if groups:
-            group = [*groups[-1], item]
-            rows = sum(c[2] for c in group)
-            longest = max(c[1] for c in group)
-            work = sum(c[3] for c in group)
-            cheapest = min(c[3] for c in group)
-            same_band = item[3] == cheapest or (cheapest > 0 and item[3] <= WORK_BAND * cheapest)
-            if rows * longest <= max_batch_tokens and (work <= max_edit_work or work == 0) and same_band:
-                groups[-1].append(item)
-                continue
-        groups.append([item])
+    for item in sorted(costs, key=lambda c: (c[3], c[1] * c[2], c[0])):  # first fit, cheapest first
+        target = next((g for g in groups if fits(g, item)), None)
+        if target is None:
+            groups.append([item])
+        else:
+            target.append(item)
     return [sorted(c[0] for c in group) for group in groups]
 
 
