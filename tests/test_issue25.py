@@ -161,6 +161,7 @@ def test_prompt_count_matches_the_answer_models_real_prompt(demo):
     for fields in ({"question": "What is it? " * 40, "options": ["red one", "blue one"]},
                    {"question": "Which?", "layout": "multiturn"}, {"question": "Where 🙂?", "mode": "baseline"}):
         req = parse_request({**fields, "steps": 2}, image=_img(size=(96, 64)))
+        req.thought = req.thought or (_img((5, 6, 7), size=(64, 64)) if fields.get("mode") != "baseline" else None)
         thought = demo.imagine([req])[0]
         contents, _ = prepare_contents([answer_contents(req, thought, None, demo.backend)],
                                        demo.backend.stage2_sizing(None))
