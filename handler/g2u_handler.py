@@ -219,6 +219,7 @@ class G2UHandler(BaseHandler):
                     out[i] = self._answer(i, *answer)
             self._index = model_rows
             batch = self.preprocess([data[i] for i in model_rows])
+            self._batch_size = len(data)  # the batch TorchServe formed, describe/explain/refused items included
             groups = cost_groups(self.pipeline, batch)
             # Items already answered (refused, special) leave now when the model still has work to do.
             ready = {i: out[i] for i in range(len(data)) if out[i] is not None}
