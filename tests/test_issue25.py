@@ -118,9 +118,8 @@ def test_a_thought_under_8_pixels_a_side_is_400(side):
 
 
 def test_a_tiff_of_1_5m_strips_is_refused_from_its_header():
-    from load_tests.hostile_files import many_strip_tiff
-
     from g2u.images import load_image
+    from load_tests.hostile_files import many_strip_tiff
 
     with pytest.raises(InputError) as info:
         load_image(many_strip_tiff(), field="image")
