@@ -228,13 +228,17 @@ class G2UHandler(BaseHandler):
                 out[i] = body
             if groups:
                 early |= send_early(context, ready)
+            post = 0.0
             for k, group in enumerate(groups):
                 self.understand(self.edit(group.batch))
+                t0 = time.perf_counter()
                 done = {model_rows[p]: self._item_body(p, it) for p, it in zip(group.positions, group.batch.items)}
+                post += time.perf_counter() - t0
                 for i, body in done.items():
                     out[i] = body
                 if k + 1 < len(groups):
                     early |= send_early(context, done)
+            self._metric(STAGE_LATENCY, post, "postprocess")
         except Exception as exc:  # noqa: BLE001 - never a batch-wide failure: each unanswered item gets its 500
             logger.exception("handler failure; answering the unanswered items with 500")
             for i, body in enumerate(out):
