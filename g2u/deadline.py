@@ -1,4 +1,5 @@
-"""Per-request deadlines inside the worker, checked between denoising steps and decoded tokens.
+"""Per-request deadlines inside the worker, checked between denoising steps, decoded tokens and (during a
+prefill) the answer model's layers.
 
 A stage runs under ``deadline(at)``; the loops of the backends call ``check_deadline`` (the HF
 ``generate`` loop through ``DeadlineCriteria``). Past the deadline the stage stops with
@@ -53,3 +54,35 @@ def deadline_criteria():
             return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
     return DeadlineCriteria()
+
+
+_HOOKED = "_g2u_deadline_hooks"
+_LAYER_SUFFIXES = ("DecoderLayer", "VisionBlock", "EncoderLayer")
+
+
+def install_layer_checks(model) -> int:
+    """Check the deadline before every decoder/vision layer of ``model`` (forward pre-hooks, installed once):
+    a prefill is one forward pass over the whole prompt, which no per-token check can interrupt; with these
+    a deadline passed mid-prefill stops it at the next layer. Without a deadline the hook is one context
+    lookup per layer. Returns the number of layers hooked."""
+    if getattr(model, _HOOKED, None) is not None:
+        return getattr(model, _HOOKED)
+
+    import torch
+
+    def hook(module, args):
+        # compiled decoding (g2u.fastpath) traces the hook away: no graph break; decoding is bounded per
+        # token by DeadlineCriteria, the eager prefill by this check
+        if not torch.compiler.is_compiling():
+            check_deadline("prefill")
+
+    count = 0
+    for module in model.modules():
+        if type(module).__name__.endswith(_LAYER_SUFFIXES):
+            module.register_forward_pre_hook(hook)
+            count += 1
+    try:
+        setattr(model, _HOOKED, count)
+    except AttributeError:  # pragma: no cover - a model class refusing attributes
+        pass
+    return count

@@ -14,6 +14,10 @@ class InputError(G2UError, ValueError):
     status = 400
 
     def __init__(self, field: str, reason: str, status: int | None = None):
+        from g2u.safe_text import MAX_FIELD_CHARS, escape
+
+        # A client-chosen name (an unknown key) is echoed escaped and cut: never megabytes, never raw bytes.
+        field = escape(field, MAX_FIELD_CHARS)
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason

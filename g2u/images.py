@@ -21,6 +21,7 @@ import base64
 import binascii
 import io
 import math
+import struct
 import warnings
 from pathlib import Path
 
@@ -46,6 +47,11 @@ applied here to the reduced RGB image: that function copies the full-size image 
 and the reduced copy no longer carries a TIFF's orientation tag)."""
 
 _REDUCIBLE = {"L", "LA", "RGB", "RGBA", "I", "F", "CMYK"}
+
+MAX_TIFF_CHUNKS = 65536
+"""Most strips or tiles a TIFF's first page may have. PIL reads every offset and builds one tile per
+strip before decoding a pixel: 1.5 M one-row strips cost seconds to refuse, or a minute to decode. A
+40 MP image stored one row per strip has at most ~8 000 rows (or 40 000 at a 1000:1 aspect)."""
 
 _STRIP_ROWS = 256
 """Rows converted at a time when rescaling 16/32-bit images to 8 bit (bounds the float temporaries)."""
@@ -105,8 +111,40 @@ def load_image(source: bytes | str | Path | Image.Image, max_pixels: int = DEFAU
     return out
 
 
+def _tiff_chunks(data: bytes) -> int:
+    """The largest strip/tile count declared in a TIFF's first IFD (0: not a TIFF, or unreadable here;
+    PIL then judges it). Reads the header and the IFD's entries only."""
+    head = data[:4]
+    if head not in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+        return 0
+    order = "<" if head[:2] == b"II" else ">"
+    big = head[2:] in (b"+\0", b"\0+")
+    try:
+        if big:  # BigTIFF: 8-byte offsets and counts, 20-byte entries
+            (ifd,) = struct.unpack_from(order + "Q", data, 8)
+            (n,) = struct.unpack_from(order + "Q", data, ifd)
+            entry, first, count_fmt, size = 20, ifd + 8, "Q", 4
+        else:
+            (ifd,) = struct.unpack_from(order + "I", data, 4)
+            (n,) = struct.unpack_from(order + "H", data, ifd)
+            entry, first, count_fmt, size = 12, ifd + 2, "I", 4
+        most = 0
+        for k in range(min(n, 4096)):
+            tag, _kind = struct.unpack_from(order + "HH", data, first + k * entry)
+            if tag in (273, 279, 324, 325):  # Strip/Tile Offsets and ByteCounts
+                (count,) = struct.unpack_from(order + count_fmt, data, first + k * entry + size)
+                most = max(most, count)
+        return most
+    except struct.error:
+        return 0
+
+
 def _open(data: bytes, max_pixels: int, field: str) -> Image.Image:
     """``Image.open`` reads the header (and PNG chunks before the pixels); it raises many types."""
+    chunks = _tiff_chunks(data)
+    if chunks > MAX_TIFF_CHUNKS:
+        raise InputError(field, f"is a TIFF of {chunks} strips or tiles, more than the limit of {MAX_TIFF_CHUNKS}: "
+                                "store it in fewer, larger strips (or send a PNG)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -42,15 +42,14 @@ class G2UPipeline:
                  budget: WorkBudget | None = None):
         self.backend = backend
         self.library = library or default_library()
-        self.budget = budget or WorkBudget.for_backend(backend.default_edit_area)
-        """Per-request work budget (``g2u.budget``): requests over it are refused before any work."""
         self.thought_cache = thought_cache
         self.editor = backend if thought_cache is None else CachedEditor(backend, thought_cache, self.library.version)
         self.judge = judge
         """Fidelity judge ``score(original, thought, prompt) -> float | None`` for ``selection: judge``."""
         self.writer_config = writer_config
         """``g2u.writers.WriterConfig`` for the openai/self writers (None: read from the environment)."""
-        self.planner = Planner(backend, self.library, self.budget, has_judge=judge is not None,
+        self.planner = Planner(backend, self.library, budget or WorkBudget.for_backend(backend.default_edit_area),
+                               has_judge=judge is not None,
                                routes=self._route_table, writer=self._writer)
         self._routes, self._writers = routes, {}
         self.checkpoint_label: str | None = None
@@ -65,6 +64,15 @@ class G2UPipeline:
         cache = kwargs.pop("thought_cache", "env")
         return cls(load_backend(checkpoint, backend, **kwargs),
                    thought_cache=ThoughtCache.from_env() if cache == "env" else cache, **own)
+
+    @property
+    def budget(self) -> WorkBudget:
+        """Per-request work budget (``g2u.budget``): requests over it are refused before any work."""
+        return self.planner.budget
+
+    @budget.setter
+    def budget(self, value: WorkBudget) -> None:
+        self.planner.budget = value
 
     @property
     def modes(self) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ visual thought must help the model see, never tell it what to say.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -145,9 +146,37 @@ def _stem(word: str) -> str:
     return word
 
 
+@lru_cache(maxsize=4096)
+def _latin_lookalike(char: str) -> str:
+    """The Latin letter a non-Latin character is confusable with (Unicode's confusables data, through
+    ``confusable_homoglyphs``), or the character itself."""
+    try:
+        from confusable_homoglyphs import confusables
+    except ImportError:  # the serve extra is not installed: NFKC, zero-width and accents are still folded
+        return char
+    found = confusables.is_confusable(char, greedy=True, preferred_aliases=["latin"]) or []
+    for entry in found:
+        for glyph in entry.get("homoglyphs", ()):
+            latin = glyph.get("c", "")
+            if latin and all(c.isascii() for c in latin):
+                return latin
+    return char
+
+
+def normalize(text: str) -> str:
+    """Text as the leak guard compares it: NFKC (full-width "ｒｅｄ" → "red", "Ⅳ" → "IV"), format
+    characters dropped (zero-width spaces and joiners, bidi marks), combining marks dropped ("réd" →
+    "red"), and non-Latin homoglyphs of Latin letters mapped to them (Cyrillic "с" → "c")."""
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(c for c in unicodedata.normalize("NFD", text)
+                   if unicodedata.category(c) not in ("Cf", "Mn", "Me"))
+    text = "".join(c if c.isascii() or not c.isalpha() else _latin_lookalike(c) for c in text)
+    return unicodedata.normalize("NFC", text)
+
+
 def _words(text: str) -> list[str]:
-    """Lowercase words, number words as digits ("three" → "3"), plurals stemmed."""
-    return [_stem(_NUMBER_WORDS.get(w, w)) for w in re.findall(r"[\w']+", text.lower())]
+    """Lowercase words (normalised: ``normalize``), number words as digits ("three" → "3"), plurals stemmed."""
+    return [_stem(_NUMBER_WORDS.get(w, w)) for w in re.findall(r"[\w']+", normalize(text).lower())]
 
 
 def _letter_patterns(letters: Sequence[str]) -> re.Pattern | None:
@@ -168,6 +197,7 @@ def find_leak(prompt: str, options: Sequence[str] | None = None, answer: str | N
     everywhere in plain text. A library prompt (fixed text that never saw the question) goes through
     ``prompt_leak``, which does not look for options or answers.
     """
+    prompt = normalize(prompt)  # homoglyph, full-width, zero-width and accented spellings compare as plain
     match = _ANSWER_PHRASES.search(prompt)
     if match:
         return f"contains answer-like phrasing {match.group(0)!r}"
@@ -195,6 +225,6 @@ def prompt_leak(prompt: EditPrompt, options: Sequence[str] | None = None, answer
     isolates the subject on a white background) is a coincidence, not a leak: only answer-like phrasing
     counts. Free and written prompts get the full ``find_leak``."""
     if prompt.name is not None:
-        match = _ANSWER_PHRASES.search(prompt.text)
+        match = _ANSWER_PHRASES.search(normalize(prompt.text))
         return f"contains answer-like phrasing {match.group(0)!r}" if match else None
     return find_leak(prompt.text, options, answer)

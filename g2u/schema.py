@@ -34,8 +34,35 @@ NEGATIVE_PROMPT = " "
 """Stage I's negative prompt, as the references run it (diffusers' Qwen-Image-Edit examples, BAGEL's app)."""
 TEMPERATURE = 0.0
 """Stage II decodes greedily (no request field: answers stay reproducible)."""
+MIN_THOUGHT_SIDE = 8
+"""Smallest side of a brought thought (one under ~6 px failed SSIM's window: a 500)."""
 # Control characters other than tab/newline/carriage return have no place in a text field.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _numeric(annotation: Any) -> bool:
+    """``int``/``float`` or an optional one (``float | None``: ``timeout_s``)."""
+    if annotation in (int, float, "int", "float"):
+        return True
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    return any(a in (int, float) for a in args) and all(a in (int, float, type(None)) for a in args)
+
+
+def _json_list(text: str) -> Any:
+    """A list sent as JSON text (forms, the CLI): parsed with the body's bounds, so text nested 100 000
+    deep or holding a 5 000-digit number is this field's 400, never a RecursionError (500)."""
+    from g2u.bodies import MAX_DEPTH, _number, _problem
+
+    try:
+        value = json.loads(text, parse_int=_number(int), parse_float=_number(float))
+    except RecursionError as exc:
+        raise ValueError(f"must be a JSON list of strings (this text nests deeper than {MAX_DEPTH} levels)") from exc
+    except ValueError as exc:  # JSONDecodeError
+        raise ValueError("must be a JSON list of strings") from exc
+    problem = _problem(value, MAX_DEPTH, MAX_DEPTH)
+    if problem:
+        raise ValueError(f"must be a JSON list of strings; this text {problem}")
+    return value
 
 
 def _clean_text(value: Any) -> Any:
@@ -134,7 +161,7 @@ class CoreFields(BaseModel):
         if isinstance(data, dict):
             for name, value in data.items():
                 info = cls.model_fields.get(name)
-                if isinstance(value, bool) and info is not None and info.annotation in (int, float, "int", "float"):
+                if isinstance(value, bool) and info is not None and _numeric(info.annotation):
                     raise _FieldError(name, f"must be a number, got {value}")
         return data
 
@@ -147,10 +174,7 @@ class CoreFields(BaseModel):
     @classmethod
     def _options(cls, value: Any) -> Any:
         if isinstance(value, str):  # multipart forms and the CLI carry lists as JSON text
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError("must be a JSON list of strings") from exc
+            value = _json_list(value)
         if isinstance(value, list):
             for i, v in enumerate(value):
                 if not isinstance(v, str):
@@ -168,10 +192,7 @@ class CoreFields(BaseModel):
     @classmethod
     def _candidate_prompts(cls, value: Any) -> Any:
         if isinstance(value, str):  # forms, the CLI and pyfunc columns carry lists as JSON text
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError("must be a JSON list of strings") from exc
+            value = _json_list(value)
         if isinstance(value, list):
             for i, v in enumerate(value):
                 if not isinstance(v, str):
@@ -375,6 +396,9 @@ def parse_request(fields: dict[str, Any], *, max_pixels: int = DEFAULT_MAX_PIXEL
     if raw_thought is not None and not (isinstance(raw_thought, str) and raw_thought == ""):
         thought = raw_thought if isinstance(raw_thought, Image.Image) else load_image(
             _image_bytes(raw_thought, "thought"), max_pixels=max_pixels, field="thought")
+        if min(thought.size) < MIN_THOUGHT_SIDE:
+            raise InputError("thought", f"is {thought.size[0]}x{thought.size[1]}; each side must be at least "
+                                        f"{MIN_THOUGHT_SIDE} pixels")
         if model.candidates > 1:
             raise InputError("thought", "a brought thought leaves nothing to choose: drop 'candidates'")
 

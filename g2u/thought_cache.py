@@ -10,6 +10,10 @@ eviction, safe for several processes (TorchServe workers) at once, and a value i
 write committed, so a reader never sees half a PNG. Configure it with ``G2U_THOUGHT_CACHE=dir`` (size:
 ``G2U_THOUGHT_CACHE_MB``), or ``thought_cache:`` in model-config's handler section (``dir`` or
 ``{dir:, max_mb:}``).
+
+The cache is an optimisation, never a reason to fail: a read that fails (a corrupt or vanished folder) is a
+miss, and a write that fails (disk full, read-only folder) leaves the computed thought as the answer, marked
+(``image.info["g2u_cache_write_error"]``: the handler reports it under ``edit.cache_write``) and logged.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +34,11 @@ from PIL import Image
 
 from g2u.types import EditOutput, EditParams
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_MAX_MB = 2048
+WRITE_ERROR = "g2u_cache_write_error"
+"""``Image.info`` key set on a thought the cache could not store (the reason, e.g. ``disk full``)."""
 ENV_DIR = "G2U_THOUGHT_CACHE"
 ENV_MB = "G2U_THOUGHT_CACHE_MB"
 
@@ -142,16 +152,29 @@ class ThoughtCache:
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def get(self, key: str) -> CachedThought | None:
-        value = self._store.get(key)
-        if value is None:
+        """The stored thought, or None (absent, or unreadable: a miss, never an error)."""
+        try:
+            value = self._store.get(key)
+            if value is None:
+                return None
+            png, meta = value
+            return CachedThought(Image.open(io.BytesIO(png)).convert("RGB"), json.loads(meta))
+        except (OSError, sqlite3.Error, ValueError, TypeError) as exc:
+            logger.warning("thought cache read failed (%s): treated as a miss", _reason(exc))
             return None
-        png, meta = value
-        return CachedThought(Image.open(io.BytesIO(png)).convert("RGB"), json.loads(meta))
 
-    def put(self, key: str, image: Image.Image, meta: dict[str, Any]) -> None:
+    def put(self, key: str, image: Image.Image, meta: dict[str, Any]) -> bool:
+        """Store a thought; False (and ``image.info[WRITE_ERROR]`` set) when the store cannot write."""
         buf = io.BytesIO()
         image.save(buf, format="PNG")
-        self._store.set(key, (buf.getvalue(), json.dumps(meta, default=str)))
+        try:
+            self._store.set(key, (buf.getvalue(), json.dumps(meta, default=str)))
+        except (OSError, sqlite3.Error) as exc:
+            reason = _reason(exc)
+            image.info[WRITE_ERROR] = reason
+            logger.warning("thought cache write failed (%s): the thought is served, not stored", reason)
+            return False
+        return True
 
     def __len__(self) -> int:
         return len(self._store)
@@ -162,6 +185,17 @@ class ThoughtCache:
 
     def close(self) -> None:
         self._store.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, path-free reason (the cache folder is the server's)."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "full" in str(exc).lower():
+        return "disk full"
+    if isinstance(exc, PermissionError) or "readonly" in str(exc).lower().replace("-", ""):
+        return "not writable"
+    return type(exc).__name__
 
 
 __all__ = ["ENV_DIR", "ENV_MB", "CachedThought", "ThoughtCache", "checkpoint_fingerprint", "image_digest"]

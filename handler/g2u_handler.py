@@ -31,7 +31,17 @@ from g2u.budget import WorkBudget
 from g2u.errors import InputError
 from g2u.images import DEFAULT_MAX_PIXELS, png_bytes
 from g2u.pipeline import G2UPipeline
+from g2u.safe_text import install_log_guard, metric_field, metric_kind
 from g2u.schema import validate_settings
+from g2u.serving import (
+    DUPLICATES,
+    CachePrivacy,
+    cost_groups,
+    describe_body,
+    install_duplicate_guard,
+    refusal,
+    send_early,
+)
 from g2u.thought_cache import ThoughtCache
 from g2u.writers import WriterConfig
 
@@ -70,9 +80,9 @@ def split_fields(row: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
             raise InputError("body", f"must be a JSON object, got {type(body).__name__}")
         return check_body(body), None
     image = row.get("image")
-    # A ``thought`` file part stays bytes (an image brought by the caller); every other part is text.
-    fields = {k: bytes(v) if k == "thought" and isinstance(v, (bytes, bytearray)) else _as_text(v)
-              for k, v in row.items() if k != "image"}
+    # A ``thought`` part is an image like ``image``: a file upload, or base64 text in a form field.
+    fields = {k: image_from_form_value(v, "thought") if k == "thought" and isinstance(v, (bytes, bytearray, str))
+              and v else _as_text(v) for k, v in row.items() if k != "image"}
     if isinstance(image, str):  # a form text field carrying base64: let parse_request decode it
         fields["image"] = image
         image = None
@@ -92,12 +102,20 @@ class G2UHandler(BaseHandler):
         self.model_name = "g2u"
         self._batch_size = 0
         self.deadline_s: float | None = None
+        self.privacy = CachePrivacy()
+        self._index: list[int] = []
+        """Position of each item of the batch being processed in TorchServe's batch (describe/explain and
+        refused items are answered apart, so the model's items may be fewer)."""
 
     # ------------------------------------------------------------------ lifecycle
     def initialize(self, context: Any) -> None:
         """Load the checkpoint named in the model-config yaml's ``handler:`` section on TorchServe's GPU."""
         self.context = context
         self.manifest = context.manifest
+        # Client text never reaches a log line raw, nor a metric label (g2u.safe_text); a repeated form field
+        # is refused instead of silently taking the last value (TorchServe's worker keeps only one).
+        install_log_guard()
+        install_duplicate_guard()
         props = context.system_properties
         self.model_name = context.model_name or "g2u"
         cfg = dict((getattr(context, "model_yaml_config", None) or {}).get("handler") or {})
@@ -115,7 +133,11 @@ class G2UHandler(BaseHandler):
         # model from loading, with its name in the model log, instead of failing every writer request.
         writer_config = WriterConfig.from_env()
         # The thought cache: model-config's handler.thought_cache, else G2U_THOUGHT_CACHE (unset: none).
-        cache = ThoughtCache.from_setting(cfg.get("thought_cache")) if cfg.get("thought_cache") else "env"
+        cache_setting = cfg.get("thought_cache")
+        self.privacy = CachePrivacy.from_setting(cache_setting)
+        if isinstance(cache_setting, dict):  # report_hits is the handler's, not the store's
+            cache_setting = {k: v for k, v in cache_setting.items() if k != "report_hits"}
+        cache = ThoughtCache.from_setting(cache_setting) if cache_setting else "env"
         self.pipeline = G2UPipeline.from_checkpoint(checkpoint, cfg.get("backend") or None, device=device,
                                                     dtype=None if dtype in (None, "auto") else dtype,
                                                     writer_config=writer_config,
@@ -136,10 +158,11 @@ class G2UHandler(BaseHandler):
         # Per-request work budget and deadline (g2u.budget, g2u.deadline): a request over the budget is refused
         # before any work; one past its deadline is answered 504 while its batch-mates are answered.
         budget = dict(cfg.get("budget") or {})
-        unknown = sorted(set(budget) - {"max_edit_work", "max_decode_tokens"})
+        unknown = sorted(set(budget) - {"max_edit_work", "max_decode_tokens", "max_prompt_tokens", "max_batch_tokens"})
         if unknown:
             raise ValueError(f"model-config handler.budget has unknown keys {unknown}")
-        self.pipeline.budget = WorkBudget.for_backend(self.pipeline.backend.default_edit_area, **budget)
+        self.pipeline.budget = WorkBudget.for_backend(self.pipeline.backend.default_edit_area,
+                                                      backend=self.pipeline.backend, **budget)
         self.deadline_s = float(cfg.get("deadline_s", DEFAULT_DEADLINE_S))
         timeout = float((getattr(context, "model_yaml_config", None) or {}).get("responseTimeout", 0) or 0)
         if timeout and self.deadline_s >= timeout:
@@ -169,13 +192,105 @@ class G2UHandler(BaseHandler):
         if metric is not None:
             metric.add_or_update(value, [self.model_name, "Model", *dims])
 
+    # ------------------------------------------------------------------ one response per item
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
+        """TorchServe's entry point, answering every item on its own (BaseHandler.handle looks at item 0's
+        headers only and answers a describe with one body for the whole batch: its batch-mates got 503).
+
+        - ``describe: True`` items get the model's description, explain paths (``/explanations``,
+          ``:explain``, ``/v2/…/explain``) a 501, repeated form fields a 400: none reaches the model;
+        - the rest is parsed, split into cost groups (``g2u.cost.plan_groups``) and computed cheapest
+          group first; where TorchServe can send a REST answer before the batch ends
+          (``g2u.serving.send_early``), each item's answer leaves as soon as it exists;
+        - whatever fails unexpectedly fails only the items still unanswered, each with its own 500.
+        """
+        start = time.time()
+        self.context = context
+        out: list[str | None] = [None] * len(data)
+        early: set[int] = set()
+        try:
+            self._metric(BATCHES, 1, str(len(data)))
+            model_rows = []
+            for i, row in enumerate(data):
+                answer = self._special(i, row)
+                if answer is None:
+                    model_rows.append(i)
+                else:
+                    out[i] = self._answer(i, *answer)
+            self._index = model_rows
+            batch = self.preprocess([data[i] for i in model_rows])
+            self._batch_size = len(data)  # the batch TorchServe formed, describe/explain/refused items included
+            groups = cost_groups(self.pipeline, batch)
+            # Items already answered (refused, special) leave now when the model still has work to do.
+            ready = {i: out[i] for i in range(len(data)) if out[i] is not None}
+            ready.update({model_rows[p]: self._item_body(p, it) for p, it in enumerate(batch.items) if not it.ok})
+            for i, body in ready.items():
+                out[i] = body
+            if groups:
+                early |= send_early(context, ready)
+            post = 0.0
+            for k, group in enumerate(groups):
+                self.understand(self.edit(group.batch))
+                t0 = time.perf_counter()
+                done = {model_rows[p]: self._item_body(p, it) for p, it in zip(group.positions, group.batch.items)}
+                post += time.perf_counter() - t0
+                for i, body in done.items():
+                    out[i] = body
+                if k + 1 < len(groups):
+                    early |= send_early(context, done)
+            self._metric(STAGE_LATENCY, post, "postprocess")
+        except Exception as exc:  # noqa: BLE001 - never a batch-wide failure: each unanswered item gets its 500
+            logger.exception("handler failure; answering the unanswered items with 500")
+            for i, body in enumerate(out):
+                if body is None:
+                    out[i] = self._answer(i, 500, {"error": "model_error", "reason": f"{type(exc).__name__}"})
+        for i in early:  # TorchServe closes a streamed answer with an empty last part
+            out[i] = ""
+        metrics = getattr(context, "metrics", None)
+        if metrics is not None:
+            metrics.add_time("HandlerTime", round((time.time() - start) * 1000, 2), None, "ms")
+        return [body if body is not None else "" for body in out]
+
+    def _special(self, idx: int, row: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
+        """The answer of an item that must not reach the model (describe, explain, a repeated field)."""
+        duplicates = row.pop(DUPLICATES, None) if isinstance(row, dict) else None
+        header = self._header(idx, "describe")
+        if header == "True":
+            return 200, describe_body(self.pipeline, self)
+        if self._header(idx, "explain") == "True":
+            return refusal(501, "not_supported", "explain", "this model offers no explanations: send the request "
+                                                            "to /predictions/<model>")
+        if duplicates:
+            name = duplicates[0]
+            err = InputError(name, "is given more than once; send each field once")
+            return 400, err.to_dict()
+        return None
+
+    def _header(self, idx: int, key: str) -> str | None:
+        context = getattr(self, "context", None)
+        if context is None or not getattr(context, "request_processor", None):
+            return None
+        try:
+            return context.get_request_header(idx, key)
+        except (IndexError, AttributeError):
+            return None
+
+    def _answer(self, idx: int, status: int, body: dict[str, Any]) -> str:
+        """An item answered outside the model: its status, content type and an error metric."""
+        if status != 200:
+            self._set_status(idx, status, absolute=True)
+            self._metric(ERRORS, 1, metric_kind(body.get("error")), metric_field(body.get("field", "-")))
+        self._set_content_type(idx, absolute=True)
+        return json.dumps(body, ensure_ascii=False)
+
     # ------------------------------------------------------------------ stages
     def preprocess(self, data: list[dict[str, Any]]) -> Batch:
         """Decode and validate each item on its own; an invalid item is answered and skips the model."""
         assert self.pipeline is not None, "initialize() was not called"
         start = time.perf_counter()
         self._batch_size = len(data)
-        self._metric(BATCHES, 1, str(len(data)))
+        if len(self._index) != len(data):  # called directly (not through handle): items are the whole batch
+            self._index = list(range(len(data)))
         batch = Batch(self.pipeline, defaults=self.defaults, max_pixels=self.max_pixels, on_error=self._count_error,
                       deadline_s=self.deadline_s)
         for row in data:
@@ -209,30 +324,41 @@ class G2UHandler(BaseHandler):
     def postprocess(self, batch: Batch) -> list[str]:
         """One JSON body per item; failed items get their own status through ``set_response_status``."""
         start = time.perf_counter()
-        out = []
-        for idx, item in enumerate(batch.outcomes()):
-            t0 = time.perf_counter()
-            body = outcome_body(item)
-            if item.ok and item.result is not None:
-                if item.request is not None and item.request.return_thought and item.result.thought is not None:
-                    body["thought"] = base64.b64encode(png_bytes(item.result.thought.image)).decode("ascii")
-                timings = {**item.timings_ms, **body.get("timings_ms", {})}
-                timings["postprocess"] = round((time.perf_counter() - t0) * 1000, 2)
-                body["timings_ms"] = timings
-                body["batch_size"] = self._batch_size
-            else:
-                self._set_status(idx, item.status)
-            self._set_content_type(idx)
-            out.append(json.dumps(body, ensure_ascii=False))
+        out = [self._item_body(idx, item) for idx, item in enumerate(batch.outcomes())]
         self._metric(STAGE_LATENCY, time.perf_counter() - start, "postprocess")
         return out
 
+    def _item_body(self, idx: int, item: Outcome) -> str:
+        """The JSON body of the batch's ``idx``-th item, its status and content type set on TorchServe's."""
+        t0 = time.perf_counter()
+        if item.ok and item.result is None:  # cannot happen: a valid item always gets a result
+            item.status, item.error = 500, {"error": "model_error", "reason": "no result was produced"}
+        body = outcome_body(item)
+        if item.ok and item.result is not None:
+            if item.request is not None and item.request.return_thought and item.result.thought is not None:
+                body["thought"] = base64.b64encode(png_bytes(item.result.thought.image)).decode("ascii")
+            timings = {**item.timings_ms, **body.get("timings_ms", {})}
+            timings["postprocess"] = round((time.perf_counter() - t0) * 1000, 2)
+            body["timings_ms"] = timings
+            body["batch_size"] = self._batch_size
+            self.privacy.apply(body, item.result.thought)
+        else:
+            self._set_status(idx, item.status)
+        self._set_content_type(idx)
+        return json.dumps(body, ensure_ascii=False)
+
     # ------------------------------------------------------------------ helpers
     def _count_error(self, item: Outcome) -> None:
+        """Error metric of an item: its kind from a fixed set, its field a schema field or ``unknown``
+        (a label per client-chosen key filled the frontend's heap and forged series)."""
         error = item.error or {}
-        self._metric(ERRORS, 1, str(error.get("error", "unknown")), str(error.get("field", "-")))
+        self._metric(ERRORS, 1, metric_kind(error.get("error")), metric_field(error.get("field", "-")))
 
-    def _set_status(self, idx: int, status: int) -> None:
+    def _global(self, idx: int, absolute: bool) -> int:
+        return idx if absolute or idx >= len(self._index) else self._index[idx]
+
+    def _set_status(self, idx: int, status: int, absolute: bool = False) -> None:
+        idx = self._global(idx, absolute)
         context = getattr(self, "context", None)
         if context is not None and getattr(context, "request_processor", None):
             try:
@@ -241,7 +367,8 @@ class G2UHandler(BaseHandler):
                 phrase = "Error"
             context.set_response_status(code=status, phrase=phrase, idx=idx)
 
-    def _set_content_type(self, idx: int) -> None:
+    def _set_content_type(self, idx: int, absolute: bool = False) -> None:
+        idx = self._global(idx, absolute)
         context = getattr(self, "context", None)
         if context is not None and getattr(context, "request_processor", None):
             context.set_response_content_type(idx, "application/json")

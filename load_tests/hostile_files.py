@@ -70,6 +70,28 @@ def many_page_tiff(pages: int = 150_000, first: tuple[int, int] = (64, 48)) -> b
     return bytes(body)
 
 
+def many_strip_tiff(strips: int = 1_500_000) -> bytes:
+    """A valid 1×``strips`` 8-bit TIFF stored one row per strip: its StripOffsets and StripByteCounts
+    arrays hold ``strips`` entries each (9 bytes a strip: 13.5 MB for 1.5 M, under the body limit).
+    PIL reads both arrays and builds one tile per strip before decoding anything (6 s to refuse before
+    issue 25)."""
+    pixels_at = 8
+    offsets_at = pixels_at + strips + strips % 2
+    counts_at = offsets_at + 4 * strips
+    ifd_at = counts_at + 4 * strips
+    entries = [(256, 3, 1, 1), (257, 4, 1, strips), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 4, strips, offsets_at), (277, 3, 1, 1), (278, 3, 1, 1), (279, 4, strips, counts_at)]
+    body = bytearray(b"II*\0" + struct.pack("<I", ifd_at))
+    body += bytes(k % 256 for k in range(strips)) + b"\0" * (strips % 2)
+    body += struct.pack(f"<{strips}I", *range(pixels_at, pixels_at + strips))
+    body += struct.pack(f"<{strips}I", *([1] * strips))
+    body += struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        body += struct.pack("<HHII", tag, kind, count, value) if kind == 4 or count > 1 else \
+            struct.pack("<HHIHH", tag, kind, count, value, 0)
+    return bytes(body + struct.pack("<I", 0))
+
+
 def png16(size: tuple[int, int] = (7300, 5466)) -> bytes:
     """A 16-bit greyscale PNG of ``size`` (39.9 MP by default) with a smooth ramp: compresses to ~100 KB,
     decodes to 80 MB of 16-bit pixels (a float64 copy would be 320 MB more)."""

@@ -512,6 +512,38 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_issue25(report: dict) -> list[str]:
+    """The issue-25 rows of the report (``load_tests/reliability_issue25.py``)."""
+    if not report:
+        return []
+    lab, de, costs, inputs, own = (report[k] for k in ("labels_and_logs", "describe_explain", "costs", "inputs",
+                                                       "own_answers"))
+    lines = ["## What one client cannot do (issue 25)", "",
+             f"- {lab['requests']} requests with unique large / forging field names → statuses {lab['statuses']}, "
+             f"longest field echoed {lab['longest_field_echoed']} chars; g2u_errors series "
+             f"{lab['g2u_errors_series_before']} → {lab['g2u_errors_series_after']}; forged series "
+             f"{len(lab['forged_series'])}; /metrics {lab['metrics_bytes_before']} → {lab['metrics_bytes_after']} "
+             f"bytes; logs grew {sum(lab['log_growth_bytes'].values())} bytes; frontend RSS "
+             f"{lab['frontend_rss_mb']} MB, same pid {lab['frontend_same_pid']}",
+             "- describe / explain batched with victims: " + ", ".join(f"{k} {v['status']}" for k, v in de.items()),
+             "", "| cost case | statuses | seconds | worker RSS MB |", "|---|---|---|---|"]
+    for name, row in costs.items():
+        if name == "cheap_with_costly":
+            continue
+        lines.append(f"| {name} | {[r['status'] for r in row['responses']]} | "
+                     f"{[r['seconds'] for r in row['responses']]} | {row['rss_mb_before']} → {row['rss_mb_peak']} |")
+    pair = costs["cheap_with_costly"]
+    lines += ["", f"- cheap batched with costly: body arrival {pair['body_arrival_s']} s, batch sizes "
+                  f"{pair['cheap']['batch_size']}/{pair['costly']['batch_size']}",
+              "", "| input | status | field | seconds |", "|---|---|---|---|",
+              *(f"| {k} | {v['status']} | {v.get('field')} | {v.get('seconds')} |" for k, v in inputs.items()
+                if isinstance(v, dict)),
+              "", f"- own answers: alone == batched: {own['alone'] == own['batched']}, "
+                  f"batch sizes {own['batch_sizes']}",
+              ""]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--users", type=int, default=4)
@@ -521,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mlflow", action="store_true")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    from load_tests import reliability_issue25
+
     endpoint = hanging_endpoint()
     with tempfile.TemporaryDirectory(prefix="g2u-reliability-") as tmp:
         server = tsctl.serve_demo(Path(tmp), extra_env=writer_env(endpoint, args.writer_budget))
@@ -532,12 +566,14 @@ def main(argv: list[str] | None = None) -> int:
                       "sustained": check_sustained(server, args.users, args.duration, args.out / "locust"),
                       "writer": check_writer_faults(server, endpoint, args.writer_budget),
                       "security": check_security(server),
+                      "issue25": reliability_issue25.check_all(server),
                       "worker_kill": check_worker_kill(server)}
         finally:
             server.stop()
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
-    (args.out / "report.md").write_text(markdown(report))
-    print(markdown(report))
+    text = markdown(report) + "\n".join(markdown_issue25(report.get("issue25", {})))
+    (args.out / "report.md").write_text(text)
+    print(text)
     if args.mlflow:
         import mlflow
 

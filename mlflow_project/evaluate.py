@@ -85,16 +85,15 @@ def _predictor(endpoint: str | None, token: str | None, checkpoint: str | None, 
     if executor == "ray":  # actors each hold one pipeline (one GPU each where there are GPUs)
         import torch
 
-        label = model_label(checkpoint, backend) + "".join(f"+{k}={v}" for k, v in fit.items())
+        label = model_label(checkpoint, backend, **fit)
         return RayPredictor(functools.partial(local_predictor, checkpoint, backend, **fit), label,
                             address=ray_address, concurrency=ray_actors,
                             num_gpus=1 if torch.cuda.is_available() else 0)
     if executor != "local":
         raise InputError("executor", f"must be local or ray, got {executor!r}")
-    predictor = local_predictor(checkpoint, backend, **fit)
-    # A quantized or offloaded model never resumes into the full-precision model's predictions.
-    predictor.label += "".join(f"+{k}={v}" for k, v in fit.items())
-    return predictor
+    # A quantized or offloaded model never resumes into the full-precision model's predictions: its dtype
+    # label says so (g2u.memory), and the label is part of the resume key.
+    return local_predictor(checkpoint, backend, **fit)
 
 
 def default_out_dir(args: argparse.Namespace, config) -> Path:

@@ -52,7 +52,10 @@ def test_decode_budget_names_the_field(qwen, rgb_image):
     qwen_tight = G2UPipeline(qwen.backend, budget=WorkBudget(max_edit_work=1e9, max_decode_tokens=100))
     [out] = run_batch(qwen_tight, [RawItem({"question": "q", "mode": "textual_cot", "max_new_tokens": 64,
                                             "reasoning_tokens": 512}, rgb_image)])
-    assert out.status == 422 and out.error["field"] == "max_new_tokens" and "576" in out.error["reason"]
+    # the reasoning (512) dominates the answer (64): the error names the field to lower
+    assert out.status == 422 and out.error["field"] == "reasoning_tokens" and "576" in out.error["reason"]
+    [out] = run_batch(qwen_tight, [RawItem({"question": "q", "mode": "baseline", "max_new_tokens": 101}, rgb_image)])
+    assert out.status == 422 and out.error["field"] == "max_new_tokens"
 
 
 def test_one_step_on_qwen_is_refused(qwen, rgb_image):

@@ -20,12 +20,15 @@ import requests
 from g2u.testing.fake_http import hanging_endpoint
 from handler import tsctl
 from load_tests import reliability as rel
+from load_tests import reliability_issue25 as rel25
 
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.e2e  # starts servers / subprocess pipelines: `make test-fast` skips it
 
 WRITER_BUDGET_S = 3.0
+BATCH_DELAY_MS = 250
+"""Long enough for requests sent at one moment to share a batch (the hostile ones with their victims)."""
 HANG_S = 30
 """The writer endpoint's hang: far past the budget, so an answer before it shows the budget cut the wait."""
 HANG_GUARD = "300s"
@@ -42,7 +45,7 @@ def endpoint():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, endpoint) -> tsctl.Server:
     try:
-        srv = tsctl.serve_demo(tmp_path_factory.mktemp("reliability"),
+        srv = tsctl.serve_demo(tmp_path_factory.mktemp("reliability"), overrides={"maxBatchDelay": BATCH_DELAY_MS},
                                extra_env=rel.writer_env(endpoint, WRITER_BUDGET_S))
     except RuntimeError as exc:
         pytest.fail(str(exc))
@@ -128,6 +131,86 @@ def test_mlflow_loadtest_entry_point_logs_stats_and_reports(server, tmp_path):
     assert run.data.metrics["aggregated.requests"] >= 4 and run.data.metrics["passed"] == 1.0
     names = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"stats.json", "report.html", "locust_stats.csv"} <= names
+
+
+# ---------------------------------------------------------------- issue 25: no client takes the server down
+def test_client_chosen_names_never_become_metric_labels_or_raw_log_lines(server):
+    """Unique 256 KB keys and forging names/values (scaled from the issue's 8 MB × 86): every request 400
+    with a short field; no series per key, no forged series, no raw control byte in any log, the logs grow
+    by a bounded amount per request (no roll-over), the frontend keeps its pid and serves."""
+    report = rel25.check_labels_and_logs(server, requests_n=20, key_chars=256 * 1024)
+    print(json.dumps({k: v for k, v in report.items() if k != "log_raw"}, indent=1))
+    assert report["statuses"] == [400] and report["longest_field_echoed"] < 100
+    from g2u.safe_text import known_fields
+
+    assert set(report["field_labels"]) <= known_fields() | {"unknown", "-"}, report["field_labels"]
+    assert report["g2u_errors_series_after"] - report["g2u_errors_series_before"] <= 3
+    assert report["forged_series"] == []
+    assert report["metrics_bytes_after"] - report["metrics_bytes_before"] < 20_000
+    for name, raw in report["log_raw"].items():
+        assert raw == {"esc": 0, "cr": 0, "forged_series": 0, "key_text": 0}, (name, raw)
+    assert sum(report["log_growth_bytes"].values()) < report["requests"] * 20_000  # 256 KB keys: not written
+    assert report["frontend_same_pid"] and report["after_status"] == 200
+
+
+def test_describe_and_explain_paths_are_answered_per_item_beside_their_batch_mates(server):
+    report = rel25.check_describe_explain(server)
+    print(json.dumps(report, indent=1))
+    assert report["describe"]["status"] == 200 and report["describe"]["model"]["backend"] == "qwen_image_edit"
+    assert report["describe"]["identity"]
+    for path in ("explanations", "kserve_v1_explain", "kserve_v2_explain"):
+        assert report[path]["status"] == 501 and report[path]["error"] == "not_supported", report[path]
+    for victim in ("victim_1", "victim_2"):
+        assert report[victim]["status"] == 200 and report[victim]["answer"], report[victim]
+    assert max(report[v]["batch_size"] for v in ("victim_1", "victim_2")) > 1  # they shared batches
+
+
+def test_costs_are_bounded_before_work_and_a_cheap_batch_mate_goes_first(server):
+    """Prompt tokens (alone and two at once), candidates × tokens, textual_cot reasoning: 422 before any
+    work; a 5 px thought 400; a brought 2048² thought measured at a bounded size (200). RSS is printed."""
+    report = rel25.check_costs(server, thought_side=2048)
+    print(json.dumps(report, indent=1))
+    for name in ("long_prompt_multiturn", "long_prompt_two_at_once", "candidates_8_x_2048_tokens",
+                 "textual_cot_4096_reasoning"):
+        assert {r["status"] for r in report[name]["responses"]} == {422}, report[name]
+    assert report["long_prompt_multiturn"]["responses"][0]["field"] == "options"
+    assert report["tiny_thought_5px"]["responses"][0] == {**report["tiny_thought_5px"]["responses"][0],
+                                                         "status": 400, "field": "thought"}
+    assert report["brought_thought_2048px"]["responses"][0]["status"] == 200
+    pair = report["cheap_with_costly"]
+    assert pair["cheap"]["status"] == pair["costly"]["status"] == 200
+    if pair["cheap"]["batch_size"] == pair["costly"]["batch_size"] == 2:  # they met in one batch
+        assert pair["body_arrival_s"]["cheap"] < pair["body_arrival_s"]["costly"], pair
+        assert pair["chunked"][1] == "chunked"  # the cheap answer was streamed out before the batch ended
+
+
+def test_single_requests_of_issue_25_get_their_4xx_not_a_500(server):
+    report = rel25.check_inputs(server)
+    print(json.dumps(report, indent=1))
+    expect = {"options_json_nested_100k": (400, "options"),
+              "candidate_prompts_json_nested_100k": (400, "candidate_prompts"),
+              "timeout_s_true": (400, "timeout_s"), "repeated_form_field": (400, "question"),
+              "base64_thought_form_field": (200, None), "tiff_1_5m_strips": (400, "image")}
+    for name, (status, field) in expect.items():
+        assert (report[name]["status"], report[name]["field"]) == (status, field), (name, report[name])
+    assert report["base64_thought_form_field"]["provided"] is True
+    big = report["field_name_300kb"]
+    assert big["status"] == 400 and len(big["field"]) < 100 and big["body_bytes"] < 4000
+    # Known, not ours to fix: an empty part name is refused by TorchServe's frontend (Netty's multipart
+    # decoder, "empty name") before any worker code runs, as a 500 naming the Java exception. This row pins
+    # that behaviour (a TorchServe that fixes it fails here and the row is updated); the server lives on.
+    assert report["multipart_empty_name"]["status"] == 500
+    assert report["after_status"] == 200
+
+
+def test_batch_mates_get_their_own_answers_through_torchserve(server):
+    report = rel25.check_own_answers(server)
+    print(json.dumps(report, indent=1))
+    assert len(set(report["alone"])) == len(report["alone"])  # inputs the demo model tells apart
+    assert report["batched_status"] == [200] * len(report["alone"])
+    assert report["ids"] == [f"own-{i}" for i in range(len(report["alone"]))]
+    assert max(report["batch_sizes"]) > 1  # really batched
+    assert report["batched"] == report["alone"]  # each its own answer, not a batch-mate's
 
 
 def test_worker_killed_under_load_is_restarted_and_serves_again(server):

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from transformers import ProcessorMixin, Qwen2VLProcessor, StoppingCriteriaList
 
-from g2u.deadline import deadline_criteria
+from g2u.deadline import deadline_criteria, install_layer_checks
 from g2u.sizing import SizeLimits, Stage2Sizing
 from g2u.types import Answer, AnswerParams, ContentPart, Turn
 
@@ -403,6 +403,7 @@ def generate_answers(
     """
     if not contents:
         return []
+    install_layer_checks(model)  # the deadline can stop a long prefill between layers
     inputs = prepare_answer_inputs(model, processor, contents)
     tokenizer = getattr(processor, "tokenizer", processor)
     kwargs = answer_generate_kwargs(model, processor, params)

@@ -42,8 +42,11 @@ class LocalPredictor:
 
     def __init__(self, pipeline: G2UPipeline):
         self.pipeline = pipeline
+        from g2u.identity import checkpoint_label
+
         info = pipeline.backend.info
-        self.label = f"{info.backend}:{info.checkpoint}"
+        # backend, checkpoint path and content, dtype (with quantization/offload): the resume key's model
+        self.label = checkpoint_label(info.backend, info.checkpoint, info.dtype)
 
     def predict(self, samples: Sequence[Sample], modes: Sequence[Sequence[str]], config: EvalConfig,
                 thought_dir: Path, reuse: dict[str, dict]) -> list[dict]:
@@ -132,12 +135,32 @@ class EndpointPredictor:
         self.backend = backend
         """The served backend, when known (``--backend``): the protocol's answer budget is the one for it;
         unknown, the server's own budget stands (its model-config ``max_new_tokens``)."""
-        self.label = f"endpoint:{url}"
+        self._label: str | None = None
         self.timeout_s = timeout_s
         self.retries = retries
         self.session = http.Session()
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
+
+    @property
+    def label(self) -> str:
+        """The served model's identity (its ``describe`` answer: backend, checkpoint content, dtype), so
+        another model behind the same URL never resumes this one's predictions; the URL where the server
+        does not describe itself."""
+        if self._label is None:
+            identity = None
+            try:
+                resp = self.session.post(self.url, json={}, headers={"describe": "True"},
+                                         timeout=min(60, self.timeout_s))
+                identity = resp.json().get("identity") if resp.ok else None
+            except (http.RequestException, ValueError, AttributeError):
+                identity = None
+            self._label = f"endpoint:{identity}" if identity else f"endpoint:{self.url}"
+        return self._label
+
+    @label.setter
+    def label(self, value: str) -> None:
+        self._label = value
 
     def _post(self, payload: dict[str, Any]) -> tuple[int, dict]:
         for attempt in range(self.retries + 1):

@@ -42,15 +42,21 @@ def local_predictor(checkpoint: str | None = None, backend: str | None = None, *
     return LocalPredictor(G2UPipeline.from_checkpoint(checkpoint, backend, **load_kwargs))
 
 
-def model_label(checkpoint: str | None = None, backend: str | None = None) -> str:
-    """The label ``LocalPredictor`` would report (``backend:checkpoint``), without loading any weights: a
-    Ray run and an in-process run of one model resume each other's predictions."""
+def model_label(checkpoint: str | None = None, backend: str | None = None, quantize: str = "none",
+                offload: str = "none", dtype: str | None = None) -> str:
+    """The label ``LocalPredictor`` would report (``g2u.identity.checkpoint_label``: backend, checkpoint
+    content, dtype as loaded here), without loading any weights: a Ray run and an in-process run of one
+    model resume each other's predictions."""
     from g2u.backends import detect_backend
     from g2u.demo import ensure_demo_checkpoint
+    from g2u.devices import dtype_name, resolve_device, resolve_dtype
+    from g2u.identity import checkpoint_label, fit_dtype
 
     if checkpoint is None:
         checkpoint = str(ensure_demo_checkpoint(backend or "qwen_image_edit"))
-    return f"{backend or detect_backend(checkpoint)}:{checkpoint}"
+    if dtype is None:
+        dtype = dtype_name(resolve_dtype(None, resolve_device(None)))
+    return checkpoint_label(backend or detect_backend(checkpoint), checkpoint, fit_dtype(dtype, quantize, offload))
 
 
 def _portable(sample: Sample) -> Sample:

@@ -33,9 +33,11 @@ class EvalConfig:
     modes: tuple[str, ...] = ("baseline", "g2u")
     fields: dict[str, Any] = field(default_factory=dict)
     model: str = ""
-    """Backend + checkpoint (or endpoint) label: predictions of another model never count as done."""
+    """The model's identity label (``g2u.identity``: backend, checkpoint content, dtype with quantization and
+    offload; or the endpoint's): predictions of another model never count as done."""
     protocol: str = DEFAULT_PROTOCOL
-    """The evaluation protocol (``g2u.eval.protocols``): each sample's question text and answer budget."""
+    """The evaluation protocol (``g2u.eval.protocols``): each sample's question text and answer budget;
+    predictions made under another protocol never count as done."""
 
     @classmethod
     def create(cls, modes: Sequence[str] = ("baseline", "g2u"), model: str = "", protocol: str = DEFAULT_PROTOCOL,
