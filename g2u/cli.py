@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 from g2u.backends import BACKENDS
-from g2u.errors import CheckpointError, InputError
 from g2u.memory import OFFLOAD, QUANTIZE
 from g2u.schema import add_request_arguments
 
@@ -70,6 +69,7 @@ def _prompts(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="g2u", description="Generation-to-Understanding inference")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (default: one line)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="answer one question about one image, printing JSON",
@@ -109,16 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except InputError as exc:
-        print(json.dumps(exc.to_dict()), file=sys.stderr)
-        return 2
-    except CheckpointError as exc:
-        print(json.dumps({"error": "checkpoint", "reason": str(exc)}), file=sys.stderr)
-        return 3
+    return args.func(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Errors are one JSON line on stderr (g2u.entry); ``--debug`` shows the traceback instead."""
+    from g2u.entry import run_guarded
+
+    return run_guarded(_main, argv)
 
 
 if __name__ == "__main__":

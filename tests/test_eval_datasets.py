@@ -108,7 +108,7 @@ def test_vlmevalkit_tsv_yes_no_with_image_path_groups_per_image(tmp_path):
 
 
 def test_tsv_without_required_columns(tmp_path):
-    with pytest.raises(ValueError, match="column 'answer' is missing"):
+    with pytest.raises(ValueError, match="field .answer. is missing"):
         load_dataset(_tsv(tmp_path / "x.tsv", ["index", "question", "image"], [["0", "q", "abc"]]))
 
 
