@@ -1,4 +1,5 @@
-"""The ``g2u`` command: ``g2u predict``, ``g2u demo build|train``, ``g2u sandbox build|report``, ``g2u prompts``."""
+"""The ``g2u`` command: ``g2u predict``, ``g2u demo build|train``, ``g2u sandbox build|report``, ``g2u prompts``,
+``g2u bench``, ``g2u doctor``, ``g2u ui``."""
 
 from __future__ import annotations
 
@@ -102,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     from g2u.bench.cli import add_command as add_bench_command
 
     add_bench_command(sub)  # g2u bench --size tiny|small|real [--flops]
+    from g2u.doctor import add_command as add_doctor_command
+    from g2u.ui import add_command as add_ui_command
+
+    add_doctor_command(sub)  # g2u doctor [--checkpoint PATH]: what this machine lacks, one line per check
+    add_ui_command(sub)  # g2u ui [--endpoint URL]: a web page against a running endpoint
 
     pr = sub.add_parser("prompts", help="list the edit-prompt library")
     pr.add_argument("--library", help="a prompt library YAML (default: the shipped one)")
