@@ -53,6 +53,15 @@ def _run(cmd: list[str]) -> tuple[int, str]:
     return proc.returncode, proc.stdout + proc.stderr
 
 
+def _dist_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 def _nvidia_gpus() -> list[str]:
     """Visible NVIDIA GPUs: ``nvidia-smi -L``, else the driver's /proc entries."""
     if shutil.which("nvidia-smi"):
@@ -90,6 +99,7 @@ class Machine:
     which: Callable[[str], str | None] = shutil.which
     run: Callable[[list[str]], tuple[int, str]] = _run
     has_module: Callable[[str], bool] = lambda name: importlib.util.find_spec(name) is not None
+    version: Callable[[str], str | None] = _dist_version
     gpus: Callable[[], list[str]] = _nvidia_gpus
     torch: Callable[[], dict[str, Any]] = _torch_info
     port_busy: Callable[[int], bool] = _port_busy
@@ -126,12 +136,11 @@ def check_torchserve(m: Machine) -> Check:
     if missing:
         return Check("torchserve", "fail", f"{', '.join(missing)} not in {m.bin_dir}",
                      "make install (or pip install -e '.[serve]' in this environment)")
-    code, out = m.run([str(m.bin_dir / "torchserve"), "--version"])
-    version = re.search(r"(\d+\.\d+\.\d+)", out)
-    if code != 0:
-        return Check("torchserve", "fail", f"torchserve --version failed: {out.strip()[:120]}",
-                     "pip install torchserve==0.12.0 torch-model-archiver==0.12.0")
-    return Check("torchserve", "ok", f"TorchServe {version.group(1) if version else '?'} in {m.bin_dir}")
+    version = m.version("torchserve")
+    if version is None:
+        return Check("torchserve", "fail", f"{m.bin_dir / 'torchserve'} exists but the torchserve package is not "
+                     "installed in this environment", "pip install torchserve==0.12.0 torch-model-archiver==0.12.0")
+    return Check("torchserve", "ok", f"TorchServe {version} in {m.bin_dir}")
 
 
 def check_torch(m: Machine) -> Check:
@@ -363,10 +372,11 @@ def check_checkpoint(path: str) -> Check:
     return Check("checkpoint", "ok", f"{folder} is a {backend} checkpoint with every file it needs")
 
 
-def run_checks(m: Machine | None = None, *, root: Path = ROOT, config: Path | None = None,
+def run_checks(m: Machine | None = None, *, root: Path | None = None, config: Path | None = None,
                model_config: Path | None = None, checkpoint: str | None = None,
                skip: Iterable[str] = ()) -> list[Check]:
     m = m or Machine()
+    root = root or ROOT
     config = config or root / "config.properties"
     model_config = model_config or root / "handler" / "model-config.yaml"
     checkpoint = checkpoint or m.env.get("G2U_CHECKPOINT") or None
@@ -382,8 +392,11 @@ def run_checks(m: Machine | None = None, *, root: Path = ROOT, config: Path | No
 
 
 def add_command(sub: Any) -> None:
-    d = sub.add_parser("doctor", help="check what this machine lacks for serving (one line per check)",
-                       description=__doc__.split("\n\n")[1])
+    _arguments(sub.add_parser("doctor", help="check what this machine lacks for serving (one line per check)",
+                              description=__doc__.split("\n\n")[1]))
+
+
+def _arguments(d: Any) -> None:
     d.add_argument("--checkpoint", help="a checkpoint folder whose layout to check (default: $G2U_CHECKPOINT)")
     d.add_argument("--config", type=Path, help="TorchServe config.properties (default: the repository's)")
     d.add_argument("--model-config", dest="model_config", type=Path, help="default: handler/model-config.yaml")
@@ -404,3 +417,19 @@ def _doctor(args: Any) -> int:
     if failed and not args.json:
         print(f"\n{len(failed)} check(s) failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m g2u.doctor``: the same command without importing the rest of the CLI (what `make serve`
+    runs first, so it answers in the time torch takes to import)."""
+    import argparse
+
+    from g2u.entry import run_guarded
+
+    parser = argparse.ArgumentParser(prog="g2u doctor", description=__doc__.split("\n\n")[1])
+    _arguments(parser)
+    return run_guarded(lambda args: _doctor(parser.parse_args(args)), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
