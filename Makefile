@@ -1,4 +1,5 @@
-# g2u-serve: `make install`, `make test` (CI, everything), `make test-fast` (unit tests), `make serve` / `make stop` (TorchServe).
+# g2u-serve: `make install`, `make test` (CI, everything), `make test-fast` (unit tests), `make serve` / `make stop` (TorchServe),
+# `make doctor` (what the machine lacks), `make ui` (a web page against the server), `make docs` (the documentation site).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +8,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test test-fast lint demo clean
+.PHONY: install test test-fast lint demo clean docs docs-build doctor ui
 
 install: $(STAMP)
 
@@ -24,7 +25,27 @@ lint: install
 
 test: install
 	$(VENV)/bin/ruff check .
+	$(MAKE) --no-print-directory docs-build
 	$(PY) -m pytest -q
+
+# The documentation site (docs/, mkdocs.yml). --strict: a broken link or anchor, or a page left out of
+# the nav, fails the build (and so `make test`). Not -q: mkdocs only counts the warnings it prints.
+export NO_MKDOCS_2_WARNING ?= 1
+docs-build: install
+	$(VENV)/bin/mkdocs build --strict --site-dir site 2>&1 | grep -v '^INFO' ; test $${PIPESTATUS[0]} -eq 0
+
+docs: install
+	$(VENV)/bin/mkdocs serve
+
+# What this machine lacks for serving (Java, TorchServe, torch vs GPU, ports, keys, caches; a checkpoint
+# with G2U_CHECKPOINT): one line per check, exit 1 on a failure. `make serve` runs it first.
+doctor: install
+	$(PY) -m g2u.doctor
+
+# A web page (http://127.0.0.1:7860) against the running server: image and question in; original,
+# thought, answer and timings out.
+ui: install
+	$(VENV)/bin/g2u ui
 
 # Unit tests only: no TorchServe, no `mlflow run`, no locust (the e2e marker, pyproject.toml).
 test-fast: install
@@ -35,14 +56,14 @@ demo: install
 	$(VENV)/bin/g2u demo build demo_checkpoints
 
 clean:
-	rm -rf demo_checkpoints outputs .pytest_cache
+	rm -rf demo_checkpoints outputs site .pytest_cache
 
 # ---------------------------------------------------------------- evaluation and load (MLflow, locust)
 LOADTEST_HOST ?= http://127.0.0.1:8080
 LOADTEST_USERS ?= 4
 LOADTEST_DURATION ?= 60s
 
-.PHONY: evaluate ablation register loadtest reliability test-postgres
+.PHONY: evaluate ablation register model-serve loadtest reliability test-postgres
 
 evaluate: install
 	$(VENV)/bin/mlflow run . --env-manager local -e evaluate $(MLFLOW_ARGS)
@@ -52,6 +73,14 @@ ablation: install
 
 register: install
 	$(VENV)/bin/mlflow run . --env-manager local -e register $(MLFLOW_ARGS)
+
+# MLflow's scoring server for a registered model (`make register` first): POST /invocations on
+# MODEL_SERVE_PORT. `--env-manager local` runs `uvicorn` from PATH, so the venv's bin goes first on it.
+MODEL_URI ?= models:/g2u@champion
+MODEL_SERVE_PORT ?= 5001
+model-serve: install
+	PATH="$(abspath $(VENV))/bin:$$PATH" MLFLOW_TRACKING_URI="$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" \
+		$(VENV)/bin/mlflow models serve -m $(MODEL_URI) --env-manager local --host 127.0.0.1 -p $(MODEL_SERVE_PORT)
 
 # MLflow on a real database: a throw-away PostgreSQL 15 (system package, loopback, free port, stopped
 # afterwards) under `mlflow server`; evaluate, register and a models:/name@alias load against it.
@@ -78,7 +107,9 @@ reliability: install
 archive: install
 	$(PY) -m handler.archive
 
-serve: archive
+serve: install
+	$(PY) -m g2u.doctor
+	$(PY) -m handler.archive
 	$(PY) -m handler.serve up
 
 stop:

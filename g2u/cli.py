@@ -1,5 +1,5 @@
 """The ``g2u`` command: ``g2u predict``, ``g2u demo build|train``, ``g2u sandbox build|report``, ``g2u prompts``,
-``g2u eval score FILE``."""
+``g2u eval score FILE``, ``g2u bench``, ``g2u doctor``, ``g2u ui``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 from g2u.backends import BACKENDS
-from g2u.errors import CheckpointError, InputError
 from g2u.memory import OFFLOAD, QUANTIZE
 from g2u.schema import add_request_arguments
 
@@ -81,6 +80,7 @@ def _eval_score(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="g2u", description="Generation-to-Understanding inference")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (default: one line)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="answer one question about one image, printing JSON",
@@ -113,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     from g2u.bench.cli import add_command as add_bench_command
 
     add_bench_command(sub)  # g2u bench --size tiny|small|real [--flops]
+    from g2u.doctor import add_command as add_doctor_command
+    from g2u.ui import add_command as add_ui_command
+
+    add_doctor_command(sub)  # g2u doctor [--checkpoint PATH]: what this machine lacks, one line per check
+    add_ui_command(sub)  # g2u ui [--endpoint URL]: a web page against a running endpoint
 
     ev = sub.add_parser("eval", help="evaluation tools").add_subparsers(dest="eval_command", required=True)
     sc = ev.add_parser("score", help="score a VLMEvalKit prediction file ({model}_{dataset}.xlsx) with our protocol")
@@ -127,16 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except InputError as exc:
-        print(json.dumps(exc.to_dict()), file=sys.stderr)
-        return 2
-    except CheckpointError as exc:
-        print(json.dumps({"error": "checkpoint", "reason": str(exc)}), file=sys.stderr)
-        return 3
+    return args.func(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Errors are one JSON line on stderr (g2u.entry); ``--debug`` shows the traceback instead."""
+    from g2u.entry import run_guarded
+
+    return run_guarded(_main, argv)
 
 
 if __name__ == "__main__":

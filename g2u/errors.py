@@ -28,6 +28,32 @@ class InputError(G2UError, ValueError):
         return {"error": "invalid_input", "field": self.field, "reason": self.reason}
 
 
+class DataError(InputError):
+    """A benchmark file is malformed: names the file, the row (line number or sample id) and the field, so
+    a command line prints ``{"error": "invalid_data", "file", "row", "field", "reason"}`` as one line."""
+
+    def __init__(self, file: object, row: object, field: str | None, reason: str):
+        self.file, self.row = str(file), row
+        if row is None:
+            where = self.file
+        else:  # a line number (JSONL, TSV) or a sample id (MM-Vet)
+            where = f"{self.file}:{row}" if isinstance(row, int) else f"{self.file} [{row!r}]"
+        message = f"{where}: field {field!r} {reason}" if field else f"{where}: {reason}"
+        ValueError.__init__(self, message)
+        self.field = field or "benchmark"
+        self.reason = reason
+        self.where = where
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+    def to_dict(self) -> dict:
+        out = {"error": "invalid_data", "file": self.file}
+        if self.row is not None:
+            out["row"] = self.row
+        return out | {"field": self.field, "reason": self.reason}
+
+
 class CheckpointError(G2UError):
     """A checkpoint cannot be found or has a layout no backend knows."""
 

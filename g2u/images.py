@@ -74,10 +74,11 @@ def load_image(source: bytes | str | Path | Image.Image, max_pixels: int = DEFAU
         img = source
     else:
         if isinstance(source, (str, Path)):
+            path = Path(source)
             try:
-                source = Path(source).read_bytes()
+                source = path.read_bytes()
             except OSError as exc:
-                raise InputError(field, f"cannot read file: {exc.strerror or exc}") from exc
+                raise InputError(field, f"cannot read file {str(path)!r}: {exc.strerror or exc}") from exc
         if not source:
             raise InputError(field, "is empty")
         img = _open(source, max_pixels, field)

@@ -22,12 +22,16 @@ from pathlib import Path
 
 import requests
 
-from handler.tsctl import ROOT, Server, render_config
+from handler.tsctl import ROOT, Ports, Server, render_config
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
 LOGS = ROOT / "logs"
 OUT = ROOT / "outputs"
 MODEL_NAME = "g2u"
+SAMPLE_IMAGE = ROOT / "g2u" / "data" / "images" / "shapes.png"
+PORTS_ENV = "G2U_PORTS"
+"""``G2U_PORTS=free make serve``: free loopback ports instead of config.properties' (printed; for a second
+checkout on one machine, and the tests)."""
 
 
 def server() -> Server:
@@ -35,23 +39,14 @@ def server() -> Server:
 
 
 def sample() -> tuple[Path, str, list[str] | None]:
-    """A real benchmark sample from ../shared/data when present, else a generated picture."""
+    """A real benchmark sample from ../shared/data when present, else the shipped picture (the README's)."""
     for manifest in sorted(SHARED_DATA.glob("*/*.jsonl")):
         with manifest.open() as f:
             row = json.loads(f.readline())
         image = manifest.parent / row["image"]
         if image.is_file():
             return image, row["question"], row.get("options")
-    from PIL import Image, ImageDraw
-
-    OUT.mkdir(exist_ok=True)
-    path = OUT / "sample.png"
-    img = Image.new("RGB", (256, 192), (235, 235, 240))
-    draw = ImageDraw.Draw(img)
-    draw.ellipse((40, 50, 110, 120), fill=(200, 30, 30))
-    draw.rectangle((140, 60, 210, 130), fill=(30, 60, 200))
-    img.save(path)
-    return path, "Which shape is red?", ["the circle", "the square"]
+    return SAMPLE_IMAGE, "Which shape is red?", ["the circle", "the square"]
 
 
 def curl_examples(image: Path, inference_url: str) -> str:
@@ -70,7 +65,8 @@ def up(timeout: float) -> int:
     if srv.pid() is not None:
         print(f"TorchServe is already running (pid {srv.pid()}); restarting it with the new archive")
         srv.stop()
-    render_config(srv.config, model_store=ROOT / "model_store", models=f"{MODEL_NAME}={MODEL_NAME}.mar")
+    ports = Ports.free() if os.environ.get(PORTS_ENV) == "free" else None
+    render_config(srv.config, ports=ports, model_store=ROOT / "model_store", models=f"{MODEL_NAME}={MODEL_NAME}.mar")
     (srv.log_dir / "model_log.log").unlink(missing_ok=True)  # count worker deaths of this start only
     start = time.monotonic()
     pid = srv.start()

@@ -4,7 +4,7 @@ Input: a DataFrame (or list of dicts) with the REST request fields — every fie
 (``image`` as base64 and ``question`` required; ``options`` as a JSON list; backend fields such as BAGEL's
 ``think`` included). Output: one row per request with ``answer``, ``mode``, ``id``, ``edit`` and ``fidelity``
 (JSON), ``edit_prompt``, ``family``, ``ssim``, ``psnr``, ``demo``, the thought as base64 PNG when asked
-(``return_thought``), and for a bad row its ``status`` and ``error`` instead of failing the batch: rows go
+(``return_thought``), and for a bad row its ``id``, ``status`` and ``error`` instead of failing the batch: rows go
 through the core's batch path (``g2u.batch``), so one bad row never fails the others.
 """
 
@@ -59,9 +59,11 @@ class G2UPyfuncModel(mlflow.pyfunc.PythonModel):
         rows = model_input.to_dict("records") if isinstance(model_input, pd.DataFrame) else list(model_input)
         raws = [RawItem({k: v for k, v in row.items() if _present(v)}) for row in rows]
         out = []
-        for outcome in run_batch(self.pipeline, raws):
-            if not outcome.ok or outcome.result is None:
-                out.append({"error": json.dumps(outcome_body(outcome)), "status": outcome.status})
+        for raw, outcome in zip(raws, run_batch(self.pipeline, raws), strict=True):
+            if not outcome.ok or outcome.result is None:  # the row's id comes back even when the row is refused
+                rid = raw.fields.get("id")
+                out.append({"error": json.dumps(outcome_body(outcome)), "status": outcome.status,
+                            "id": None if rid is None else str(rid)})
                 continue
             result, body = outcome.result, outcome_body(outcome)
             edit = body["edit"] or {}

@@ -1,5 +1,6 @@
-"""Rewrite what is derived from g2u/schema.py in files that cannot import it: the README's request-field
-table and the request-field parameters of MLproject's evaluate/ablation entry points.
+"""Rewrite what is derived from g2u/schema.py in files that cannot import it: the request-field table of
+the REST API page (docs/rest-api.md) and the request-field parameters of MLproject's evaluate/ablation
+entry points.
 
     python scripts/sync_schema.py          # rewrite both
     python scripts/sync_schema.py --check  # exit 1 if either differs (tests/test_schema.py checks too)
@@ -17,9 +18,11 @@ sys.path.insert(0, str(ROOT))
 from g2u.schema import SETTING_FIELDS, field_table  # noqa: E402
 
 ENTRY_POINTS = ("main", "ablation")  # `evaluate` is an alias of `main` (a YAML anchor)
+FIELD_TABLE_PAGE = ROOT / "docs" / "rest-api.md"
+"""The page holding the request-field table between ``<!-- request-fields:start/end -->``."""
 
 
-def readme_text(text: str) -> str:
+def field_table_text(text: str) -> str:
     return re.sub(r"(<!-- request-fields:start -->\n).*?(<!-- request-fields:end -->)",
                   lambda m: m.group(1) + field_table() + m.group(2), text, flags=re.S)
 
@@ -48,7 +51,7 @@ def mlproject_text(text: str) -> str:
 def main(argv: list[str]) -> int:
     check = "--check" in argv
     stale = []
-    for path, fix in ((ROOT / "README.md", readme_text), (ROOT / "MLproject", mlproject_text)):
+    for path, fix in ((FIELD_TABLE_PAGE, field_table_text), (ROOT / "MLproject", mlproject_text)):
         text = path.read_text()
         new = fix(text)
         if new != text:

@@ -108,7 +108,7 @@ def test_vlmevalkit_tsv_yes_no_with_image_path_groups_per_image(tmp_path):
 
 
 def test_tsv_without_required_columns(tmp_path):
-    with pytest.raises(ValueError, match="column 'question' is missing"):
+    with pytest.raises(ValueError, match="field .question. is missing"):
         load_dataset(_tsv(tmp_path / "x.tsv", ["index", "image"], [["0", "abc"]]))
 
 

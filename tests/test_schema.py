@@ -26,11 +26,19 @@ from g2u.schema import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_readme_field_table_is_the_schema():
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- request-fields:start -->\n(.*?)<!-- request-fields:end -->", readme, re.S)
-    assert block, "README.md lost its request-field table markers"
-    assert block.group(1) == field_table(), "README field table differs from g2u.schema: paste field_table()"
+def test_docs_field_table_is_the_schema():
+    from scripts.sync_schema import FIELD_TABLE_PAGE
+
+    page = FIELD_TABLE_PAGE.read_text()
+    block = re.search(r"<!-- request-fields:start -->\n(.*?)<!-- request-fields:end -->", page, re.S)
+    assert block, f"{FIELD_TABLE_PAGE.name} lost its request-field table markers"
+    assert block.group(1) == field_table(), "the field table differs from g2u.schema: run python scripts/sync_schema.py"
+
+
+def test_sync_schema_check_passes():
+    from scripts.sync_schema import main
+
+    assert main(["--check"]) == 0
 
 
 def test_cli_has_every_field_with_help():

@@ -21,6 +21,7 @@ from PIL import Image
 from transformers import ProcessorMixin, Qwen2VLProcessor, StoppingCriteriaList
 
 from g2u.deadline import deadline_criteria, install_layer_checks
+from g2u.decoding import clean_answer_text, non_text_token_ids
 from g2u.sizing import SizeLimits, Stage2Sizing
 from g2u.types import Answer, AnswerParams, ContentPart, Turn
 
@@ -269,11 +270,15 @@ def build_tiny_qwen2_5_vl(
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(config).eval()
     # The real generation_config samples; greedy here keeps demo answers reproducible by default.
+    # suppress_tokens: random weights would sample control bytes and half characters, which no trained
+    # model writes; without them the demo's (meaningless) answers are word pieces (g2u.decoding).
+    eos = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+        eos_token_id=eos,
         pad_token_id=ids["<|endoftext|>"],
         do_sample=False,
+        suppress_tokens=non_text_token_ids(tokenizer, padded_vocab, keep=eos),
     )
     processor = QwenVLImageProcessor(
         _qwen_image_processor(min_pixels, max_pixels), tokenizer, chat_template=QWEN2_5_VL_CHAT_TEMPLATE
@@ -413,7 +418,7 @@ def generate_answers(
         output = model.generate(**inputs, **kwargs)
     sequences = output.sequences if params.return_scores else output
     new_tokens = sequences[:, inputs["input_ids"].shape[1] :]
-    texts = [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    texts = [clean_answer_text(text) for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     if not params.return_scores:
         return [Answer(text) for text in texts]
     return scored_answers(model, output, new_tokens, texts, tokenizer)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from g2u.decoding import non_text_token_ids
 from g2u.demo import write_demo_marker
 
 DEMO_EDIT_AREA = 64 * 64
@@ -226,6 +227,9 @@ def build_tiny_llava(folder: str | Path, seed: int = 0) -> Path:
         model = LlavaForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
+    # Word pieces only: random weights would sample control bytes (g2u.decoding).
+    model.generation_config.suppress_tokens = non_text_token_ids(tokenizer, len(tokenizer),
+                                                                 keep=[tokenizer.eos_token_id])
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
     )

@@ -19,6 +19,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from g2u.errors import DataError
+
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 YES_NO = ("yes", "no")
 BUILTIN_SAMPLE = 8
@@ -133,7 +135,7 @@ def _kind(options: list[str] | None, answer: str) -> str:
     return "yesno" if answer.strip().lower() in YES_NO else "open"
 
 
-def gold_letter(answer: str, options: list[str], where: str) -> str:
+def gold_letter(answer: str, options: list[str], where: tuple[Any, Any]) -> str:
     """MCQ gold as a letter: a valid letter stays; an option's text becomes its letter (PuzzleVQA)."""
     letters = LETTERS[: len(options)]
     answer = answer.strip()
@@ -142,15 +144,15 @@ def gold_letter(answer: str, options: list[str], where: str) -> str:
     matches = [i for i, opt in enumerate(options) if opt.strip().lower() == answer.lower()]
     if len(matches) == 1:
         return letters[matches[0]]
-    raise ValueError(f"{where}: field 'answer' {answer!r} is neither a letter {letters[0]}-{letters[-1]} "
-                     f"nor exactly one option's text")
+    raise DataError(*where, "answer", f"{answer!r} is neither a letter {letters[0]}-{letters[-1]} "
+                    "nor exactly one option's text")
 
 
-def _options(value: Any, where: str) -> list[str] | None:
+def _options(value: Any, where: tuple[Any, Any]) -> list[str] | None:
     if value is None:
         return None
     if not isinstance(value, list) or not all(isinstance(o, (str, int, float)) for o in value) or len(value) < 2:
-        raise ValueError(f"{where}: field 'options' must be a list of at least 2 strings or null")
+        raise DataError(*where, "options", "must be a list of at least 2 strings or null")
     return [str(o) for o in value]
 
 
@@ -162,14 +164,16 @@ def load_jsonl(path: Path) -> list[Sample]:
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
-        where = f"{path}:{n}"
+        where = (path, n)
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: not valid JSON ({exc.msg})") from exc
+            raise DataError(*where, None, f"not valid JSON ({exc.msg})") from exc
+        if not isinstance(row, dict):
+            raise DataError(*where, None, "must be a JSON object")
         for key in ("id", "image", "question", "answer"):
             if row.get(key) in (None, ""):
-                raise ValueError(f"{where}: field {key!r} is missing")
+                raise DataError(*where, key, "is missing")
         options = _options(row.get("options"), where)
         answer = str(row["answer"])
         if options:
@@ -205,13 +209,13 @@ def load_tsv(path: Path) -> list[Sample]:
     frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=True)
     for key in ("index", "question"):
         if key not in frame.columns:
-            raise ValueError(f"{path}: column {key!r} is missing (VLMEvalKit TSV)")
+            raise DataError(path, None, key, "is missing (a VLMEvalKit TSV column)")
     # A split without gold answers (MMBench's test split): predicted and written, its scoring skipped
     no_gold = "answer" not in frame.columns or frame["answer"].isna().all()
     if no_gold:
         frame["answer"] = ""
     if "image" not in frame.columns and "image_path" not in frame.columns:
-        raise ValueError(f"{path}: needs an 'image' (base64) or 'image_path' column")
+        raise DataError(path, None, "image", "column is missing: needs an 'image' (base64) or 'image_path' column")
     rows = frame.to_dict("records")
     images = {str(r["index"]): r.get("image") for r in rows}
     circular = any((_int_index(r["index"]) or 0) >= CIRCULAR_OFFSET for r in rows)
@@ -222,11 +226,11 @@ def load_tsv(path: Path) -> list[Sample]:
                 and _cell(r.get("A")) is None for r in rows)
     samples = []
     for n, row in enumerate(rows, 2):  # line 1 is the header
-        where = f"{path}:{n}"
+        where = (path, n)
         index = str(row["index"])
         question, answer = _cell(row["question"]), "" if no_gold else _cell(row["answer"])
         if question is None or answer is None:
-            raise ValueError(f"{where}: field {'question' if question is None else 'answer'!r} is empty")
+            raise DataError(*where, "question" if question is None else "answer", "is empty")
         options = [o for o in (_cell(row.get(c)) for c in LETTERS[:8]) if o is not None] or None
         if options and not no_gold:
             answer = gold_letter(answer, options, where)
@@ -243,7 +247,7 @@ def load_tsv(path: Path) -> list[Sample]:
         if image_b64 is None and image_path is None and hallusion is not None:
             continue  # a HallusionBench text-only question: not a visual question, not scored
         if image_b64 is None and image_path is None:
-            raise ValueError(f"{where}: field 'image' is empty and there is no 'image_path'")
+            raise DataError(*where, "image", "is empty and there is no 'image_path'")
         if image_b64 is None and image_path is not None and not Path(image_path).is_absolute():
             image_path = str((path.parent / image_path).resolve())
         kind = "open" if mmvet else _kind(options, answer)
@@ -308,17 +312,17 @@ def load_mmvet(path: Path) -> list[Sample]:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg})") from exc
+        raise DataError(path, None, None, f"not valid JSON ({exc.msg})") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: want an object of id → {{imagename, question, answer, capability}}")
+        raise DataError(path, None, None, "want an object of id → {imagename, question, answer, capability}")
     samples = []
     for sid, row in data.items():
-        where = f"{path} [{sid!r}]"
+        where = (path, str(sid))
         if not isinstance(row, dict):
-            raise ValueError(f"{where}: must be an object")
+            raise DataError(*where, None, "must be an object")
         for key in ("imagename", "question", "answer"):
             if not row.get(key):
-                raise ValueError(f"{where}: field {key!r} is missing")
+                raise DataError(*where, key, "is missing")
         caps = row.get("capability") or []
         answer = str(row["answer"])
         samples.append(Sample(id=str(sid), question=str(row["question"]), options=None, answer=answer,

@@ -89,9 +89,11 @@ class FakeHTTPServer:
         data = payload.encode() if isinstance(payload, str) else payload
         try:
             handler.send_response(step.get("status", 200))
-            for k, v in step.get("headers", {}).items():
+            headers = step.get("headers", {})
+            for k, v in headers.items():
                 handler.send_header(k, v)
-            handler.send_header("Content-Type", "application/json")
+            if not any(k.lower() == "content-type" for k in headers):  # a step may send e.g. an event stream
+                handler.send_header("Content-Type", "application/json")
             handler.send_header("Content-Length", str(len(data)))
             handler.end_headers()
             if step.get("drip"):

@@ -43,6 +43,7 @@ from g2u.backends.bagel.sampler import RENORM_TYPES, SamplerSettings, denoise
 from g2u.backends.bagel.vae import decode_latents, encode_latents
 from g2u.backends.bagel.vision import VIT_MAX_PIXELS, VIT_MAX_SIDE, VIT_MIN_SIDE, to_unit_tensor
 from g2u.backends.base import BackendBase, BackendInfo, read_demo_marker, with_stage2
+from g2u.decoding import clean_answer_text
 from g2u.devices import dtype_name, resolve_device, resolve_dtype
 from g2u.errors import InputError
 from g2u.modes import Mode
@@ -140,7 +141,7 @@ class BagelBackend(BackendBase):
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def decode_text(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+        return clean_answer_text(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
     # ------------------------------------------------------------------ stage I
     def validate_edit(self, params: EditParams) -> None:

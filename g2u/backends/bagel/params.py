@@ -4,13 +4,15 @@ and the VAE-image content marker."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from g2u.backends.bagel.sampler import SamplerSettings
 from g2u.types import EditParams
+
+if TYPE_CHECKING:
+    from g2u.backends.bagel.sampler import SamplerSettings
 
 GEN_THINK_SYSTEM_PROMPT = (
     "You should first think about the planning process in the mind and then generate the image. \n"
@@ -76,6 +78,9 @@ def bagel_options(params: EditParams) -> tuple:
 
 
 def sampler_settings(params: EditParams) -> SamplerSettings:
+    from g2u.backends.bagel.sampler import SamplerSettings  # here: the schema imports this module, and the
+    # sampler pulls in the model (transformers' Qwen2): ~6 s on every `g2u` start
+
     _, _, shift, interval, renorm_type, renorm_min = bagel_options(params)
     return SamplerSettings(steps=params.steps, text_cfg=params.text_cfg, image_cfg=params.image_cfg,
                            timestep_shift=shift, cfg_interval=(float(interval[0]), float(interval[1])),
