@@ -211,7 +211,8 @@ class BagelBackend(BackendBase):
             model.extend(image_free, [[TextSegment(ids)] for ids in prompt_ids])
         plans: list[str | None] = [None] * rows
         if think_tokens:
-            plan_ids = model.decode(cond.clone(), think_tokens)
+            # The inferencer's budget: ``max_think_token_n`` = N counts its start token, so N − 1 plan tokens.
+            plan_ids = model.decode(cond.clone(), think_tokens - 1)
             # Kept verbatim (special tokens, whitespace) as the reference re-reads its plan.
             plans = [self.tokenizer.decode(ids, skip_special_tokens=False) for ids in plan_ids]
             model.extend(cond, [[TextSegment(self.encode_text(plan))] for plan in plans])
@@ -244,9 +245,10 @@ class BagelBackend(BackendBase):
                      max_think_tokens: int = DEFAULT_THINK_TOKENS) -> list[tuple[str, str]]:
         """Textual CoT the way BAGEL does it (inferencer ``think=True, understanding_output=True``): its
         understanding think system prompt, then the request's parts, then one decode of at most
-        ``max_think_tokens`` that writes ``<think> reasoning </think> answer``. Returns (reasoning, answer)
-        per request. Where the budget ends before ``</think>`` closes (or nothing follows it), the answer
-        is decoded in a second pass from the parts plus the reasoning, with ``params.max_new_tokens``."""
+        ``max_think_tokens − 1`` tokens (the inferencer's budget counts its start token) that writes
+        ``<think> reasoning </think> answer``. Returns (reasoning, answer) per request. Where the budget
+        ends before ``</think>`` closes (or nothing follows it), the answer is decoded in a second pass
+        from the parts plus the reasoning, with ``params.max_new_tokens``."""
         if max_think_tokens < 1:
             raise InputError("max_think_tokens", f"must be >= 1, got {max_think_tokens}")
         if not contents:
@@ -256,8 +258,9 @@ class BagelBackend(BackendBase):
         rows = [system + [self._segment(part) for part in parts] for parts in contents]
         cache = self.model.new_cache(len(rows))
         self.model.extend(cache, rows)
+        # As the inferencer's ``max_think_token_n``: the budget counts the start token (N − 1 new tokens).
         texts = [self.tokenizer.decode(ids, skip_special_tokens=True)
-                 for ids in self.model.decode(cache, max_think_tokens, params.temperature)]
+                 for ids in self.model.decode(cache, max_think_tokens - 1, params.temperature)]
         out: list[tuple[str, str] | None] = [None] * len(texts)
         retry = []
         for i, text in enumerate(texts):
@@ -306,6 +309,7 @@ def out_reasoning(text: str) -> str:
 
 
 def _to_image(x: torch.Tensor) -> Image.Image:
-    """``[3, H, W]`` in [-1, 1] → RGB."""
-    arr = ((x * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    """``[3, H, W]`` in [-1, 1] → RGB, truncated to uint8 as the inferencer's ``decode_image`` does
+    (``(x·0.5 + 0.5).clamp(0, 1)·255`` then ``.to(torch.uint8)``; no rounding)."""
+    arr = ((x * 0.5 + 0.5).clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
     return Image.fromarray(arr, "RGB")
