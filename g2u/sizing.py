@@ -61,10 +61,12 @@ class Placement:
     resize: tuple[int, int]
     pad: tuple[int, int, int, int] | None = None
 
-    def apply(self, image: Image.Image) -> Image.Image:
+    def apply(self, image: Image.Image, resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
+        """The image at ``size``; ``resample`` is the model's own filter (BAGEL's transform: bicubic;
+        Qwen-Image-Edit's ``VaeImageProcessor``: lanczos)."""
         img = image.convert("RGB")
         if img.size != self.resize:
-            img = img.resize(self.resize, Image.Resampling.BICUBIC)
+            img = img.resize(self.resize, resample)
         if self.pad is None:
             return img
         canvas = Image.new("RGB", self.size, PAD_FILL)

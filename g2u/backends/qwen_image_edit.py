@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers.utils import PIL_INTERPOLATION
 from PIL import Image
 
 from g2u.backends.base import BackendBase, BackendInfo, read_demo_marker
@@ -200,7 +201,10 @@ class QwenImageEditBackend(BackendBase):
         placed at the working size first (resized, padded where a limit forced it: see plan_edit_size)."""
         first = params[0]
         width, height = self._check_params(first, 0)
-        prepared = [place(img.size, (width, height), self.size_multiple).apply(img) for img in images]
+        # Resized with the pipeline's own filter (its VaeImageProcessor's ``resample``, lanczos in stock
+        # diffusers), so an input that needs no padding reaches the model exactly as the stock call's.
+        resample = PIL_INTERPOLATION[self.pipe.image_processor.config.resample]
+        prepared = [place(img.size, (width, height), self.size_multiple).apply(img, resample) for img in images]
         if self.plus:  # the stock Plus pipeline takes one item at a time
             return [self._edit_plus(img, prompt, p, (width, height))
                     for img, prompt, p in zip(prepared, prompts, params)]
