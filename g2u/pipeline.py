@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from g2u.answer_prompt import answer_contents, cot_prompt
+from g2u.answer_prompt import answer_contents, answer_prompt_record, cot_prompt
 from g2u.backends import Backend, load_backend
 from g2u.budget import WorkBudget, check_budget
 from g2u.errors import InputError
@@ -47,7 +47,9 @@ class G2UResult:
     layout: str | None = None
     """The stage-II layout a thought mode used (None: a mode without a thought)."""
     stage2: dict[str, Any] | None = None
-    """How stage II sized the request's images (one size for I and Î; ``g2u.sizing``)."""
+    """How stage II sized the request's images (``g2u.sizing``)."""
+    answer_prompt: dict[str, Any] | None = None
+    """The g2u order used and, for ``replace`` with a threshold, which image was read (``g2u.answer_prompt``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready result (the thought image itself is left to the caller: PNG file or base64)."""
@@ -65,6 +67,7 @@ class G2UResult:
             out["selection"] = self.selection
         out["layout"] = self.layout
         out["stage2"] = self.stage2
+        out["answer_prompt"] = self.answer_prompt
         out["timings_ms"] = self.timings_ms
         out["model"] = self.model
         return out
@@ -385,7 +388,8 @@ class G2UPipeline:
             results.append(G2UResult(answer=answer, mode=req.mode, model=self.model_info, timings_ms=timings,
                                      thought=thought, reasoning=reasoning.get(i), id=req.id, gate=gate,
                                      layout=req.layout if MODES[req.mode].needs_thought else None,
-                                     stage2=stage2_of.get(i), **extra))
+                                     stage2=stage2_of.get(i), answer_prompt=answer_prompt_record(req, thought),
+                                     **extra))
         return results
 
     @staticmethod
@@ -439,7 +443,8 @@ class G2UPipeline:
         sizing: list[dict | None] = [None] * len(contents)
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(params):
-            groups.setdefault((p.max_new_tokens, p.temperature, p.return_scores, p.stage2_max_pixels), []).append(i)
+            groups.setdefault((p.max_new_tokens, p.temperature, p.return_scores, p.stage2_max_pixels,
+                               p.stage2_sizing), []).append(i)
         for idx in groups.values():
             texts = self.backend.answer([contents[i] for i in idx], params[idx[0]])
             records = list(getattr(self.backend, "last_stage2", None) or [])

@@ -60,6 +60,9 @@ class AnswerParams:
     temperature: float = 0.0
     stage2_max_pixels: int | None = None
     """Cap on each stage-II image (None: the backend's, by default its processor's own ``max_pixels``)."""
+    stage2_sizing: str = "per_image"
+    """``per_image``: each stage-II image sized from its own size (the references); ``shared``: all at the
+    first image's (``g2u.sizing.STAGE2_SIZINGS``)."""
     return_scores: bool = False
     """Ask the backend for ``Answer`` objects (text + token probabilities) instead of plain texts: the
     confidence gate and the ``confidence``/``agreement`` selections read them."""
@@ -94,6 +97,8 @@ class G2URequest:
     order: tuple[str, ...] = ("I", "q", "T")
     layout: str = "paper"
     """Stage-II layout of a thought mode: ``paper``, ``labelled`` or ``multiturn`` (``g2u.pipeline``)."""
+    replace_min_psnr: float | None = None
+    """``replace`` only: answer from Î only when PSNR(Î, I) exceeds this (dB), else from I (``g2u.replace_gate``)."""
     reasoning_tokens: int = 512
     """Token budget of the ``textual_cot`` reasoning."""
     return_thought: bool = False

@@ -308,7 +308,7 @@ class DecoupledBackend(BackendBase):
         """One batched chat-template generation over all requests (see ``qwen_vl.generate_answers``)."""
         from g2u.backends.qwen_vl import generate_answers
 
-        contents, self.last_stage2 = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)))
+        contents, self.last_stage2 = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)), params)
         return generate_answers(self.answer_model, self.processor, contents, params)
 
 

@@ -8,8 +8,9 @@ to be in the checkpoint — and the pipeline's processor, so the understanding a
 share one set of weights in memory, as in the paper's setting.
 
 Sizes (``g2u.sizing``): the default working size is the stock rule, ``calculate_dimensions(1024², aspect)``
-(demo checkpoints: their marker's area); stage II brings I and Î to the same Qwen2.5-VL ``smart_resize``
-size of the original, capped by ``stage2_max_pixels`` (default: the processor's ``max_pixels``).
+(demo checkpoints: their marker's area); stage II brings I and Î each to the Qwen2.5-VL ``smart_resize``
+size of its own, as stock Qwen2.5-VL processing does (``stage2_sizing: shared``: both at the original's),
+capped by ``stage2_max_pixels`` (default: the processor's ``max_pixels``).
 """
 
 from __future__ import annotations
@@ -234,7 +235,7 @@ class QwenImageEditBackend(BackendBase):
     def answer(self, contents: Sequence[Sequence[ContentPart]], params: AnswerParams) -> list[str]:
         """Stage II with the pipeline's own text encoder and processor (no second copy of the weights).
         Each request's images are first brought to one stage-II size (``last_stage2`` says how)."""
-        contents, self.last_stage2 = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)))
+        contents, self.last_stage2 = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)), params)
         return generate_answers(self.pipe.text_encoder, self.pipe.processor, contents, params)
 
 
