@@ -89,11 +89,12 @@ def test_bagel_edit_context_vit_reads_the_resized_image(bagel, monkeypatch):
 
 # ------------------------------------------------------------------------------------------ stage II
 @pytest.mark.parametrize("name", ["bagel", "qwen"])
-def test_stage2_reads_original_and_thought_at_one_size_even_for_a_strip(name, bagel, qwen):
+def test_stage2_shared_reads_original_and_thought_at_one_size_even_for_a_strip(name, bagel, qwen):
     backend = {"bagel": bagel, "qwen": qwen}[name]
     original = _picture((8000, 20))
     thought = _picture(backend.plan_edit_size((8000, 20)).size)
-    (answer,) = backend.answer([[original, "What is in the picture?", thought]], AnswerParams(max_new_tokens=3))
+    shared = AnswerParams(max_new_tokens=3, stage2_sizing="shared")
+    (answer,) = backend.answer([[original, "What is in the picture?", thought]], shared)
     assert isinstance(answer, str)
     (record,) = backend.last_stage2
     sizes = {tuple(r["resize"]) if r["pad"] is None else tuple(record["size"]) for r in record["images"]}
