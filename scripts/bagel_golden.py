@@ -65,12 +65,14 @@ EDIT_CASES = {
     # image CFG on; the interval [0.4, 0.9] leaves t = 1, 0.947 (above) and 0.333 (below) unguided
     "image_cfg_interval": {**PAPER, "cfg_img_scale": 2.0, "cfg_interval": [0.4, 0.9], "num_timesteps": 8,
                            "seed": 12},
-    # global renorm whose minimum binds, another shift, the inferencer's default interval
+    # global renorm whose minimum binds (the demo's ratio |v| / |guided| is ~0.845 here), another shift,
+    # the inferencer's default interval
     "global_renorm_min": {**PAPER, "cfg_text_scale": 6.0, "cfg_img_scale": 1.5, "cfg_interval": [0.4, 1.0],
-                          "timestep_shift": 2.0, "cfg_renorm_type": "global", "cfg_renorm_min": 0.75,
+                          "timestep_shift": 2.0, "cfg_renorm_type": "global", "cfg_renorm_min": 0.9,
                           "num_timesteps": 7, "seed": 13},
+    # per-token renorm whose minimum binds for some tokens (ratios 0.90–0.97)
     "channel": {**PAPER, "cfg_text_scale": 3.0, "cfg_img_scale": 1.5, "cfg_renorm_type": "channel",
-                "num_timesteps": 6, "seed": 14},
+                "cfg_renorm_min": 0.93, "num_timesteps": 6, "seed": 14},
     # text CFG off, image CFG on: the reference applies no guidance at all
     "image_cfg_only": {**PAPER, "cfg_text_scale": 1.0, "cfg_img_scale": 2.0, "num_timesteps": 5, "seed": 15},
 }

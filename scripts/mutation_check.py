@@ -38,6 +38,8 @@ class Mutation:
     new: str
     tests: str = BAGEL
     count: int = 1
+    more: tuple[tuple[str, str], ...] = ()
+    """Further (old, new) replacements in the same file, each occurring exactly once."""
 
 
 MUTATIONS = (
@@ -85,7 +87,10 @@ MUTATIONS = (
     Mutation("CFG interval upper bound exclusive", "g2u/backends/bagel/sampler.py",
              "return low < t <= high", "return low < t < high"),
     Mutation("image guidance without text guidance (the old divergence)", "g2u/backends/bagel/sampler.py",
-             "return text, text and self.image_cfg > 1.0", "return text, hit and self.image_cfg > 1.0"),
+             "return text, text and self.image_cfg > 1.0", "return text, hit and self.image_cfg > 1.0",
+             more=(("    if v_text is None:\n        return v\n",
+                    "    if v_text is None and v_img is None:\n        return v\n    if v_text is None:\n"
+                    "        return v_img + settings.image_cfg * (v - v_img)\n"),)),
     Mutation("image CFG branch never run", "g2u/backends/bagel/sampler.py",
              "return text, text and self.image_cfg > 1.0", "return text, False"),
     Mutation("posterior read at its mean in edits", "g2u/backends/bagel/backend.py",
@@ -125,7 +130,12 @@ def apply(dest: Path, m: Mutation) -> None:
     found = text.count(m.old)
     if found != m.count:
         raise SystemExit(f"mutation {m.name!r}: {m.old!r} occurs {found}× in {m.path}, expected {m.count}")
-    path.write_text(text.replace(m.old, m.new))
+    text = text.replace(m.old, m.new)
+    for old, new in m.more:
+        if text.count(old) != 1:
+            raise SystemExit(f"mutation {m.name!r}: {old!r} occurs {text.count(old)}× in {m.path}, expected 1")
+        text = text.replace(old, new)
+    path.write_text(text)
 
 
 def run_tests(dest: Path, tests: str) -> tuple[str, float, str]:
