@@ -1,18 +1,26 @@
 """The stage-II prompt: how the question, the original image I, the thought Î and a written reasoning are
 laid out for the answer model, per mode (``g2u.modes``) and per ``layout``.
 
-    paper      [I, q, Î] in the request's ``order`` (the paper writes [I, q, Î])
+    paper      [I, q, Î] in the request's ``order`` (the paper writes [I, q, Î]; ``lmms_eval``: [I, Î, q])
     labelled   "The original image:" I, "An edited view ...:" Î, then question and instruction
-    multiturn  user [I, q + "Enhance the image first."], assistant [Î], user [I, q] (the authors' concat
-               variant for their Ming model)
+    multiturn  user [I, q + " Please enhance the image first …"], assistant [Î], user [I, q]: the authors'
+               concat variant for their Ming model, its strings verbatim (``g2u/data/answer_layouts.yaml``)
+
+``replace`` with ``replace_min_psnr`` is the authors' variant: Î only when PSNR(Î, I) exceeds the threshold,
+else I (``g2u.replace_gate``). ``answer_prompt_record`` says which order and which image a result used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
+from importlib import resources
 from typing import Any
 
+import yaml
+
 from g2u.modes import MODES
+from g2u.replace_gate import replace_record, replace_source
 from g2u.types import G2URequest, Thought, Turn
 
 MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -20,8 +28,17 @@ OPEN_INSTRUCTION = "Answer the question using a single word or phrase."
 COT_INSTRUCTION = "Think step by step about the image and write your reasoning. Do not give the final answer yet."
 ORIGINAL_LABEL = "The original image:"
 THOUGHT_LABEL = "An edited view of the image, made to help answer the question:"
-ENHANCE_FIRST = "Enhance the image first."
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@lru_cache(maxsize=1)
+def layouts() -> dict[str, Any]:
+    """``g2u/data/answer_layouts.yaml``: the multiturn strings and the named orders."""
+    return yaml.safe_load(resources.files("g2u.data").joinpath("answer_layouts.yaml").read_text())
+
+
+def named_orders() -> dict[str, tuple[str, ...]]:
+    return {name: tuple(order) for name, order in layouts()["orders"].items()}
 
 
 def format_question(question: str, options: Sequence[str] | None) -> str:
@@ -64,10 +81,13 @@ def answer_contents(req: G2URequest, thought: Thought | None, reasoning: str | N
     if mode.parts is None and req.layout == "labelled":
         return [ORIGINAL_LABEL, req.image, THOUGHT_LABEL, thought_part, _joined(question, tail)]
     if mode.parts is None and req.layout == "multiturn":
-        return [req.image, f"{question}\n{ENHANCE_FIRST}", Turn("assistant"), thought_part, Turn("user"),
-                req.image, _joined(question, tail)]
+        suffix = layouts()["multiturn"]["enhance_first_suffix"]
+        return [Turn("user"), req.image, _joined(question, tail) + suffix, Turn("assistant"), thought_part,
+                Turn("user"), req.image, _joined(question, tail)]
     texts = {"q": question, "R": f"Reasoning: {reasoning}"}
     images = {"I": req.image, "T": thought_part}
+    if req.mode == "replace" and replace_source(_psnr(thought), req.replace_min_psnr) == "original":
+        images["T"] = req.image  # the authors' variant: Î too far from I, answer from I
     order = mode.parts or req.order
     last_text = max(i for i, k in enumerate(order) if k in texts)
     parts: list[Any] = []
@@ -81,3 +101,27 @@ def answer_contents(req: G2URequest, thought: Thought | None, reasoning: str | N
         else:
             parts.append(images[key])
     return parts
+
+
+def _psnr(thought: Thought | None) -> float | None:
+    """PSNR(Î, I) of a thought, from its edit measures (``g2u.measures``)."""
+    value = (thought.measures or {}).get("psnr") if thought is not None else None
+    return float(value) if value is not None else None
+
+
+def answer_prompt_record(req: G2URequest, thought: Thought | None) -> dict[str, Any] | None:
+    """What the result reports about its answer prompt: the g2u order (and its name, where it has one) and,
+    for ``replace`` with a threshold, which image was read. ``None`` when there is nothing to say."""
+    out: dict[str, Any] = {}
+    mode = MODES[req.mode]
+    if mode.parts is None and req.layout == "paper":
+        order = tuple(req.order)
+        out["order"] = ",".join(order)
+        out["order_name"] = next((n for n, o in named_orders().items() if o == order), None)
+    if mode.parts is None and req.layout == "multiturn":
+        out["layout_source"] = layouts()["multiturn"]["source"]
+    if req.mode == "replace":
+        record = replace_record(_psnr(thought), req.replace_min_psnr)
+        if record is not None:
+            out["replace"] = record
+    return out or None

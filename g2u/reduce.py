@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from g2u.answer_prompt import answer_prompt_record
 from g2u.plan import EditJob, RequestPlan
 from g2u.results import G2UResult
 from g2u.selection import Candidate, Judge, candidate_dicts, select
@@ -53,7 +54,7 @@ def result(plan: RequestPlan, thought: Thought | None, answers: dict[int | None,
     timings["total"] = round(sum(timings.values()), 2)
     return G2UResult(answer=answer, mode=req.mode, model=model, timings_ms=timings, thought=thought,
                      reasoning=reasoning, id=req.id, gate=gate, layout=req.layout if plan.needs_thought else None,
-                     stage2=stage2, **extra)
+                     stage2=stage2, answer_prompt=answer_prompt_record(req, thought), **extra)
 
 
 def _select(plan: RequestPlan, cands: list[Thought], answers: dict[int | None, Answer], judge: Judge | None

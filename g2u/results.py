@@ -32,6 +32,8 @@ class G2UResult:
     """The stage-II layout a thought mode used (None: a mode without a thought)."""
     stage2: dict[str, Any] | None
     """How stage II sized the request's images (``g2u.sizing``)."""
+    answer_prompt: dict[str, Any] | None
+    """The g2u order used and, for ``replace`` with a threshold, which image was read (``g2u.answer_prompt``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready result (the thought image itself is left to the caller: PNG file or base64)."""
@@ -51,6 +53,7 @@ class G2UResult:
             out["selection"] = self.selection
         out["layout"] = self.layout
         out["stage2"] = self.stage2
+        out["answer_prompt"] = self.answer_prompt
         out["timings_ms"] = self.timings_ms
         out["model"] = self.model
         return out

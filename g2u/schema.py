@@ -125,7 +125,8 @@ class CoreFields(BaseModel):
                                                       "answer model's processor setting)")
     max_new_tokens: int = Field(32, ge=1, le=2048, description="answer length budget in tokens")
     order: tuple[str, ...] = Field(DEFAULT_ORDER, description="g2u answer-prompt order of image `I`, question "
-                                                              "`q` and thought `T`, e.g. `I,q,T` (the paper's)")
+                                                              "`q` and thought `T`, e.g. `I,q,T` (the paper's), "
+                                                              "or a name: `paper` (I,q,T), `lmms_eval` (I,T,q)")
     layout: Literal["paper", "labelled", "multiturn"] = Field(
         "paper", description="stage-II prompt layout of a thought mode: `paper` ([I, q, Î] in `order`), `labelled` "
                              "(each image introduced, question last), `multiturn` (user [I, q, enhance first], "
@@ -152,6 +153,14 @@ class CoreFields(BaseModel):
     thought: Any = Field(None, description="a thought brought by the caller (like `image`: a file or base64), "
                                            "used instead of generating one; at most 40 MP")
     return_thought: bool = Field(False, description="include the thought Î as a base64 PNG in the response")
+    # --- faithfulness options (issue 24): both readings legitimate, the references' by default
+    stage2_sizing: Literal["per_image", "shared"] = Field(
+        "per_image", description="stage-II image sizes: `per_image` (each of I and Î by the model's rule from its "
+                                 "own size, as stock Qwen2.5-VL processing and BAGEL's inferencer) or `shared` "
+                                 "(both at the size of I)")
+    replace_min_psnr: float | None = Field(
+        None, ge=0.0, le=100.0, description="`replace` only: answer from Î only when PSNR(Î, I) exceeds this "
+                                            "many dB, else from I (the authors' harness: 25); unset: always Î")
     id: str | None = Field(None, max_length=200, description="an id echoed back in the response")
 
     @model_validator(mode="before")
@@ -230,10 +239,15 @@ class CoreFields(BaseModel):
     @field_validator("order", mode="before")
     @classmethod
     def _order(cls, value: Any) -> Any:
+        from g2u.answer_prompt import named_orders
+
+        if isinstance(value, str) and value.strip() in named_orders():
+            return named_orders()[value.strip()]
         if isinstance(value, str):
             value = [p for p in re.split(r"[,\s]+", value.strip()) if p]
         if not isinstance(value, (list, tuple)) or sorted(value) != sorted(DEFAULT_ORDER):
-            raise ValueError("must be a permutation of I, q, T (image, question, thought)")
+            raise ValueError("must be a permutation of I, q, T (image, question, thought) or one of "
+                             + ", ".join(named_orders()))
         return tuple(value)
 
     @field_validator("mode")
@@ -406,12 +420,14 @@ def parse_request(fields: dict[str, Any], *, max_pixels: int = DEFAULT_MAX_PIXEL
                       size=model.edit_size, area=model.edit_area, negative_prompt=NEGATIVE_PROMPT,
                       options=_backend_options(model))
     answer = AnswerParams(max_new_tokens=model.max_new_tokens, temperature=TEMPERATURE,
-                          stage2_max_pixels=model.stage2_max_pixels, return_scores=False)
+                          stage2_max_pixels=model.stage2_max_pixels, stage2_sizing=model.stage2_sizing,
+                          return_scores=False)
     return G2URequest(image=pil, question=model.question, options=model.options, prompt_text=model.prompt_text,
                       mode=model.mode,
                       prompt=model.prompt, prompt_name=model.prompt_name, family=model.family, writer=model.writer,
                       edit=edit, answer=answer, order=model.order,
-                      layout=model.layout, reasoning_tokens=model.reasoning_tokens, timeout_s=model.timeout_s,
+                      layout=model.layout, replace_min_psnr=model.replace_min_psnr,
+                      reasoning_tokens=model.reasoning_tokens, timeout_s=model.timeout_s,
                       return_thought=model.return_thought, id=model.id, thought=thought,
                       strategy=Strategy(candidates=model.candidates, candidate_prompts=model.candidate_prompts,
                                         selection=model.selection, gate=model.gate,
@@ -450,7 +466,8 @@ def edit_params(**given: Any) -> EditParams:
 def answer_params(**given: Any) -> AnswerParams:
     """``AnswerParams`` with the schema's defaults under ``given`` (greedy: temperature 0)."""
     defaults = {"max_new_tokens": field_default("max_new_tokens"), "temperature": TEMPERATURE,
-                "stage2_max_pixels": field_default("stage2_max_pixels"), "return_scores": False}
+                "stage2_max_pixels": field_default("stage2_max_pixels"),
+                "stage2_sizing": field_default("stage2_sizing"), "return_scores": False}
     return AnswerParams(**{**defaults, **given})
 
 

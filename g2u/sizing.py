@@ -58,10 +58,12 @@ class Placement:
     resize: tuple[int, int]
     pad: tuple[int, int, int, int] | None = None
 
-    def apply(self, image: Image.Image) -> Image.Image:
+    def apply(self, image: Image.Image, resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
+        """The image at ``size``; ``resample`` is the model's own filter (BAGEL's transform: bicubic;
+        Qwen-Image-Edit's ``VaeImageProcessor``: lanczos)."""
         img = image.convert("RGB")
         if img.size != self.resize:
-            img = img.resize(self.resize, Image.Resampling.BICUBIC)
+            img = img.resize(self.resize, resample)
         if self.pad is None:
             return img
         canvas = Image.new("RGB", self.size, PAD_FILL)
@@ -228,10 +230,16 @@ def scaled_rule(rule: Rule, scale: float) -> Rule:
 
 
 # ---------------------------------------------------------------------------------------- stage II
+STAGE2_SIZINGS = ("per_image", "shared")
+"""How a request's stage-II images are sized: ``per_image`` (each by the rule from its own size, as stock
+Qwen2.5-VL processing, VLMEvalKit, lmms-eval and BAGEL's inferencer do; the default) or ``shared`` (every
+image at the size the rule gives the first one, I)."""
+
+
 @dataclass(frozen=True)
 class Stage2Sizing:
-    """Stage-II resolution policy of a backend: every image of one request (I and Î) is brought to the
-    same size, computed from the request's first image by ``rule`` under ``limits``."""
+    """Stage-II resolution policy of a backend: each image of one request sized by ``rule`` under
+    ``limits`` from its own size (``per_image``) or from the request's first image (``shared``)."""
 
     rule_name: str
     rule: Callable[[int, int], tuple[float, float]]
@@ -243,22 +251,27 @@ class Stage2Sizing:
     def plan(self, image_size: tuple[int, int]) -> SizePlan:
         return plan(image_size, self.rule_name, self.rule(*image_size), self.limits)
 
-    def prepare(self, images: list[Image.Image]) -> tuple[list[Image.Image], dict | None]:
-        """All images at the first one's stage-II size; returns them and the record of what was done."""
+    def prepare(self, images: list[Image.Image], sizing: str = "per_image") -> tuple[list[Image.Image], dict | None]:
+        """The images at their stage-II sizes (``sizing``: ``STAGE2_SIZINGS``); returns them and the record
+        of what was done (``size``: the first image's; each image's own under ``images``)."""
+        if sizing not in STAGE2_SIZINGS:
+            raise InputError("stage2_sizing", f"must be one of {', '.join(STAGE2_SIZINGS)}, got {sizing!r}")
         if not images:
             return [], None
         first = self.plan(images[0].size)
         out, placements = [], []
         for img in images:
             record: dict = {"input": list(img.size)}
+            target = first.size if sizing == "shared" else self.plan(img.size).size
             if self.pre is not None:
                 pre = self.pre(img.size)
                 img = pre.placement.apply(img)
                 record["pre"] = pre.record()
-            p = place(img.size, first.size, self.limits.multiple)
+            p = place(img.size, target, self.limits.multiple)
             out.append(p.apply(img))
-            placements.append({**record, "resize": list(p.resize), "pad": list(p.pad) if p.pad else None})
-        return out, {"rule": self.rule_name, "size": list(first.size), "images": placements}
+            placements.append({**record, "size": list(target), "resize": list(p.resize),
+                               "pad": list(p.pad) if p.pad else None})
+        return out, {"rule": self.rule_name, "sizing": sizing, "size": list(first.size), "images": placements}
 
 
 def stage2_cap(params) -> int | None:
@@ -269,9 +282,16 @@ def stage2_cap(params) -> int | None:
     return cap
 
 
-def prepare_contents(contents, stage2: Stage2Sizing | None) -> tuple[list[list], list[dict | None]]:
-    """Every request's images (PIL parts) at its first image's stage-II size; text parts untouched.
-    Returns the new contents and one record per request (``None`` for a request without images)."""
+def stage2_sizing_of(params) -> str:
+    """A call's stage-II sizing (``STAGE2_SIZINGS``), where the answer parameters carry one."""
+    return getattr(params, "stage2_sizing", None) or "per_image"
+
+
+def prepare_contents(contents, stage2: Stage2Sizing | None, params=None) -> tuple[list[list], list[dict | None]]:
+    """Every request's images (PIL parts) at their stage-II sizes (``params.stage2_sizing``: each its own,
+    or all at the first image's); text parts untouched. Returns the new contents and one record per
+    request (``None`` for a request without images)."""
+    sizing = stage2_sizing_of(params)
     out, records = [], []
     for parts in contents:
         parts = list(parts)
@@ -280,7 +300,7 @@ def prepare_contents(contents, stage2: Stage2Sizing | None) -> tuple[list[list],
             out.append(parts)
             records.append(None)
             continue
-        images, record = stage2.prepare([parts[i] for i in idx])
+        images, record = stage2.prepare([parts[i] for i in idx], sizing)
         for i, img in zip(idx, images):
             parts[i] = img
         out.append(parts)

@@ -61,13 +61,17 @@ class AnswerParams:
     temperature: float
     stage2_max_pixels: int | None
     """Cap on each stage-II image (None: the backend's, by default its processor's own ``max_pixels``)."""
+    stage2_sizing: str
+    """``per_image``: each stage-II image sized from its own size (the references); ``shared``: all at the
+    first image's (``g2u.sizing.STAGE2_SIZINGS``)."""
     return_scores: bool
     """Ask the backend for token probabilities (``Answer.prob``): the confidence gate and the
     ``confidence``/``agreement`` selections read them."""
 
     def group_key(self) -> tuple:
         """Answers whose keys match can share one batched ``answer`` call."""
-        return (self.max_new_tokens, self.temperature, self.return_scores, self.stage2_max_pixels)
+        return (self.max_new_tokens, self.temperature, self.return_scores, self.stage2_max_pixels,
+                self.stage2_sizing)
 
 
 @dataclass
@@ -104,6 +108,8 @@ class G2URequest:
     order: tuple[str, ...]
     layout: str
     """Stage-II layout of a thought mode: ``paper``, ``labelled`` or ``multiturn`` (``g2u.answer_prompt``)."""
+    replace_min_psnr: float | None
+    """``replace`` only: answer from Î only when PSNR(Î, I) exceeds this (dB), else from I (``g2u.replace_gate``)."""
     reasoning_tokens: int
     """Token budget of the ``textual_cot`` reasoning."""
     return_thought: bool

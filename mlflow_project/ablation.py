@@ -32,6 +32,11 @@ GRID: list[tuple[str, dict[str, str]]] = [
                                   "layout": "multiturn"}),
     ("g2u self-prompt", {"modes": "baseline,g2u", "writer": "self", "family": ""}),
     ("g2u openai writer", {"modes": "baseline,g2u", "writer": "openai", "family": ""}),
+    # The readings where the harnesses differ (issue 24): the authors' replace rule, lmms-eval's order.
+    ("replace PSNR>25 (authors)", {"modes": "baseline,replace", "writer": "library", "family": "enhancement",
+                                   "replace_min_psnr": "25"}),
+    ("g2u P_E [I, Î, q] (lmms-eval order)", {"modes": "baseline,g2u", "writer": "library", "family": "enhancement",
+                                              "order": "lmms_eval"}),
     ("vae_concat P_E (library)", {"modes": "baseline,vae_concat", "writer": "library", "family": "enhancement"}),
     # Beyond the paper (issue 17): what to imagine, and whether to.
     ("g2u router", {"modes": "baseline,g2u", "writer": "route", "family": ""}),

@@ -1,4 +1,4 @@
-"""Golden tensors from the official BAGEL code, for ``tests/test_backend_bagel_golden.py``.
+"""Golden data from the official BAGEL code, for ``tests/test_backend_bagel_golden.py``.
 
 Usage (from the repository root, with the project's venv)::
 
@@ -7,21 +7,36 @@ Usage (from the repository root, with the project's venv)::
     pip install --no-deps --target /tmp/bagel_ref_env transformers==4.49.0 tokenizers==0.21.0 \\
         huggingface_hub==0.29.1 einops==0.8.1
     python scripts/bagel_golden.py --bagel-src /tmp/bagel_ref --ref-site /tmp/bagel_ref_env
+    # the released precision, for measuring the bf16 floor only (not stored):
+    python scripts/bagel_golden.py --bagel-src /tmp/bagel_ref --ref-site /tmp/bagel_ref_env \\
+        --dtype bfloat16 --out /tmp/bagel_golden_bf16
 
 What it does:
 1. builds the seeded tiny BAGEL demo checkpoint (``g2u.demo.bagel.build_bagel_demo``, seed 0) in a temp dir;
 2. runs the *official* code (checkout outside this repo, never copied into it) on it in a subprocess whose
    path starts with the ``--ref-site`` packages (the transformers release their vendored Qwen2/SigLIP code
    was written against) and small run-time shims for what a CPU machine lacks:
-   ``flash_attn.flash_attn_varlen_func`` (per-sequence SDPA in float32 on the bf16 inputs their attention
-   passes it), ``torchvision`` (only the PIL bicubic resize / ToTensor / Normalize that ``ImageTransform``
-   calls, which is what torchvision does for PIL images) and an empty ``cv2`` (training augmentations only);
-3. writes ``tests/golden/bagel/golden.safetensors`` and ``meta.json``: understanding logits and greedy
-   tokens, the VAE round trip, the initial noise, the first CFG velocity and the latents/image of a 3-step
-   edit, and the think plan's tokens.
-
-The AE posterior is read at its mean (``reg.sample = False``) so the goldens do not depend on an RNG draw
-inside the reference; the edit's initial noise is recorded and fed to our sampler by the test.
+   ``flash_attn.flash_attn_varlen_func`` (per-sequence SDPA in float32, cast back to the input dtype),
+   ``torchvision`` (only the PIL bicubic resize / ToTensor / Normalize that ``ImageTransform`` calls, which
+   is what torchvision does for PIL images) and an empty ``cv2`` (training augmentations only);
+3. ``--dtype float32`` (the stored goldens): the reference's hard-coded ``.to(torch.bfloat16)`` casts and
+   its bf16 autocast are the only thing between it and float32, so in that process ``torch.bfloat16`` is
+   aliased to ``torch.float32`` and autocast is off; the model then runs in float32 end to end, as ours
+   does in the tests. ``--dtype bfloat16`` is the released inference (bf16 weights, CPU bf16 autocast);
+4. writes ``golden.safetensors`` and ``meta.json`` (small: the tiny demo at 64×48):
+   * understanding (``understanding_output=True``), plain and with ``think``: every text segment the
+     inferencer laid out (token ids, ``<|im_start|>``/``<|im_end|>`` included), the lm-head logits, the
+     generated ids and text;
+   * the VAE: its input pixels and posterior mean;
+   * edits over a grid of settings (``EDIT_CASES``: image CFG 1 and > 1, CFG intervals whose bounds
+     fall between grid points, every renorm type, a binding renorm minimum, text CFG 1 with image CFG 2),
+     each run end to end as the inferencer does after ``torch.manual_seed(seed)`` (posterior sampled,
+     then the initial noise): the posterior sample, the initial noise, the guided velocity of every step
+     and the decoded uint8 image;
+   * an edit with ``think``: the laid-out segments (planning system prompt, prompt, re-read plan), the
+     plan's ids and text and the decoded image;
+   * the reference's defaults: ``interleave_inference``/``gen_image`` signatures, the editing cells of
+     ``inference.ipynb``, ``app.py``'s ``edit_image``, and its two think system prompts verbatim.
 """
 
 from __future__ import annotations
@@ -39,12 +54,29 @@ SEED = 0
 QUESTION = "What is in the picture?"
 EDIT_PROMPT = "sharpen the details"
 INPUT_SIZE = (96, 64)
-TEXT_TOKENS = 6
-THINK_TOKENS = 6
-EDIT_STEPS = 3
-NOISE_SEED = 123
-EDIT = {"cfg_text_scale": 4.0, "cfg_img_scale": 1.0, "cfg_interval": [0.0, 1.0], "timestep_shift": 3.0,
-        "cfg_renorm_min": 0.0, "cfg_renorm_type": "text_channel"}
+TEXT_TOKENS = 8
+THINK_TOKENS = 8
+THINK_EDIT_STEPS = 3
+PAPER = {"cfg_text_scale": 4.0, "cfg_img_scale": 1.0, "cfg_interval": [0.0, 1.0], "timestep_shift": 3.0,
+         "cfg_renorm_min": 0.0, "cfg_renorm_type": "text_channel"}
+EDIT_CASES = {
+    # the paper's recipe (our defaults) on a longer grid
+    "paper": {**PAPER, "num_timesteps": 8, "seed": 11},
+    # image CFG on; the interval [0.4, 0.9] leaves t = 1, 0.947 (above) and 0.333 (below) unguided
+    "image_cfg_interval": {**PAPER, "cfg_img_scale": 2.0, "cfg_interval": [0.4, 0.9], "num_timesteps": 8,
+                           "seed": 12},
+    # global renorm whose minimum binds (the demo's ratio |v| / |guided| is ~0.845 here), another shift,
+    # the inferencer's default interval
+    "global_renorm_min": {**PAPER, "cfg_text_scale": 6.0, "cfg_img_scale": 1.5, "cfg_interval": [0.4, 1.0],
+                          "timestep_shift": 2.0, "cfg_renorm_type": "global", "cfg_renorm_min": 0.9,
+                          "num_timesteps": 7, "seed": 13},
+    # per-token renorm whose minimum binds for some tokens (ratios 0.90–0.97)
+    "channel": {**PAPER, "cfg_text_scale": 3.0, "cfg_img_scale": 1.5, "cfg_renorm_type": "channel",
+                "cfg_renorm_min": 0.93, "num_timesteps": 6, "seed": 14},
+    # text CFG off, image CFG on: the reference applies no guidance at all
+    "image_cfg_only": {**PAPER, "cfg_text_scale": 1.0, "cfg_img_scale": 2.0, "num_timesteps": 5, "seed": 15},
+}
+THINK_EDIT = {**PAPER, "num_timesteps": THINK_EDIT_STEPS, "seed": 16}
 
 FLASH_ATTN_SHIM = '''
 import torch
@@ -153,11 +185,68 @@ def golden_picture():
     return Image.fromarray(arr.astype(np.uint8), "RGB")
 
 
-# ------------------------------------------------------------------------------- reference process
-def run_reference(ckpt: Path, out: Path) -> None:  # pragma: no cover - runs under the reference's env
-    import torch
-    from data.transforms import ImageTransform
+# ------------------------------------------------------------------------------- reference defaults
+def _call_defaults(tree, name: str) -> dict:
+    """Keyword defaults of a function ``name`` in a parsed module (literals only)."""
+    import ast
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            args = node.args.args[len(node.args.args) - len(node.args.defaults):]
+            return {a.arg: ast.literal_eval(d) for a, d in zip(args, node.args.defaults)}
+    raise SystemExit(f"{name} not found in the reference")
+
+
+def reference_defaults(src: Path) -> dict:
+    """The sampler settings the reference ships: the inferencer's signatures, the notebook's editing
+    cells (an input image and a prompt) and the demo app's ``edit_image``."""
+    import ast
+    import inspect
+
     from inferencer import InterleaveInferencer
+
+    def sig(fn):
+        return {k: (list(v.default) if isinstance(v.default, tuple) else v.default)
+                for k, v in inspect.signature(fn).parameters.items() if v.default is not inspect.Parameter.empty}
+
+    cells = []
+    for cell in json.loads((src / "inference.ipynb").read_text())["cells"]:
+        text = "".join(cell["source"])
+        if cell["cell_type"] == "code" and text.startswith("inference_hyper=dict("):
+            call = ast.parse(text).body[0].value
+            cells.append({k.arg: ast.literal_eval(k.value) for k in call.keywords})
+    edit_cells = [c for c in cells if c.get("cfg_renorm_type") == "text_channel"]  # the two editing cells
+    return {"interleave_inference": sig(InterleaveInferencer.interleave_inference),
+            "gen_image": sig(InterleaveInferencer.gen_image),
+            "notebook_edit": edit_cells,
+            "app_edit_image": _call_defaults(ast.parse((src / "app.py").read_text()), "edit_image")}
+
+
+# ------------------------------------------------------------------------------- reference process
+def run_reference(ckpt: Path, out: Path, dtype: str) -> None:  # pragma: no cover - the reference's env
+    import contextlib
+
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file, save_file  # its dtype table is read before any alias below
+
+    if dtype == "float32":
+        # The reference hard-codes ``.to(torch.bfloat16)`` in attention and the MoT layers; aliasing the
+        # name runs exactly its code in float32. Autocast is off (their autocast("cuda") becomes a no-op).
+        torch.bfloat16 = torch.float32
+        torch.autocast = torch.amp.autocast = lambda *a, **k: contextlib.nullcontext()
+    else:
+        # The released inference: bf16 weights under CUDA autocast; on a CPU the same bf16 matmuls.
+        _autocast = torch.autocast
+
+        class CpuAutocast(_autocast):
+            def __init__(self, device_type, *a, **k):
+                super().__init__("cpu", *a, **{**k, "dtype": torch.bfloat16})
+
+        torch.autocast = torch.amp.autocast = CpuAutocast
+
+    from data.transforms import ImageTransform
+    from inferencer import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT, InterleaveInferencer
     from modeling.autoencoder import AutoEncoder, AutoEncoderParams
     from modeling.bagel import (
         Bagel,
@@ -167,17 +256,7 @@ def run_reference(ckpt: Path, out: Path) -> None:  # pragma: no cover - runs und
         SiglipVisionConfig,
         SiglipVisionModel,
     )
-    from safetensors.torch import load_file, save_file
 
-    # The official inference runs the model in bfloat16 under CUDA autocast; on a CPU the same autocast
-    # (bf16 matmuls) is CPU autocast: route their autocast("cuda") calls there.
-    _autocast = torch.autocast
-
-    class CpuAutocast(_autocast):
-        def __init__(self, device_type, *a, **k):
-            super().__init__("cpu", *a, **{**k, "dtype": torch.bfloat16})
-
-    torch.autocast = torch.amp.autocast = CpuAutocast
     torch.manual_seed(SEED)
     llm_config = Qwen2Config.from_json_file(str(ckpt / "llm_config.json"))
     llm_config.qk_norm, llm_config.tie_word_embeddings = True, False
@@ -195,7 +274,6 @@ def run_reference(ckpt: Path, out: Path) -> None:  # pragma: no cover - runs und
                                   scale_factor=0.3611, shift_factor=0.1159)
     ae = AutoEncoder(ae_params)
     ae.load_state_dict(ae_sd, strict=True)
-    ae.reg.sample = False
     ae.eval()
     ema = load_file(str(ckpt / "ema.safetensors"))
     latent_side = int(ema["latent_pos_embed.pos_embed"].shape[0] ** 0.5)
@@ -209,7 +287,7 @@ def run_reference(ckpt: Path, out: Path) -> None:  # pragma: no cover - runs und
     if missing or unexpected:
         raise SystemExit(f"reference model does not take the demo checkpoint: missing {missing}, "
                          f"unexpected {unexpected}")
-    model = model.to(torch.bfloat16).eval()  # as the released inference (checkpoint loaded in bf16)
+    model = model.to(torch.bfloat16).eval()  # the released inference's dtype (float32 under the alias)
 
     from tokenizers import Tokenizer
 
@@ -234,54 +312,110 @@ def run_reference(ckpt: Path, out: Path) -> None:  # pragma: no cover - runs und
     inf = InterleaveInferencer(model, ae, tok, vae_transform, vit_transform, ids)
     image = golden_picture()
 
-    logits: list[torch.Tensor] = []
-    hook = model.language_model.lm_head.register_forward_hook(lambda m, i, o: logits.append(o.detach().float()))
-    text = inf.interleave_inference([image, QUESTION], understanding_output=True, max_think_token_n=TEXT_TOKENS,
-                                    do_sample=False)[0]
-    text_logits = torch.cat(logits)
-    logits.clear()
-    think = inf.interleave_inference([image, EDIT_PROMPT], think=True, max_think_token_n=THINK_TOKENS,
-                                     do_sample=False, num_timesteps=2, **EDIT)
-    think_logits = torch.cat(logits)
-    hook.remove()
+    # --- what each run lays out, generates and computes, captured by wrapping the reference's methods
+    sinks: dict[str, list] = {"segments": [], "generated": [], "logits": [], "posterior": [], "noise": [],
+                              "velocity": []}
 
-    resized = vae_transform.resize_transform(image)
+    def tap(obj, name, sink, pick):
+        orig = getattr(obj, name)
+
+        def wrapper(*a, **k):
+            result = orig(*a, **k)
+            sinks[sink].append(pick(result))
+            return result
+
+        setattr(obj, name, wrapper)
+
+    # Every text is laid out into the conditional context and again into the image-free CFG context; the
+    # conditional one is the context dict the inferencer passes first (it is updated in place).
+    contexts: list = []
+
+    def tagged(name):
+        orig = getattr(inf, name)
+
+        def wrapper(item, ctx, *a, **k):
+            if not contexts:
+                contexts.append(ctx)
+            kind = "cond" if ctx is contexts[0] else "image_free"
+            before = len(sinks["segments"])
+            result = orig(item, ctx, *a, **k)
+            for seg in sinks["segments"][before:]:
+                seg.setdefault("context", kind)
+            return result
+
+        setattr(inf, name, wrapper)
+
+    tagged("update_context_text")
+    tagged("update_context_image")
+    tap(model, "prepare_prompts", "segments", lambda r: {"ids": r[0]["packed_text_ids"].tolist()})
+    tap(model, "generate_text", "generated", lambda r: r[:, 0].tolist()[1:])  # without the start token
+    tap(model, "prepare_vae_latent", "noise", lambda r: r["packed_init_noises"].float().clone())
+    tap(model, "_forward_flow", "velocity", lambda r: r.detach().float().clone())
+    tap(ae, "encode", "posterior", lambda r: r.detach().float().clone())
+    model.language_model.lm_head.register_forward_hook(lambda m, i, o: sinks["logits"].append(o.detach().float()))
+
+    def run(inputs, seed=None, **kw):
+        for s in sinks.values():
+            s.clear()
+        contexts.clear()
+        if seed is not None:
+            torch.manual_seed(seed)
+        result = inf.interleave_inference(inputs, **kw)
+        got = {k: list(v) for k, v in sinks.items()}
+        segs = got.pop("segments")
+        got["segments"] = [s["ids"] for s in segs if s["context"] == "cond"]
+        got["image_free_segments"] = [s["ids"] for s in segs if s["context"] == "image_free"]
+        return result, got
+
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict = {"bagel_commit": os.environ.get("BAGEL_COMMIT", "unknown"), "reference_dtype": dtype,
+                  "seed": SEED, "question": QUESTION, "edit_prompt": EDIT_PROMPT, "input_size": list(INPUT_SIZE),
+                  "resized": list(vae_transform.resize_transform(image).size),
+                  "vlm_think_system_prompt": VLM_THINK_SYSTEM_PROMPT,
+                  "gen_think_system_prompt": GEN_THINK_SYSTEM_PROMPT,
+                  "defaults": reference_defaults(Path.cwd())}
+
+    def uint8(img):
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
+
+    # understanding, plain and with the reasoning system prompt
+    for name, think in (("understanding", False), ("understanding_think", True)):
+        budget = TEXT_TOKENS if not think else THINK_TOKENS
+        (text,), got = run([image, QUESTION], think=think, understanding_output=True, max_think_token_n=budget,
+                           do_sample=False)
+        tensors[f"{name}_logits"] = torch.cat(got["logits"]).contiguous()
+        meta[name] = {"budget": budget, "text": text, "generated": got["generated"][0], "segments": got["segments"]}
+
+    # the VAE: the transform's pixels and the posterior mean
     pixels = vae_transform(image)[None]
+    ae.reg.sample = False
     with torch.no_grad():
-        z = ae.encode(pixels)
-        recon = ae.decode(z)
+        tensors["vae_pixels"] = pixels.float().contiguous()
+        tensors["vae_mean"] = ae.encode(pixels).float().contiguous()
+    ae.reg.sample = True  # as released: the edits below sample the posterior
 
-    noises, velocities, final = [], [], []
-    prep, flow, dec = model.prepare_vae_latent, model._forward_flow, inf.decode_image
-    model.prepare_vae_latent = lambda *a, **k: (lambda r: noises.append(r["packed_init_noises"].clone()) or r)(
-        prep(*a, **k))
-    model._forward_flow = lambda *a, **k: (lambda v: velocities.append(v.detach().clone()) or v)(flow(*a, **k))
-    inf.decode_image = lambda latent, shape: final.append(latent.detach().clone()) or dec(latent, shape)
-    torch.manual_seed(NOISE_SEED)
-    edited = inf.interleave_inference([image, EDIT_PROMPT], num_timesteps=EDIT_STEPS, **EDIT)[-1]
+    meta["edits"] = {}
+    for name, case in EDIT_CASES.items():
+        settings = {k: v for k, v in case.items() if k != "seed"}
+        (edited,), got = run([image, EDIT_PROMPT], seed=case["seed"], **settings)
+        tensors[f"{name}_posterior"] = got["posterior"][0].contiguous()
+        tensors[f"{name}_noise"] = got["noise"][0].contiguous()
+        tensors[f"{name}_velocities"] = torch.stack(got["velocity"]).contiguous()
+        tensors[f"{name}_image"] = uint8(edited)
+        meta["edits"][name] = {**case, "segments": got["segments"],
+                               "image_free_segments": got["image_free_segments"]}
 
-    import numpy as np
+    settings = {k: v for k, v in THINK_EDIT.items() if k != "seed"}
+    (plan, edited), got = run([image, EDIT_PROMPT], seed=THINK_EDIT["seed"], think=True,
+                              max_think_token_n=THINK_TOKENS, do_sample=False, **settings)
+    tensors["think_edit_image"] = uint8(edited)
+    tensors["think_edit_velocities"] = torch.stack(got["velocity"]).contiguous()
+    meta["think_edit"] = {**THINK_EDIT, "budget": THINK_TOKENS, "plan": plan, "generated": got["generated"][0],
+                          "segments": got["segments"], "image_free_segments": got["image_free_segments"]}
 
     out.mkdir(parents=True, exist_ok=True)
-    save_file({
-        "text_logits": text_logits.contiguous(),
-        "text_tokens": text_logits.argmax(-1),
-        "think_tokens": think_logits.argmax(-1),
-        "vae_pixels": pixels.contiguous(),
-        "vae_latents": z.contiguous(),
-        "vae_recon": recon.float().contiguous(),
-        "edit_noise": noises[0].float().contiguous(),
-        "edit_velocity0": velocities[0].float().contiguous(),
-        "edit_latents": final[0].float().contiguous(),
-        "edit_image": torch.from_numpy(np.asarray(edited, dtype=np.uint8).copy()),
-    }, str(out / "golden.safetensors"))
-    (out / "meta.json").write_text(json.dumps({
-        "bagel_commit": os.environ.get("BAGEL_COMMIT", "unknown"), "seed": SEED, "question": QUESTION,
-        "edit_prompt": EDIT_PROMPT, "input_size": list(INPUT_SIZE), "resized": list(resized.size),
-        "text": text, "think_plan": think[0] if isinstance(think[0], str) else None, "edit": EDIT,
-        "edit_steps": EDIT_STEPS, "noise_seed": NOISE_SEED, "text_tokens": TEXT_TOKENS,
-        "think_tokens": THINK_TOKENS,
-    }, indent=2) + "\n")
+    save_file(tensors, str(out / "golden.safetensors"))
+    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
 # ------------------------------------------------------------------------------- driver
@@ -290,11 +424,13 @@ def main() -> None:
     parser.add_argument("--bagel-src", type=Path, help="checkout of ByteDance-Seed/Bagel (outside this repo)")
     parser.add_argument("--ref-site", type=Path, help="folder with the reference's python packages")
     parser.add_argument("--bagel-commit", default=PINNED_COMMIT, help="the commit the checkout is at")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="the reference's precision (stored goldens: float32)")
     parser.add_argument("--out", type=Path, default=Path("tests/golden/bagel"))
     parser.add_argument("--reference", type=Path, help=argparse.SUPPRESS)  # internal: checkpoint dir
     args = parser.parse_args()
     if args.reference is not None:
-        run_reference(args.reference, args.out)
+        run_reference(args.reference, args.out, args.dtype)
         return
     if args.bagel_commit != PINNED_COMMIT:
         raise SystemExit(f"goldens are pinned to {PINNED_COMMIT}; got {args.bagel_commit}")
@@ -309,8 +445,8 @@ def main() -> None:
         path = [str(tmp / "shims"), str(args.ref_site or ""), str(args.bagel_src.resolve()),
                 str(Path(__file__).resolve().parent)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p), "BAGEL_COMMIT": args.bagel_commit}
-        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--reference", str(ckpt),
-                        "--out", str(args.out.resolve())], check=True, cwd=args.bagel_src, env=env)
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--reference", str(ckpt), "--dtype",
+                        args.dtype, "--out", str(args.out.resolve())], check=True, cwd=args.bagel_src, env=env)
     print(f"goldens written to {args.out}")
 
 

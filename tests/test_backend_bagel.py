@@ -151,7 +151,8 @@ def test_batched_cfg_equals_unbatched(backend):
     assert not torch.allclose(batched, plain, atol=1e-3)  # guidance does change the result
 
 
-@pytest.mark.parametrize(("text_cfg", "image_cfg", "rows_per_request"), [(1.0, 1.0, 1), (4.0, 1.0, 2), (4.0, 2.0, 3)])
+@pytest.mark.parametrize(("text_cfg", "image_cfg", "rows_per_request"),
+                         [(1.0, 1.0, 1), (4.0, 1.0, 2), (4.0, 2.0, 3), (1.0, 2.0, 1)])
 def test_a_branch_at_scale_one_is_never_computed(backend, text_cfg, image_cfg, rows_per_request):
     """Count the language model's forwards and their rows during one edit of two requests."""
     calls: list[tuple[int, int]] = []

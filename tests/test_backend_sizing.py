@@ -99,11 +99,14 @@ def test_qwen_vl_stage2_size_passes_the_processor_unchanged(shape, processor):
     assert smart_resize(h, w, 28, lo, hi) == (h, w)
 
 
-def test_stage2_cap_bounds_a_40_megapixel_input_and_both_images_share_the_size():
+def test_stage2_cap_bounds_a_40_megapixel_input_per_image_and_shared():
     cap = 1024 * 1024
     sizing = qwen_vl_stage2(3136, 12845056, cap=cap)
     original, thought = Image.new("RGB", (8000, 5000)), Image.new("RGB", (1216, 768))
-    images, record = sizing.prepare([original, thought])
+    images, record = sizing.prepare([original, thought])  # each on its own (the default)
+    assert [im.size for im in images] == [tuple(r["size"]) for r in record["images"]]
+    assert all(w * h <= cap for w, h in (im.size for im in images))
+    images, record = sizing.prepare([original, thought], "shared")
     assert images[0].size == images[1].size == tuple(record["size"])
     assert record["size"][0] * record["size"][1] <= cap
     uncapped = qwen_vl_stage2(3136, 12845056).plan((8000, 5000)).size

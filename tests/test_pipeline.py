@@ -214,8 +214,11 @@ def test_stage_two_layouts(demo_root, rgb_image, layout):
         assert "edited view" in parts[2] and parts[3] is thought
     else:
         roles = [p.role for p in parts if isinstance(p, Turn)]
-        assert roles == ["assistant", "user"] and images == [rgb_image, thought, rgb_image]
+        assert roles == ["user", "assistant", "user"] and images == [rgb_image, thought, rgb_image]
         assert parts[parts.index(Turn("assistant")) + 1] is thought
+        # the authors' strings (PRIS-CV/reverse-flow-mllm): the first user turn asks to enhance first
+        assert texts[0] == f"{texts[1]} Please enhance the image first to help you see the photo more clearly."
+        assert result.to_dict()["answer_prompt"]["layout_source"].startswith("PRIS-CV/reverse-flow-mllm")
 
 
 def test_textual_cot_has_its_own_budget(spy, rgb_image, monkeypatch):

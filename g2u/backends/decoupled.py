@@ -313,7 +313,7 @@ class DecoupledBackend(BackendBase):
         """One batched chat-template generation over all requests (see ``qwen_vl.generate_answers``)."""
         from g2u.backends.qwen_vl import generate_answers
 
-        contents, sizing = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)))
+        contents, sizing = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)), params)
         return with_stage2(generate_answers(self.answer_model, self.processor, contents, params), sizing)
 
 

@@ -8,8 +8,9 @@ to be in the checkpoint — and the pipeline's processor, so the understanding a
 share one set of weights in memory, as in the paper's setting.
 
 Sizes (``g2u.sizing``): the default working size is the stock rule, ``calculate_dimensions(1024², aspect)``
-(demo checkpoints: their marker's area); stage II brings I and Î to the same Qwen2.5-VL ``smart_resize``
-size of the original, capped by ``stage2_max_pixels`` (default: the processor's ``max_pixels``).
+(demo checkpoints: their marker's area); stage II brings I and Î each to the Qwen2.5-VL ``smart_resize``
+size of its own, as stock Qwen2.5-VL processing does (``stage2_sizing: shared``: both at the original's),
+capped by ``stage2_max_pixels`` (default: the processor's ``max_pixels``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers.utils import PIL_INTERPOLATION
 from PIL import Image
 
 from g2u.backends.base import BackendBase, BackendInfo, read_demo_marker, with_stage2
@@ -205,7 +207,10 @@ class QwenImageEditBackend(BackendBase):
         placed at the working size first (resized, padded where a limit forced it: see plan_edit_size)."""
         first = params[0]
         width, height = self._check_params(first, 0)
-        prepared = [place(img.size, (width, height), self.size_multiple).apply(img) for img in images]
+        # Resized with the pipeline's own filter (its VaeImageProcessor's ``resample``, lanczos in stock
+        # diffusers), so an input that needs no padding reaches the model exactly as the stock call's.
+        resample = PIL_INTERPOLATION[self.pipe.image_processor.config.resample]
+        prepared = [place(img.size, (width, height), self.size_multiple).apply(img, resample) for img in images]
         if self.plus:  # the stock Plus pipeline takes one item at a time
             return [self._edit_plus(img, prompt, p, (width, height))
                     for img, prompt, p in zip(prepared, prompts, params)]
@@ -234,8 +239,8 @@ class QwenImageEditBackend(BackendBase):
 
     def answer(self, contents: Sequence[Sequence[ContentPart]], params: AnswerParams) -> list[Answer]:
         """Stage II with the pipeline's own text encoder and processor (no second copy of the weights).
-        Each request's images are first brought to one stage-II size (each answer's ``stage2`` says how)."""
-        contents, sizing = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)))
+        Each request's images are first brought to their stage-II sizes (each answer's ``stage2`` says how)."""
+        contents, sizing = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)), params)
         return with_stage2(generate_answers(self.pipe.text_encoder, self.pipe.processor, contents, params), sizing)
 
 

@@ -7,14 +7,16 @@ requests of a group in one forward per step. With ``think`` a textual plan is de
 planning system prompt) and appended to the conditional context.
 
 Stage II (answer) uses BAGEL's chat layout: each image and each text part becomes its own segment in
-order, and the answer is decoded from ``<|im_start|>`` until ``<|im_end|>``, greedy by default.
+order (a ``multiturn`` turn marker as a segment of its role name), and the answer is decoded from
+``<|im_start|>`` until ``<|im_end|>``, greedy by default.
 ``think_answer`` is BAGEL's own textual reasoning: its understanding think system prompt first, one
 decode that writes ``<think> … </think>`` and then the answer, read after the reasoning.
 
 Sizes (``g2u.sizing``), as BAGEL's inferencer: the working size is its image transform
 (``ImageTransform(1024, 512, 16)``) of the input, and the ViT of the edit context reads that same resized
-image; stage II reads every image of a request at the original's understanding size (the same transform,
-then the ViT's ``ImageTransform(980, 224, 14)``), capped by ``stage2_max_pixels``.
+image; stage II reads every image at its own understanding size (the same transform, then the ViT's
+``ImageTransform(980, 224, 14)``; ``stage2_sizing: shared``: all at the original's), capped by
+``stage2_max_pixels``.
 """
 
 from __future__ import annotations
@@ -96,8 +98,9 @@ class BagelBackend(BackendBase):
         self.register("vae", vae)
 
     def stage2_sizing(self, cap: int | None = None) -> Stage2Sizing:
-        """The understanding size of a request's first image (the inferencer's generation-side resize,
-        then the ViT transform); every image of the request is read at that size."""
+        """The understanding size of an image (the inferencer's generation-side resize, then the ViT
+        transform): each image's own, as the inferencer reads every image (``stage2_sizing: shared``: all
+        at the request's first image's)."""
         patch = self.model.vit_model.patch_size
         max_side = min(VIT_MAX_SIDE, self.model.dims.vit_max_per_side * patch)
         cap = cap or self.stage2_max_pixels
@@ -214,7 +217,8 @@ class BagelBackend(BackendBase):
             model.extend(image_free, [[TextSegment(ids)] for ids in prompt_ids])
         plans: list[str | None] = [None] * rows
         if think_tokens:
-            plan_ids = model.decode(cond.clone(), think_tokens)
+            # The inferencer's budget: ``max_think_token_n`` = N counts its start token, so N − 1 plan tokens.
+            plan_ids = model.decode(cond.clone(), think_tokens - 1)
             # Kept verbatim (special tokens, whitespace) as the reference re-reads its plan.
             plans = [self.tokenizer.decode(ids, skip_special_tokens=False) for ids in plan_ids]
             model.extend(cond, [[TextSegment(self.encode_text(plan))] for plan in plans])
@@ -227,7 +231,7 @@ class BagelBackend(BackendBase):
         """Stage II: one answer per request from its interleaved parts, all requests in one batch."""
         if not contents:
             return []
-        contents, sizing = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)))
+        contents, sizing = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)), params)
         cache = self.answer_context(contents)
         probs: list[list[float]] | None = [] if params.return_scores else None
         ids = self.model.decode(cache, params.max_new_tokens, params.temperature, token_probs=probs)
@@ -247,21 +251,23 @@ class BagelBackend(BackendBase):
                      max_think_tokens: int) -> list[tuple[str, Answer]]:
         """Textual CoT the way BAGEL does it (inferencer ``think=True, understanding_output=True``): its
         understanding think system prompt, then the request's parts, then one decode of at most
-        ``max_think_tokens`` (the request's ``reasoning_tokens``; the inferencer's ``max_think_token_n``) that
-        writes ``<think> reasoning </think> answer``. Returns (reasoning, answer)
-        per request. Where the budget ends before ``</think>`` closes (or nothing follows it), the answer
-        is decoded in a second pass from the parts plus the reasoning, with ``params.max_new_tokens``."""
+        ``max_think_tokens − 1`` tokens (``max_think_tokens`` is the request's ``reasoning_tokens``; the
+        inferencer's ``max_think_token_n`` budget counts its start token) that writes
+        ``<think> reasoning </think> answer``. Returns (reasoning, answer) per request. Where the budget
+        ends before ``</think>`` closes (or nothing follows it), the answer is decoded in a second pass
+        from the parts plus the reasoning, with ``params.max_new_tokens``."""
         if max_think_tokens < 1:
             raise InputError("max_think_tokens", f"must be >= 1, got {max_think_tokens}")
         if not contents:
             return []
-        contents, sizing = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)))
+        contents, sizing = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)), params)
         system = [TextSegment(self.encode_text(VLM_THINK_SYSTEM_PROMPT))]
         rows = [system + [self._segment(part) for part in parts] for parts in contents]
         cache = self.model.new_cache(len(rows))
         self.model.extend(cache, rows)
+        # As the inferencer's ``max_think_token_n``: the budget counts the start token (N − 1 new tokens).
         texts = [self.tokenizer.decode(ids, skip_special_tokens=True)
-                 for ids in self.model.decode(cache, max_think_tokens, params.temperature)]
+                 for ids in self.model.decode(cache, max_think_tokens - 1, params.temperature)]
         out: list[tuple[str, Answer] | None] = [None] * len(texts)
         retry = []
         for i, text in enumerate(texts):
@@ -279,13 +285,17 @@ class BagelBackend(BackendBase):
 
     def answer_context(self, contents: Sequence[Sequence[ContentPart | VaeImage]]) -> KVCache:
         """The prefilled cache of answer prompts (one row per request)."""
-        # BAGEL's chat layout has no role names (each part is its own segment): turn markers are dropped.
-        rows = [[self._segment(part) for part in parts if not isinstance(part, Turn)] for parts in contents]
+        rows = [[self._segment(part) for part in parts] for parts in contents]
         cache = self.model.new_cache(len(rows))
         self.model.extend(cache, rows)
         return cache
 
     def _segment(self, part: ContentPart | VaeImage) -> Segment:
+        """One part as a segment. BAGEL's layout has no roles (each part is its own ``<|im_start|> …
+        <|im_end|>`` segment), so a turn marker (the ``multiturn`` layout) is kept as a segment of its role
+        name, ``<|im_start|>assistant<|im_end|>``: the turns stay visible, in ChatML's role words."""
+        if isinstance(part, Turn):
+            return TextSegment(self.encode_text(part.role))
         if isinstance(part, str):
             return TextSegment(self.encode_text(part))
         if isinstance(part, VaeImage):
@@ -309,6 +319,7 @@ def out_reasoning(text: str) -> str:
 
 
 def _to_image(x: torch.Tensor) -> Image.Image:
-    """``[3, H, W]`` in [-1, 1] → RGB."""
-    arr = ((x * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    """``[3, H, W]`` in [-1, 1] → RGB, truncated to uint8 as the inferencer's ``decode_image`` does
+    (``(x·0.5 + 0.5).clamp(0, 1)·255`` then ``.to(torch.uint8)``; no rounding)."""
+    arr = ((x * 0.5 + 0.5).clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy()
     return Image.fromarray(arr, "RGB")

@@ -45,7 +45,8 @@ class BagelOptions(BaseModel):
 
     think: bool = Field(False, description="decode a textual plan before generating the thought")
     max_think_tokens: int = Field(DEFAULT_MAX_THINK_TOKENS, ge=1, le=4096,
-                                  description="token budget of the `think` plan")
+                                  description="token budget of the `think` plan, as BAGEL's `max_think_token_n` "
+                                              "(it counts the start token: N gives at most N − 1 plan tokens)")
     timestep_shift: float = Field(DEFAULT_TIMESTEP_SHIFT, gt=0.0, le=20.0,
                                   description="flow-matching timestep shift of the sampler")
     cfg_interval: tuple[float, float] = Field(DEFAULT_CFG_INTERVAL,

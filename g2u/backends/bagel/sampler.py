@@ -50,9 +50,12 @@ class SamplerSettings:
 
     @property
     def branches(self) -> tuple[bool, bool]:
-        """(text-free branch needed, image-free branch needed): scale > 1 and the interval is hit."""
+        """(text-free branch needed, image-free branch needed): scale > 1 and the interval is hit. As the
+        reference, image guidance exists only on top of text guidance: with text CFG ≤ 1 no guidance is
+        applied at all (its ``_forward_flow`` returns the conditional velocity), so no branch is run."""
         hit = any(self.guided(t) for t in self.schedule()[0])
-        return hit and self.text_cfg > 1.0, hit and self.image_cfg > 1.0
+        text = hit and self.text_cfg > 1.0
+        return text, text and self.image_cfg > 1.0
 
 
 def combine(v: torch.Tensor, v_text: torch.Tensor | None, v_img: torch.Tensor | None, settings: SamplerSettings,
@@ -61,9 +64,9 @@ def combine(v: torch.Tensor, v_text: torch.Tensor | None, v_img: torch.Tensor | 
 
     Renorm rescales the guided velocity to at most the conditional one's norm (never below
     ``cfg_renorm_min`` of it): over each request's whole latent (``global``), per token (``channel``), or
-    per token on the text guidance only (``text_channel``). With text CFG off and image CFG on, the
-    image guidance is applied alone (the reference skips guidance entirely in that case)."""
-    if v_text is None and v_img is None:
+    per token on the text guidance only (``text_channel``). Without the text branch nothing is applied,
+    as the reference does with text CFG ≤ 1 (its image guidance is nested in the text guidance)."""
+    if v_text is None:
         return v
     kind, low = settings.cfg_renorm_type, settings.cfg_renorm_min
 
@@ -73,18 +76,40 @@ def combine(v: torch.Tensor, v_text: torch.Tensor | None, v_img: torch.Tensor | 
         return (ref_n / (new_n + 1e-8)).clamp(min=low, max=1.0)
 
     if kind == "text_channel":
-        out = v
-        if v_text is not None:
-            out = v_text + settings.text_cfg * (v - v_text)
-            out = out * ratio(v, out, (-1,))
+        out = v_text + settings.text_cfg * (v - v_text)
+        out = out * ratio(v, out, (-1,))
         if v_img is not None:
             out = v_img + settings.image_cfg * (out - v_img)
         return out
-    out = v if v_text is None else v_text + settings.text_cfg * (v - v_text)
+    out = v_text + settings.text_cfg * (v - v_text)
     if v_img is not None:
         out = v_img + settings.image_cfg * (out - v_img)
     dims = (1, 2) if kind == "global" else (-1,)
     return out * ratio(v, out, dims)
+
+
+def guided_velocity(model: BagelModel, cache: KVCache, x: torch.Tensor, t: float, grid: tuple[int, int],
+                    settings: SamplerSettings, batch_cfg: bool = True,
+                    routes: dict[int, object] | None = None) -> torch.Tensor:
+    """The guided velocity of latents ``x`` ``[R, n, C]`` at time ``t``: every CFG branch of the cache
+    that ``t`` needs (inside the interval) in one forward (``batch_cfg``) or one forward each, combined."""
+    rows, n = x.shape[0], x.shape[1]
+    has_text, has_img = settings.branches
+    branches = 1 + has_text + has_img
+    active = branches if settings.guided(t) else 1
+    route = (routes or {}).get(active) or latent_query_route(rows * active, n, model.device)
+    if batch_cfg or active == 1:
+        view = cache if active == branches else cache.view_rows(0, rows * active)
+        v_all = model.velocity(view, x.repeat(active, 1, 1), t, grid, route)
+    else:
+        single = (routes or {}).get(1) or latent_query_route(rows, n, model.device)
+        v_all = torch.cat([model.velocity(cache.view_rows(b * rows, (b + 1) * rows), x, t, grid, single)
+                           for b in range(active)])
+    parts = list(v_all.split(rows))
+    v = parts.pop(0)
+    v_text = parts.pop(0) if active > 1 and has_text else None
+    v_img = parts.pop(0) if active > 1 and has_img else None
+    return combine(v, v_text, v_img, settings)
 
 
 def denoise(model: BagelModel, cache: KVCache, noise: torch.Tensor, grid: tuple[int, int],
@@ -104,18 +129,7 @@ def denoise(model: BagelModel, cache: KVCache, noise: torch.Tensor, grid: tuple[
     x = noise.to(model.device, torch.float32)
     times, deltas = settings.schedule()
     for t, dt in zip(times, deltas):
-        active = branches if settings.guided(t) else 1
-        if batch_cfg or active == 1:
-            view = cache if active == branches else cache.view_rows(0, rows * active)
-            v_all = model.velocity(view, x.repeat(active, 1, 1), t, grid, routes[active])
-        else:
-            v_all = torch.cat([model.velocity(cache.view_rows(b * rows, (b + 1) * rows), x, t, grid, routes[1])
-                               for b in range(active)])
-        parts = list(v_all.split(rows))
-        v = parts.pop(0)
-        v_text = parts.pop(0) if active > 1 and has_text else None
-        v_img = parts.pop(0) if active > 1 and has_img else None
-        x = x - combine(v, v_text, v_img, settings) * dt
+        x = x - guided_velocity(model, cache, x, t, grid, settings, batch_cfg, routes) * dt
         check_deadline("denoising")
     if not torch.isfinite(x).all():
         raise ModelError(f"stage I produced non-finite latents ({settings.steps} steps)")
