@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with mlflow.start_run(run_name=opt(args.run_name) or "ablation") as parent:
         log_params({"benchmark": args.benchmark, "rows": ",".join(label for label, _ in grid),
-                    "checkpoint": args.checkpoint, "endpoint": args.endpoint, "backend": backend or "unknown"})
+                    "checkpoint": args.checkpoint or "", "endpoint": args.endpoint, "backend": backend or "unknown"})
         for label, overrides in grid:
             row_args = argparse.Namespace(**{**vars(args), "prompt": None, "prompt_name": None, "layout": None,
                                              **overrides,
