@@ -42,7 +42,8 @@ class LoaderOptions(BaseModel):
                                                      "checkpoint of the backend)")
     backend: Literal[BACKENDS] | None = Field(None, description="one of " + ", ".join(BACKENDS)
                                               + " (default: detected from the checkpoint's layout)")
-    device: str | None = Field(None, description="cuda, cuda:1, cpu (default: cuda when available)")
+    device: str | None = Field(None, description="cuda, cuda:1, cpu (default: a GPU when available, under "
+                                                 "TorchServe the one it assigned; else the CPU)")
     dtype: Literal[DTYPES] | None = Field(None, description="bfloat16, float16, float32 (default: bf16 on GPU, "
                                                             "fp32 on CPU)")
     offload: Literal[OFFLOAD] = Field("none", description="CPU offload to fit a smaller GPU: "

@@ -14,32 +14,36 @@ import os
 import sys
 from pathlib import Path
 
+from g2u.modes import DEFAULT_EVAL_MODES
 from mlflow_project.common import OUTPUT_DIR, log_params, opt, setup_tracking
 from mlflow_project.evaluate import build_parser as evaluate_parser
 from mlflow_project.evaluate import make_predictor
 from mlflow_project.evaluate import run as run_evaluation
+
+COMPARED = ",".join(DEFAULT_EVAL_MODES)
+"""The G→U rows' modes: the baseline and G→U, as an evaluation compares by default."""
 
 # (row label, overrides of the evaluate arguments)
 GRID: list[tuple[str, dict[str, str]]] = [
     ("baseline", {"modes": "baseline"}),
     ("textual_cot", {"modes": "baseline,textual_cot"}),
     ("replace (P_E)", {"modes": "baseline,replace", "writer": "library", "family": "enhancement"}),
-    ("g2u P_E (library)", {"modes": "baseline,g2u", "writer": "library", "family": "enhancement"}),
-    ("g2u P_X (library)", {"modes": "baseline,g2u", "writer": "library", "family": "extension"}),
-    ("g2u P_E labelled layout", {"modes": "baseline,g2u", "writer": "library", "family": "enhancement",
+    ("g2u P_E (library)", {"modes": COMPARED, "writer": "library", "family": "enhancement"}),
+    ("g2u P_X (library)", {"modes": COMPARED, "writer": "library", "family": "extension"}),
+    ("g2u P_E labelled layout", {"modes": COMPARED, "writer": "library", "family": "enhancement",
                                  "layout": "labelled"}),
-    ("g2u P_E multiturn layout", {"modes": "baseline,g2u", "writer": "library", "family": "enhancement",
+    ("g2u P_E multiturn layout", {"modes": COMPARED, "writer": "library", "family": "enhancement",
                                   "layout": "multiturn"}),
-    ("g2u self-prompt", {"modes": "baseline,g2u", "writer": "self", "family": ""}),
-    ("g2u openai writer", {"modes": "baseline,g2u", "writer": "openai", "family": ""}),
+    ("g2u self-prompt", {"modes": COMPARED, "writer": "self", "family": ""}),
+    ("g2u openai writer", {"modes": COMPARED, "writer": "openai", "family": ""}),
     ("vae_concat P_E (library)", {"modes": "baseline,vae_concat", "writer": "library", "family": "enhancement"}),
     # Beyond the paper (issue 17): what to imagine, and whether to.
-    ("g2u router", {"modes": "baseline,g2u", "writer": "route", "family": ""}),
-    ("g2u 3 candidates (confidence)", {"modes": "baseline,g2u", "writer": "library", "family": "",
+    ("g2u router", {"modes": COMPARED, "writer": "route", "family": ""}),
+    ("g2u 3 candidates (confidence)", {"modes": COMPARED, "writer": "library", "family": "",
                                        "candidates": "3", "selection": "confidence"}),
-    ("g2u 3 candidates (agreement)", {"modes": "baseline,g2u", "writer": "library", "family": "",
+    ("g2u 3 candidates (agreement)", {"modes": COMPARED, "writer": "library", "family": "",
                                       "candidates": "3", "selection": "agreement"}),
-    ("g2u gate τ=0.5", {"modes": "baseline,g2u", "writer": "library", "family": "enhancement",
+    ("g2u gate τ=0.5", {"modes": COMPARED, "writer": "library", "family": "enhancement",
                         "gate": "confidence", "gate_threshold": "0.5"}),
 ]
 """Rows whose modes the model's backend does not offer (``g2u.modes``: vae_concat is BAGEL's) are skipped."""

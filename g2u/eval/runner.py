@@ -38,12 +38,12 @@ class EvalConfig:
     def create(cls, modes: Sequence[str] = ("baseline", "g2u"), model: str = "", **fields: Any) -> EvalConfig:
         """Validated settings: unknown modes and bad fields fail here, before any prediction, with their name."""
         from g2u.errors import InputError
-        from g2u.schema import validate_settings
+        from g2u.schema import PER_SAMPLE_FIELDS, validate_settings
 
         for mode in modes:
             if mode not in MODES:
                 raise InputError("modes", f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-        for name in ("question", "image", "options", "mode", "id", "return_thought"):
+        for name in PER_SAMPLE_FIELDS:
             if fields.get(name) not in (None, ""):
                 raise InputError(name, "is set per sample by the evaluation, not as a setting")
         settings = validate_settings({k: v for k, v in fields.items() if v not in (None, "")})
