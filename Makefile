@@ -21,14 +21,18 @@ $(STAMP): pyproject.toml
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
+# lint-imports: the layering contract of pyproject.toml ([tool.importlinter]); no arrow runs back up.
 test: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 # Unit tests only: no TorchServe, no `mlflow run`, no locust (the e2e marker, pyproject.toml).
 test-fast: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not e2e"
 
 demo: install
