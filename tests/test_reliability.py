@@ -155,14 +155,18 @@ def test_issue15_rows_are_answered_and_normal_requests_keep_being_served(server)
 
 
 def _issued_keys(srv: tsctl.Server) -> dict:
-    """key_file.json once TorchServe has written it (it appears at start, empty for a moment)."""
+    """key_file.json once TorchServe has written it (it appears at start, empty for a moment) and listens
+    on its inference address (it binds after writing the keys)."""
     bound = time.monotonic() + 120  # a hang bound only
     while True:
         try:
-            return json.loads(srv.key_file.read_text())
+            keys = json.loads(srv.key_file.read_text())
+            if tsctl.port_in_use(srv.ports[0]):
+                return keys
         except (OSError, ValueError):
-            assert time.monotonic() < bound and srv.pid() is not None, srv.log_tail()
-            time.sleep(0.2)
+            pass
+        assert time.monotonic() < bound and srv.pid() is not None, srv.log_tail()
+        time.sleep(0.2)
 
 
 def test_an_expired_key_is_refused_and_a_rotation_keeps_clients_working(server, tmp_path):
