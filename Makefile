@@ -22,9 +22,12 @@ $(STAMP): pyproject.toml
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
+# lint-imports: the layering contract of pyproject.toml ([tool.importlinter]); no arrow runs back up.
 test: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(MAKE) --no-print-directory docs-build
 	$(PY) -m pytest -q
 
@@ -50,6 +53,7 @@ ui: install
 # Unit tests only: no TorchServe, no `mlflow run`, no locust (the e2e marker, pyproject.toml).
 test-fast: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not e2e"
 
 demo: install

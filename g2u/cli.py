@@ -9,26 +9,25 @@ import sys
 import time
 from pathlib import Path
 
-from g2u.backends import BACKENDS
-from g2u.memory import OFFLOAD, QUANTIZE
+from g2u.loading import LoaderOptions, add_loader_arguments
 from g2u.schema import add_request_arguments
 
 
 def _predict(args: argparse.Namespace) -> int:
     from g2u.batch import RawItem, run_batch
     from g2u.images import load_image
-    from g2u.pipeline import G2UPipeline
     from g2u.schema import FIELD_NAMES, validate_fields
 
     fields = {name: getattr(args, name) for name in FIELD_NAMES if getattr(args, name, None) is not None}
     image = load_image(args.image)
     if args.thought:  # a thought brought by the caller, read by the same bounded loader as the image
         fields["thought"] = load_image(args.thought, field="thought")
-    # Validate the input before paying for a model load; the backend checks its own modes after.
+    # Validate the input and the loader options before paying for a model load; the backend checks its
+    # own modes after.
     validate_fields({k: v for k, v in fields.items() if k not in ("image", "thought")})
+    options = LoaderOptions.from_namespace(args)
     start = time.perf_counter()
-    pipe = G2UPipeline.from_checkpoint(args.checkpoint, args.backend, device=args.device, dtype=args.dtype,
-                                       offload=args.offload, quantize=args.quantize)
+    pipe = options.load()  # no --checkpoint: the embedded demo checkpoint (g2u.checkpoints)
     load_s = time.perf_counter() - start
     start = time.perf_counter()
     [outcome] = run_batch(pipe, [RawItem(fields, image)])
@@ -88,13 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="path of the input picture")
     add_request_arguments(p, exclude=("image", "return_thought", "thought"), required=("question",))
     p.add_argument("--thought", help="path of a thought image to answer with instead of generating one")
-    p.add_argument("--checkpoint", help="checkpoint folder or hub id (default: the embedded demo checkpoint)")
-    p.add_argument("--backend", choices=list(BACKENDS), help="default: detected from the folder")
-    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
-    p.add_argument("--dtype", help="bfloat16, float16, float32 (default: bf16 on GPU, fp32 on CPU)")
-    p.add_argument("--offload", default="none", choices=OFFLOAD, help="CPU offload to fit a smaller GPU (g2u.memory)")
-    p.add_argument("--quantize", default="none", choices=QUANTIZE,
-                   help="weight-only quantization: int8 (torchao, CPU too), fp8 (torchao), nf4 (bitsandbytes)")
+    add_loader_arguments(p)  # --checkpoint --backend --device --dtype --offload --quantize (g2u.loading)
     p.add_argument("--out", default="outputs", help="folder for the thought PNG")
     p.set_defaults(func=_predict)
 

@@ -8,11 +8,17 @@ from g2u.errors import InputError
 
 _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
            "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
+DTYPES = tuple(_DTYPES)
+"""The dtype names a loader option may give (``auto``/unset: bf16 on a GPU, fp32 on CPU)."""
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
+def resolve_device(device: str | torch.device | None = None, gpu_id: int | str | None = None) -> torch.device:
+    """The device to load on: ``device`` when given, else the GPU (``cuda:<gpu_id>`` when a server assigned
+    one, e.g. TorchServe's ``gpu_id``) where one is available, else the CPU."""
     if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device(f"cuda:{int(gpu_id)}" if gpu_id is not None else "cuda")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:

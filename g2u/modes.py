@@ -35,6 +35,8 @@ MODES: dict[str, Mode] = {m.name: m for m in (
          help="BAGEL ablation: the thought enters as VAE latents instead of ViT features"),
 )}
 DEFAULT_MODE = "g2u"
+DEFAULT_EVAL_MODES = ("baseline", DEFAULT_MODE)
+"""What an evaluation compares when not told otherwise: the plain baseline and the default G→U mode."""
 
 
 def modes_for(backend: str | None) -> tuple[str, ...]:

@@ -7,10 +7,11 @@ A request's field names and values are the client's. Written raw, they
   ``|#hostname:…`` writes series and labels of the client's choosing,
 - rewrite log lines (newlines, carriage returns, ANSI escapes) and roll the logs (megabyte keys).
 
-So a metric label is a field name of the schema or ``unknown`` (``metric_field``), an error kind one of a
-fixed set (``metric_kind``); every log record of the worker goes through ``LogGuard`` (control characters
-escaped, ``[METRICS]`` neutralised outside TorchServe's own metric lines, cut to a bounded length); an error
-body names a field the client invented by a bounded, escaped prefix of it (``shown_field``).
+So a metric label is a field name of the schema or ``unknown`` (``g2u.serving.metric_field``), an error
+kind one of a fixed set (``g2u.serving.metric_kind``); every log record of the worker goes through
+``LogGuard`` (control characters escaped, ``[METRICS]`` neutralised outside TorchServe's own metric lines,
+cut to a bounded length); an error body names a field the client invented by a bounded, escaped prefix of
+it (``g2u.errors.InputError``).
 """
 
 from __future__ import annotations
@@ -47,33 +48,6 @@ def escape(text: str, limit: int = MAX_LOG_CHARS) -> str:
         text = text[:limit]
     text = _UNSAFE.sub(_escape_char, text).replace(_METRIC_MARK, "[METRICS\\]").replace("|#", "|\\#")
     return f"{text}…(+{cut} chars)" if cut > 0 else text
-
-
-def known_fields() -> frozenset[str]:
-    from g2u.schema import FIELD_NAMES
-
-    return frozenset(FIELD_NAMES) | frozenset(EXTRA_FIELDS)
-
-
-def metric_field(name: object) -> str:
-    """The ``Field`` label of an error metric: a schema field (``options[3]`` counts as ``options``) or
-    ``unknown``; never the client's own text, so the number of series is bounded by the schema."""
-    if name in (None, "-"):
-        return "-"
-    base = str(name).split("[", 1)[0]
-    return base if base in known_fields() else "unknown"
-
-
-def metric_kind(kind: object) -> str:
-    return str(kind) if str(kind) in ERROR_KINDS else "other"
-
-
-def shown_field(name: str) -> str:
-    """A field name as an error body may echo it: a known one as is, any other escaped and cut."""
-    base = name.split("[", 1)[0]
-    if base in known_fields() and len(name) <= MAX_FIELD_CHARS:
-        return name
-    return escape(name, MAX_FIELD_CHARS)
 
 
 class LogGuard(logging.Filter):
@@ -114,5 +88,5 @@ def install_log_guard(logger: logging.Logger | None = None) -> LogGuard:
     return guard
 
 
-__all__ = ["ERROR_KINDS", "LogGuard", "escape", "install_log_guard", "metric_field", "metric_kind",
-           "shown_field"]
+__all__ = ["ERROR_KINDS", "EXTRA_FIELDS", "LogGuard", "escape", "install_log_guard",
+           ]

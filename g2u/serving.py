@@ -68,6 +68,29 @@ def install_duplicate_guard() -> bool:
     return True
 
 
+
+# ---------------------------------------------------------------------------------------- metric labels
+def known_fields() -> frozenset[str]:
+    from g2u.safe_text import EXTRA_FIELDS
+    from g2u.schema import FIELD_NAMES
+
+    return frozenset(FIELD_NAMES) | frozenset(EXTRA_FIELDS)
+
+
+def metric_field(name: object) -> str:
+    """The ``Field`` label of an error metric: a schema field (``options[3]`` counts as ``options``) or
+    ``unknown``; never the client's own text, so the number of series is bounded by the schema."""
+    if name in (None, "-"):
+        return "-"
+    base = str(name).split("[", 1)[0]
+    return base if base in known_fields() else "unknown"
+
+
+def metric_kind(kind: object) -> str:
+    from g2u.safe_text import ERROR_KINDS
+
+    return str(kind) if str(kind) in ERROR_KINDS else "other"
+
 # ---------------------------------------------------------------------------------------- cost groups
 @dataclass
 class Group:

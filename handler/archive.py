@@ -18,20 +18,12 @@ from typing import Any
 
 import yaml
 
+from g2u.checkpoints import DEFAULT_DEMO_BACKEND as DEFAULT_DEMO
+from g2u.checkpoints import resolve_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 HANDLER = ROOT / "handler" / "g2u_handler.py"
 MODEL_CONFIG = ROOT / "handler" / "model-config.yaml"
-DEFAULT_DEMO = "qwen_image_edit"
-
-
-def ensure_demo(demo_dir: Path, backend: str = DEFAULT_DEMO, seed: int = 0) -> Path:
-    """The demo checkpoint folder, built once (the demo marker says it is complete)."""
-    from g2u.demo import build_demo_checkpoints, read_demo_marker
-
-    folder = demo_dir / backend
-    if read_demo_marker(folder) is None:
-        build_demo_checkpoints(demo_dir, seed=seed, backends=(backend,))
-    return folder
 
 
 def model_config(checkpoint: str, backend: str | None, overrides: dict[str, Any],
@@ -64,7 +56,8 @@ def build_archive(export_path: Path, *, model_name: str = "g2u", checkpoint: str
             ref = str(path.resolve()) if path.exists() else checkpoint
             cfg = model_config(ref, backend, overrides or {}, template)
         else:
-            demo = ensure_demo(demo_dir, demo_backend)
+            # No checkpoint: the demo's (g2u.checkpoints), built once under demo_dir and packed inside.
+            demo = resolve_checkpoint(None, demo_backend, demo_root=demo_dir)
             shutil.copytree(demo, extra / "checkpoint")
             cfg = model_config("checkpoint", backend, overrides or {}, template)
         (stage / "model-config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -1,6 +1,6 @@
 """Serving overhead per mode: REST p50 latency through TorchServe minus in-process p50 latency.
 
-    python -m handler.bench_overhead [--reps 10] [--steps 30] [--max-batch-delay MS[,MS...]]
+    python -m handler.bench_overhead [--reps 10] [--steps N] [--max-batch-delay MS[,MS...]]
                                      [--concurrency 1,2,4 --requests 12] [--modes g2u]
 
 In-process is what `g2u predict` does after loading the model (the batch path: parse, check, imagine,
@@ -26,9 +26,12 @@ from pathlib import Path
 
 import requests
 
+from g2u.modes import modes_for
+from g2u.schema import field_default
 from handler import archive, tsctl
 
-MODES = ("baseline", "g2u", "replace", "textual_cot")
+MODES = modes_for(archive.DEFAULT_DEMO)
+"""Every mode the served demo checkpoint offers (g2u.modes)."""
 
 
 def sample_png() -> bytes:
@@ -124,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--steps", type=int, default=30, help="denoising steps (the paper's 30 by default)")
+    p.add_argument("--steps", type=int, default=field_default("steps"),
+                   help="denoising steps (default: the schema's, the paper's %(default)s)")
     p.add_argument("--max-batch-delay", default="",
                    help="maxBatchDelay in ms, comma-separated to compare (default: the shipped one)")
     p.add_argument("--modes", default=",".join(MODES), help="modes for the overhead table")

@@ -21,28 +21,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from g2u.batch import Batch, Outcome, RawItem, outcome_body
 from g2u.bodies import check_body, image_from_form_value, parse_json_body
 from g2u.budget import WorkBudget
+from g2u.devices import resolve_device
 from g2u.errors import InputError
-from g2u.images import DEFAULT_MAX_PIXELS, png_bytes
+from g2u.handler_settings import HandlerSettings
+from g2u.images import png_bytes
 from g2u.pipeline import G2UPipeline
-from g2u.safe_text import install_log_guard, metric_field, metric_kind
-from g2u.schema import validate_settings
+from g2u.safe_text import install_log_guard
 from g2u.serving import (
     DUPLICATES,
     CachePrivacy,
     cost_groups,
     describe_body,
     install_duplicate_guard,
+    metric_field,
+    metric_kind,
     refusal,
     send_early,
 )
-from g2u.thought_cache import ThoughtCache
 from g2u.writers import WriterConfig
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,6 @@ STAGE_LATENCY = "g2u_stage_latency_seconds"
 BATCHES = "g2u_batches"
 ERRORS = "g2u_errors"
 STAGES = ("preprocess", "edit", "understand", "postprocess")
-DEFAULT_DEADLINE_S = 300.0
 
 
 def _as_text(value: Any) -> Any:
@@ -98,7 +98,8 @@ class G2UHandler(BaseHandler):
         super().__init__()
         self.pipeline: G2UPipeline | None = None
         self.defaults: dict[str, Any] = {}
-        self.max_pixels = DEFAULT_MAX_PIXELS
+        self.settings = HandlerSettings()  # the model-config's handler: section, read in initialize()
+        self.max_pixels = self.settings.max_pixels
         self.model_name = "g2u"
         self._batch_size = 0
         self.deadline_s: float | None = None
@@ -109,7 +110,8 @@ class G2UHandler(BaseHandler):
 
     # ------------------------------------------------------------------ lifecycle
     def initialize(self, context: Any) -> None:
-        """Load the checkpoint named in the model-config yaml's ``handler:`` section on TorchServe's GPU."""
+        """Load the checkpoint named in the model-config yaml's ``handler:`` section (``HandlerSettings``,
+        validated first: a bad key stops the load with its name) on the GPU TorchServe assigned."""
         self.context = context
         self.manifest = context.manifest
         # Client text never reaches a log line raw, nor a metric label (g2u.safe_text); a repeated form field
@@ -118,56 +120,29 @@ class G2UHandler(BaseHandler):
         install_duplicate_guard()
         props = context.system_properties
         self.model_name = context.model_name or "g2u"
-        cfg = dict((getattr(context, "model_yaml_config", None) or {}).get("handler") or {})
-        gpu_id = props.get("gpu_id")
-        device = f"cuda:{gpu_id}" if torch.cuda.is_available() and gpu_id is not None else "cpu"
-        self.device = torch.device(device)
-        checkpoint = cfg.get("checkpoint")
-        if checkpoint:
-            path = Path(str(checkpoint)).expanduser()
-            # A relative path points inside the extracted .mar (the demo); an absolute one at a real
-            # checkpoint on this machine, never copied into the archive.
-            checkpoint = str(path if path.is_absolute() else Path(props.get("model_dir", ".")) / path)
-        dtype = cfg.get("dtype")
+        settings = HandlerSettings.from_model_config(getattr(context, "model_yaml_config", None))
+        self.settings = settings
+        # g2u.devices picks the device (TorchServe's gpu_id where there is a GPU), once, for the whole load.
+        self.device = resolve_device(settings.device, gpu_id=props.get("gpu_id"))
         # The writers' settings come from the environment (OPENAI_*, G2U_WRITER_*): a bad value stops the
         # model from loading, with its name in the model log, instead of failing every writer request.
         writer_config = WriterConfig.from_env()
-        # The thought cache: model-config's handler.thought_cache, else G2U_THOUGHT_CACHE (unset: none).
-        cache_setting = cfg.get("thought_cache")
-        self.privacy = CachePrivacy.from_setting(cache_setting)
-        if isinstance(cache_setting, dict):  # report_hits is the handler's, not the store's
-            cache_setting = {k: v for k, v in cache_setting.items() if k != "report_hits"}
-        cache = ThoughtCache.from_setting(cache_setting) if cache_setting else "env"
-        self.pipeline = G2UPipeline.from_checkpoint(checkpoint, cfg.get("backend") or None, device=device,
-                                                    dtype=None if dtype in (None, "auto") else dtype,
-                                                    writer_config=writer_config,
-                                                    offload=cfg.get("offload") or "none",
-                                                    quantize=cfg.get("quantize") or "none", thought_cache=cache)
-        defaults = dict(cfg.get("defaults") or {})
-        try:  # the schema checks the configured defaults as it checks requests
-            validate_settings(defaults)
-        except InputError as exc:
-            raise ValueError(f"model-config handler.defaults.{exc.field}: {exc.reason}") from exc
-        self.defaults = defaults
-        self.max_pixels = int(cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
+        options = settings.model_copy(update={"checkpoint": settings.checkpoint_in(props.get("model_dir", ".")),
+                                              "device": str(self.device)})
+        self.pipeline = options.load(writer_config=writer_config, thought_cache=settings.thought_cache_store())
+        self.privacy = CachePrivacy(report_hits=bool(settings.thought_cache and settings.thought_cache.report_hits))
+        self.defaults = dict(settings.defaults)
+        self.max_pixels = settings.max_pixels
         # Responses name the checkpoint (checkpoint_name, else its folder's name); its server path only
         # when report_checkpoint_path is set.
-        if not cfg.get("report_checkpoint_path", False):
+        if not settings.report_checkpoint_path:
             loaded = self.pipeline.backend.info.checkpoint
-            self.pipeline.checkpoint_label = str(cfg.get("checkpoint_name") or Path(loaded.split("+")[0]).name)
+            self.pipeline.checkpoint_label = settings.checkpoint_name or Path(loaded.split("+")[0]).name
         # Per-request work budget and deadline (g2u.budget, g2u.deadline): a request over the budget is refused
         # before any work; one past its deadline is answered 504 while its batch-mates are answered.
-        budget = dict(cfg.get("budget") or {})
-        unknown = sorted(set(budget) - {"max_edit_work", "max_decode_tokens", "max_prompt_tokens", "max_batch_tokens"})
-        if unknown:
-            raise ValueError(f"model-config handler.budget has unknown keys {unknown}")
         self.pipeline.budget = WorkBudget.for_backend(self.pipeline.backend.default_edit_area,
-                                                      backend=self.pipeline.backend, **budget)
-        self.deadline_s = float(cfg.get("deadline_s", DEFAULT_DEADLINE_S))
-        timeout = float((getattr(context, "model_yaml_config", None) or {}).get("responseTimeout", 0) or 0)
-        if timeout and self.deadline_s >= timeout:
-            raise ValueError(f"handler.deadline_s ({self.deadline_s}) must be below responseTimeout ({timeout}): "
-                             "past responseTimeout TorchServe kills the worker")
+                                                      backend=self.pipeline.backend, **settings.budget.model_dump())
+        self.deadline_s = settings.deadline_s
         self._init_metrics(context)
         self.initialized = True
         logger.info("G2U handler ready: %s", json.dumps(self.pipeline.model_info))

@@ -249,10 +249,12 @@ class Server:
         timeouts = ts_log.read_text(errors="replace").count(TIMEOUT_KILL) if ts_log.is_file() else 0
         return died + timeouts
 
-    def wait_ready(self, timeout: float, max_deaths: int = 3) -> dict:
-        """Wait until a worker of the model is READY on the management API (``/ping`` is not enough).
-        Returns the model description; raises TimeoutError, or RuntimeError when the server exited or the
-        worker keeps dying while loading (a broken checkpoint would otherwise be retried until the timeout)."""
+    def wait_ready(self, timeout: float, max_deaths: int = 3, model: str | None = None) -> dict:
+        """Wait until a worker of the model (default: ``model_name``) is READY on the management API
+        (``/ping`` is not enough). Returns the model description; raises TimeoutError, or RuntimeError when
+        the server exited or the worker keeps dying while loading (a broken checkpoint would otherwise be
+        retried until the timeout)."""
+        model = model or self.model_name
         deadline = time.monotonic() + timeout
         last = "no answer yet"
         while time.monotonic() < deadline:
@@ -262,7 +264,7 @@ class Server:
                 raise RuntimeError(f"the model's worker died {self.worker_deaths()} times while loading ({last})")
             try:
                 key = self.keys()["management"]
-                r = requests.get(f"{self.url('management')}/models/{self.model_name}",
+                r = requests.get(f"{self.url('management')}/models/{model}",
                                  headers={"Authorization": f"Bearer {key}"}, timeout=5)
                 if r.status_code == 200:
                     desc = r.json()[0]
@@ -275,7 +277,7 @@ class Server:
             except (OSError, KeyError, ValueError, requests.RequestException) as exc:
                 last = f"{type(exc).__name__}: {exc}"
             time.sleep(0.5)
-        raise TimeoutError(f"model {self.model_name!r} not READY after {timeout:.0f} s ({last})")
+        raise TimeoutError(f"model {model!r} not READY after {timeout:.0f} s ({last})")
 
     def log_tail(self, lines: int = 60) -> str:
         """The end of the model log (the worker's Python traceback) and of the server log."""
@@ -324,19 +326,23 @@ class Server:
 
 def serve_demo(home: Path, *, model_name: str = "g2u", overrides: dict | None = None,
                extra_env: dict[str, str] | None = None, ready_timeout: float = 180,
-               properties: dict[str, str] | None = None) -> Server:
+               properties: dict[str, str] | None = None, extra_models: dict[str, dict] | None = None) -> Server:
     """Archive the demo checkpoint and serve it from ``home`` on free loopback ports, READY when returned
-    (tests, benchmarks and the reliability report). On failure the server is stopped and the error carries
-    the model log's tail."""
+    (tests, benchmarks and the reliability report). ``extra_models``: more names for the same demo, each with
+    its own model-config overrides (e.g. another batch window), all served by the one server. On failure the
+    server is stopped and the error carries the model log's tail."""
     from handler import archive
 
-    archive.build_archive(home / "store", model_name=model_name, demo_dir=home / "demo", overrides=overrides or {})
+    models = {model_name: overrides or {}, **(extra_models or {})}
+    for name, more in models.items():
+        archive.build_archive(home / "store", model_name=name, demo_dir=home / "demo", overrides=more)
     config = render_config(home / "config.properties", ports=Ports.free(), model_store=home / "store",
-                           models=f"{model_name}={model_name}.mar", extra=properties)
+                           models=",".join(f"{name}={name}.mar" for name in models), extra=properties)
     srv = Server(home=home, config=config, model_name=model_name, logs=home / "logs", extra_env=extra_env or {})
     srv.start()
     try:
-        srv.wait_ready(ready_timeout)
+        for name in models:
+            srv.wait_ready(ready_timeout, model=name)
     except Exception as exc:
         tail = srv.log_tail()
         srv.stop()

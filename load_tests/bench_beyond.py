@@ -19,6 +19,7 @@ import time
 from PIL import Image, ImageDraw
 
 from g2u.batch import RawItem, run_batch
+from g2u.checkpoints import resolve_checkpoint
 from g2u.pipeline import G2UPipeline
 from g2u.thought_cache import ThoughtCache
 
@@ -60,7 +61,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
-    pipe = G2UPipeline.from_checkpoint(backend=args.backend, thought_cache=None)
+    pipe = G2UPipeline.from_checkpoint(resolve_checkpoint(None, args.backend), args.backend, thought_cache=None)
     counting = Counting(pipe.backend)
     pipe.backend = counting
     img = picture()

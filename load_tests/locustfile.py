@@ -29,11 +29,14 @@ from locust import HttpUser, between, events, task
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 from PIL import Image
 
+from g2u.modes import MODES as MODE_TABLE
+from g2u.modes import needs_thought
+from g2u.types import FAMILIES
+
 MODEL = os.environ.get("G2U_MODEL", "g2u")
 BAD_SHARE = float(os.environ.get("G2U_BAD_SHARE", "0.05"))
 STEPS = os.environ.get("G2U_STEPS")
 MAX_REQUESTS = int(os.environ.get("G2U_MAX_REQUESTS") or 0)
-FAMILIES = ("enhancement", "extension")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -42,6 +45,8 @@ def _mode_mix() -> tuple[list[str], list[float]]:
     modes, weights = [], []
     for part in spec.split(","):
         name, _, weight = part.partition(":")
+        if name.strip() not in MODE_TABLE:
+            raise ValueError(f"G2U_MODE_MIX: unknown mode {name.strip()!r}; choose from {', '.join(MODE_TABLE)}")
         modes.append(name.strip())
         weights.append(float(weight or 1))
     return modes, weights
@@ -161,7 +166,7 @@ class G2UUser(HttpUser):
         fields: dict = {"question": question, "mode": mode}
         if options:
             fields["options"] = options
-        if mode in ("g2u", "replace"):
+        if needs_thought(mode):  # a mode with a thought gets a prompt family
             fields["family"] = random.choice(FAMILIES)
         if STEPS:
             fields["steps"] = int(STEPS)

@@ -14,37 +14,41 @@ import os
 import sys
 from pathlib import Path
 
+from g2u.modes import DEFAULT_EVAL_MODES
 from mlflow_project.common import OUTPUT_DIR, log_params, opt, setup_tracking
 from mlflow_project.evaluate import build_parser as evaluate_parser
 from mlflow_project.evaluate import make_predictor
 from mlflow_project.evaluate import run as run_evaluation
+
+COMPARED = ",".join(DEFAULT_EVAL_MODES)
+"""The G→U rows' modes: the baseline and G→U, as an evaluation compares by default."""
 
 # (row label, overrides of the evaluate arguments)
 GRID: list[tuple[str, dict[str, str]]] = [
     ("baseline", {"modes": "baseline"}),
     ("textual_cot", {"modes": "baseline,textual_cot"}),
     ("replace (P_E)", {"modes": "baseline,replace", "writer": "library", "family": "enhancement"}),
-    ("g2u P_E (library)", {"modes": "baseline,g2u", "writer": "library", "family": "enhancement"}),
-    ("g2u P_X (library)", {"modes": "baseline,g2u", "writer": "library", "family": "extension"}),
-    ("g2u P_E labelled layout", {"modes": "baseline,g2u", "writer": "library", "family": "enhancement",
+    ("g2u P_E (library)", {"modes": COMPARED, "writer": "library", "family": "enhancement"}),
+    ("g2u P_X (library)", {"modes": COMPARED, "writer": "library", "family": "extension"}),
+    ("g2u P_E labelled layout", {"modes": COMPARED, "writer": "library", "family": "enhancement",
                                  "layout": "labelled"}),
-    ("g2u P_E multiturn layout", {"modes": "baseline,g2u", "writer": "library", "family": "enhancement",
+    ("g2u P_E multiturn layout", {"modes": COMPARED, "writer": "library", "family": "enhancement",
                                   "layout": "multiturn"}),
-    ("g2u self-prompt", {"modes": "baseline,g2u", "writer": "self", "family": ""}),
-    ("g2u openai writer", {"modes": "baseline,g2u", "writer": "openai", "family": ""}),
-    # The readings where the harnesses differ (issue 24): the authors' replace rule, lmms-eval's order.
+    ("g2u self-prompt", {"modes": COMPARED, "writer": "self", "family": ""}),
+    ("g2u openai writer", {"modes": COMPARED, "writer": "openai", "family": ""}),
+    # The readings where the harnesses differ: the authors' replace rule, lmms-eval's order.
     ("replace PSNR>25 (authors)", {"modes": "baseline,replace", "writer": "library", "family": "enhancement",
                                    "replace_min_psnr": "25"}),
-    ("g2u P_E [I, Î, q] (lmms-eval order)", {"modes": "baseline,g2u", "writer": "library", "family": "enhancement",
+    ("g2u P_E [I, Î, q] (lmms-eval order)", {"modes": COMPARED, "writer": "library", "family": "enhancement",
                                               "order": "lmms_eval"}),
     ("vae_concat P_E (library)", {"modes": "baseline,vae_concat", "writer": "library", "family": "enhancement"}),
-    # Beyond the paper (issue 17): what to imagine, and whether to.
-    ("g2u router", {"modes": "baseline,g2u", "writer": "route", "family": ""}),
-    ("g2u 3 candidates (confidence)", {"modes": "baseline,g2u", "writer": "library", "family": "",
+    # Beyond the paper: what to imagine, and whether to.
+    ("g2u router", {"modes": COMPARED, "writer": "route", "family": ""}),
+    ("g2u 3 candidates (confidence)", {"modes": COMPARED, "writer": "library", "family": "",
                                        "candidates": "3", "selection": "confidence"}),
-    ("g2u 3 candidates (agreement)", {"modes": "baseline,g2u", "writer": "library", "family": "",
+    ("g2u 3 candidates (agreement)", {"modes": COMPARED, "writer": "library", "family": "",
                                       "candidates": "3", "selection": "agreement"}),
-    ("g2u gate τ=0.5", {"modes": "baseline,g2u", "writer": "library", "family": "enhancement",
+    ("g2u gate τ=0.5", {"modes": COMPARED, "writer": "library", "family": "enhancement",
                         "gate": "confidence", "gate_threshold": "0.5"}),
 ]
 """Rows whose modes the model's backend does not offer (``g2u.modes``: vae_concat is BAGEL's) are skipped."""
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with mlflow.start_run(run_name=opt(args.run_name) or "ablation") as parent:
         log_params({"benchmark": args.benchmark, "rows": ",".join(label for label, _ in grid),
-                    "checkpoint": args.checkpoint, "endpoint": args.endpoint, "backend": backend or "unknown",
+                    "checkpoint": args.checkpoint or "", "endpoint": args.endpoint, "backend": backend or "unknown",
                     "protocol": args.protocol})
         for label, overrides in grid:
             row_args = argparse.Namespace(**{**vars(args), "prompt": None, "prompt_name": None, "layout": None,

@@ -17,6 +17,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from g2u.modes import DEFAULT_EVAL_MODES
 from mlflow_project.common import OUTPUT_DIR, log_params, opt, setup_tracking
 from mlflow_project.evaluate import build_parser as evaluate_parser
 from mlflow_project.evaluate import run as run_evaluation
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(opt(args.out_dir) or OUTPUT_DIR / "calibrate_gate" / Path(args.benchmark.rstrip("/")).stem)
     with mlflow.start_run(run_name=opt(args.run_name) or "calibrate_gate") as parent:
         log_params({"benchmark": args.benchmark, "max_imagined": target, "thresholds": ",".join(map(str, taus))})
-        eval_args = argparse.Namespace(**{**vars(args), "modes": "baseline,g2u", "gate": "confidence",
+        # Both modes: the baseline's probability decides the gate, the g2u answer is what firing would give.
+        eval_args = argparse.Namespace(**{**vars(args), "modes": ",".join(DEFAULT_EVAL_MODES), "gate": "confidence",
                                           "gate_threshold": "1", "out_dir": str(out_dir), "run_name": "gate τ=1"})
         run_evaluation(eval_args, nested=True)
         records = [json.loads(line) for line in (out_dir / "predictions.jsonl").read_text().splitlines() if line]

@@ -20,15 +20,17 @@ from mlflow_project.common import OUTPUT_DIR, log_params, opt, opt_int, setup_tr
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from g2u.loading import add_loader_arguments
+    from g2u.modes import DEFAULT_EVAL_MODES, MODES
     from g2u.schema import PER_SAMPLE_FIELDS, add_request_arguments
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--benchmark", default="sample", help="file/folder (JSONL, VLMEvalKit TSV, MM-Vet JSON), "
                                                          "'easy-vqa' or 'sample'")
-    p.add_argument("--modes", default="baseline,g2u", help="comma list of g2u.modes (baseline,g2u,replace,"
-                                                           "textual_cot; vae_concat on BAGEL)")
-    p.add_argument("--backend", default="")
-    p.add_argument("--checkpoint", default="", help="checkpoint folder or hub id (default: demo checkpoint)")
+    p.add_argument("--modes", default=",".join(DEFAULT_EVAL_MODES),
+                   help=f"comma list of g2u.modes ({', '.join(MODES)}; vae_concat on BAGEL)")
+    # --checkpoint --backend --device --dtype --offload --quantize ('' = unset; g2u.loading)
+    add_loader_arguments(p)
     p.add_argument("--limit", default="0")
     p.add_argument("--batch-size", dest="batch_size", default="4")
     p.add_argument("--endpoint", default="", help="TorchServe predictions URL: send requests there instead")
@@ -37,8 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", dest="ray_address", default="", help="a Ray cluster (ray://host:10001, auto); "
                                                                          "default: a local Ray")
     p.add_argument("--ray-actors", dest="ray_actors", default="1", help="Ray actors (one pipeline, one GPU each)")
-    p.add_argument("--offload", default="none", help="none, model, sequential, group (g2u.memory; GPU only)")
-    p.add_argument("--quantize", default="none", help="none, int8 (CPU too), fp8, nf4 (GPU) weight-only")
     p.add_argument("--token", default="", help="inference token for --endpoint (default: $G2U_TOKEN)")
     p.add_argument("--out-dir", dest="out_dir", default="", help="default: outputs/eval/<benchmark>-<settings>")
     p.add_argument("--run-name", dest="run_name", default="")
@@ -67,38 +67,42 @@ def config_from_args(args: argparse.Namespace):
 
 def make_predictor(args: argparse.Namespace):
     """One predictor per model: the ablation's rows share it, so a multi-GB checkpoint loads once."""
-    return _predictor(opt(args.endpoint), opt(args.token) or os.environ.get("G2U_TOKEN"), opt(args.checkpoint),
-                      opt(args.backend), opt(args.offload) or "none", opt(args.quantize) or "none",
-                      opt(args.executor) or "local", opt(args.ray_address), int(float(args.ray_actors or 1)))
+    from g2u.loading import LoaderOptions
+
+    return _predictor(opt(args.endpoint), opt(args.token) or os.environ.get("G2U_TOKEN"),
+                      LoaderOptions.from_namespace(args), opt(args.executor) or "local", opt(args.ray_address),
+                      int(float(args.ray_actors or 1)))
 
 
 @functools.lru_cache(maxsize=2)
-def _predictor(endpoint: str | None, token: str | None, checkpoint: str | None, backend: str | None,
-               offload: str, quantize: str, executor: str, ray_address: str | None, ray_actors: int):
+def _predictor(endpoint: str | None, token: str | None, options, executor: str, ray_address: str | None,
+               ray_actors: int):
     from g2u.eval.predictors import EndpointPredictor
 
+    checkpoint, backend, load = options.checkpoint, options.backend, options.load_kwargs()
     if endpoint:
         return EndpointPredictor(endpoint, token=token, backend=backend)
     from g2u.eval.ray_executor import RayPredictor, local_predictor, model_label
 
-    fit = {"offload": offload, "quantize": quantize} if (offload, quantize) != ("none", "none") else {}
     if executor == "ray":  # actors each hold one pipeline (one GPU each where there are GPUs)
         import torch
 
+        fit = {k: v for k, v in load.items() if k in ("quantize", "offload", "dtype") and v is not None}
         label = model_label(checkpoint, backend, **fit)
-        return RayPredictor(functools.partial(local_predictor, checkpoint, backend, **fit), label,
+        return RayPredictor(functools.partial(local_predictor, checkpoint, backend, **load), label,
                             address=ray_address, concurrency=ray_actors,
                             num_gpus=1 if torch.cuda.is_available() else 0)
     if executor != "local":
         raise InputError("executor", f"must be local or ray, got {executor!r}")
-    # A quantized or offloaded model never resumes into the full-precision model's predictions: its dtype
-    # label says so (g2u.memory), and the label is part of the resume key.
-    return local_predictor(checkpoint, backend, **fit)
+    # A quantized, offloaded or other-dtype model never resumes into the full-precision model's predictions:
+    # its identity label says so (g2u.identity), and the label is part of the resume key.
+    return local_predictor(checkpoint, backend, **load)
 
 
 def default_out_dir(args: argparse.Namespace, config) -> Path:
     name = Path(args.benchmark.rstrip("/")).stem or "benchmark"
-    settings = json.dumps([config.key(m) for m in config.modes] + [args.checkpoint, args.endpoint, args.backend])
+    settings = json.dumps([config.key(m) for m in config.modes] + [args.checkpoint or "", args.endpoint,
+                                                                  args.backend or ""])
     return OUTPUT_DIR / "eval" / f"{name}-{hashlib.sha256(settings.encode()).hexdigest()[:10]}"
 
 

@@ -42,13 +42,14 @@ def _present(value: Any) -> bool:
 
 class G2UPyfuncModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from g2u.pipeline import G2UPipeline
+        from g2u.loading import LOADER_FIELDS, LoaderOptions
 
-        config = context.model_config or {}
+        config = dict(context.model_config or {})
         checkpoint = context.artifacts.get("checkpoint") if context.artifacts else None
-        checkpoint = checkpoint or config.get("checkpoint_path")
-        self.pipeline = G2UPipeline.from_checkpoint(checkpoint, config.get("backend") or None,
-                                                    device=config.get("device"), dtype=config.get("dtype"))
+        config["checkpoint"] = checkpoint or config.pop("checkpoint_path", None)
+        # model_config: the loader options (g2u.loading), the checkpoint copied in the artifacts or by path
+        options = LoaderOptions.parse({k: v for k, v in config.items() if k in LOADER_FIELDS})
+        self.pipeline = options.load()
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
         import pandas as pd

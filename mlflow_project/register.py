@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from mlflow_project.common import PROJECT_DIR, log_params, opt, setup_tracking
+from mlflow_project.common import PROJECT_DIR, log_params, setup_tracking
 
 
 def _folder_gb(folder: Path) -> float:
@@ -34,13 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow
     import pandas as pd
 
-    from g2u.demo import ensure_demo_checkpoint
+    from g2u.loading import LoaderOptions, add_loader_arguments
     from mlflow_project.pyfunc_model import G2UPyfuncModel, pyfunc_signature
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--checkpoint", default="", help="folder (default: the demo checkpoint of --backend)")
-    p.add_argument("--backend", default="")
+    add_loader_arguments(p, ("checkpoint", "backend"))  # a folder (default: the demo checkpoint of --backend)
     p.add_argument("--name", default="g2u", help="registered model name")
     p.add_argument("--alias", default="champion")
     p.add_argument("--by-reference", dest="by_reference", default="auto", choices=["auto", "true", "false"])
@@ -48,12 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_tracking()
 
-    checkpoint = Path(opt(args.checkpoint) or ensure_demo_checkpoint(opt(args.backend) or "qwen_image_edit"))
+    options = LoaderOptions.from_namespace(args)
+    checkpoint = Path(options.resolved_checkpoint())
     by_reference = args.by_reference == "true" or (
         args.by_reference == "auto" and _folder_gb(checkpoint) > float(args.copy_limit_gb))
     example = pd.DataFrame([{"image": _sample_image_b64(), "question": "What colour is the picture?",
                              "mode": "g2u", "steps": 2, "seed": 0}])
-    model_config = {"backend": opt(args.backend), "checkpoint_path": str(checkpoint.resolve()) if by_reference
+    model_config = {"backend": options.backend, "checkpoint_path": str(checkpoint.resolve()) if by_reference
                     else None}
     with mlflow.start_run(run_name=f"register-{args.name}") as run:
         log_params({"checkpoint": str(checkpoint), "by_reference": by_reference, "alias": args.alias})

@@ -36,8 +36,8 @@ def _metric(name: str) -> str:
 def run(args: argparse.Namespace) -> dict:
     import mlflow
 
-    from g2u.demo.train import TrainConfig
     from g2u.sandbox.report import ReportConfig, run_report
+    from g2u.sandbox.train import TrainConfig
 
     n, seed = opt_int(args.n) or 280, int(float(args.seed))
     config = ReportConfig(n=n, seed=seed, editor_steps=opt_int(args.editor_steps) or ReportConfig.editor_steps)

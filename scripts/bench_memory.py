@@ -22,10 +22,11 @@ from PIL import Image
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
 from g2u.backends import backend_class
+from g2u.batch import RawItem, run_batch
+from g2u.checkpoints import resolve_checkpoint
 from g2u.errors import InputError
 from g2u.memory import apply_memory_fit, validate_memory_fit
 from g2u.pipeline import G2UPipeline
-from g2u.schema import parse_request
 
 SETTINGS = [("none", "none"), ("none", "int8"), ("none", "fp8"), ("none", "nf4"), ("model", "none"),
             ("group", "none"), ("sequential", "none"), ("model", "nf4"), ("group", "int8")]
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     image = Image.new("RGB", (96, 64), (40, 120, 200))
     fields = {"question": "What colour is the picture?", "mode": "g2u", "steps": args.steps, "seed": 0}
     ref = None
+    checkpoint = resolve_checkpoint(args.checkpoint, args.backend)  # none given: the demo's
     print(f"device {device}; backend {args.backend}; checkpoint {args.checkpoint or '(demo)'}; steps {args.steps}")
     print(f"{'offload':<11}{'quantize':<9}{'weights MB':>11}{'peak MB':>10}{'request s':>10}"
           f"{'logit rel.err':>14}{'thought SSIM':>13}")
@@ -80,15 +82,18 @@ def main(argv: list[str] | None = None) -> int:
         if cuda:
             torch.cuda.empty_cache()
         # offload and large models: load on CPU, let apply_memory_fit place the weights
-        pipe = G2UPipeline.from_checkpoint(args.checkpoint, args.backend, device="cpu" if offload != "none" or
+        pipe = G2UPipeline.from_checkpoint(checkpoint, args.backend, device="cpu" if offload != "none" or
                                            quantize != "none" else device)
         apply_memory_fit(pipe.backend, offload=offload, quantize=quantize, device=device)
         weights = heavy_bytes(pipe) / 2**20
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        [result] = pipe([parse_request(fields, image=image)])
+        [outcome] = run_batch(pipe, [RawItem(fields, image)])  # the one batch path, as every caller
         wall = time.perf_counter() - t0
+        if not outcome.ok:
+            raise RuntimeError(f"{offload}/{quantize}: the request failed: {outcome.error}")
+        result = outcome.result
         peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else rss_peak_mb()
         model = getattr(pipe.backend, "answer_model", None)
         logits = None
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         rel = f"{((logits - ref[0]).norm() / ref[0].norm()).item():.2e}" if logits is not None else "-"
         sim = ssim(thought, ref[1], data_range=1.0).item() if thought.shape == ref[1].shape else float("nan")
         print(f"{offload:<11}{quantize:<9}{weights:>11.1f}{peak:>10.0f}{wall:>10.2f}{rel:>14}{sim:>13.4f}")
-        del pipe, result
+        del pipe, result, outcome
     if not cuda:
         print("(CPU: 'peak MB' is the process's peak RSS so far, monotone over the rows)")
     return 0

@@ -20,8 +20,9 @@ from g2u.cost import plan_groups, prompt_cost
 from g2u.errors import InputError
 from g2u.pipeline import G2UPipeline
 from g2u.prompts import find_leak, normalize
-from g2u.safe_text import LogGuard, escape, metric_field, metric_kind
+from g2u.safe_text import LogGuard, escape
 from g2u.schema import parse_request
+from g2u.serving import metric_field, metric_kind
 from g2u.testing.echo_backend import EchoBackend, answer_for, colour_tag, own_answer_problems
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from g2u.demo.train import TrainConfig, read_training_facts, train_demo_answerer
+from g2u.sandbox.train import TrainConfig, read_training_facts, train_demo_answerer
 
 E2E_TRAIN = TrainConfig(max_seconds=1800)
 E2E_N = 700
@@ -26,7 +26,7 @@ E2E_SEED = 1
 CLEAN_OVER_DEGRADED = 0.025
 ORACLE_OVER_DEGRADED = 0.02
 ABOVE_CHANCE_CLEAN = 0.42
-CODE = ("g2u/demo/train.py", "g2u/sandbox/scenes.py", "g2u/sandbox/questions.py", "g2u/sandbox/degrade.py",
+CODE = ("g2u/sandbox/train.py", "g2u/sandbox/scenes.py", "g2u/sandbox/questions.py", "g2u/sandbox/degrade.py",
         "g2u/sandbox/samples.py", "g2u/backends/qwen_vl.py", "g2u/demo/qwen.py")
 
 

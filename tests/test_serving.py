@@ -12,7 +12,6 @@ import io
 import json
 import re
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +30,10 @@ from handler import archive, tsctl  # noqa: E402
 pytestmark = pytest.mark.e2e  # starts servers / subprocess pipelines: `make test-fast` skips it
 
 MODEL = "g2u"
-BATCH_DELAY_MS = 600  # long enough for four concurrent requests to meet in one batch
+BATCH_MODEL = "g2u_batch4"
+"""The same demo under a batch window far longer than any test: its batch of four closes when the fourth
+request arrives (batchSize), so four requests meet in one batch by count, never by how fast they came."""
+BATCH_WINDOW_MS = 100_000  # below the client's timeout: a batch that never fills fails, it does not hang
 READY_TIMEOUT_S = 180
 FAST = {"steps": "2"}  # the demo checkpoint at 2 denoising steps: the tests do not care about quality
 
@@ -58,9 +60,9 @@ class Client:
     def auth(self, api: str = "inference") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[api]}"}
 
-    def multipart(self, image: bytes | None, **fields: str) -> requests.Response:
+    def multipart(self, image: bytes | None, model: str = MODEL, **fields: str) -> requests.Response:
         files = {"image": ("img.png", image, "image/png")} if image is not None else None
-        return requests.post(f"{self.inference}/predictions/{MODEL}", headers=self.auth(), data=fields,
+        return requests.post(f"{self.inference}/predictions/{model}", headers=self.auth(), data=fields,
                              files=files, timeout=120)
 
     def json(self, body: dict) -> requests.Response:
@@ -70,8 +72,8 @@ class Client:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> tsctl.Server:
     try:
-        srv = tsctl.serve_demo(tmp_path_factory.mktemp("torchserve"), model_name=MODEL,
-                               overrides={"maxBatchDelay": BATCH_DELAY_MS}, ready_timeout=READY_TIMEOUT_S)
+        srv = tsctl.serve_demo(tmp_path_factory.mktemp("torchserve"), model_name=MODEL, ready_timeout=READY_TIMEOUT_S,
+                               extra_models={BATCH_MODEL: {"maxBatchDelay": BATCH_WINDOW_MS}})
     except RuntimeError as exc:
         pytest.fail(str(exc))
     yield srv
@@ -98,13 +100,16 @@ def test_shipped_config_is_locked_down(server):
 
 
 def test_worker_runs_the_venv_python_and_description(server, client):
+    import yaml
+
+    shipped = yaml.safe_load((ROOT / "handler" / "model-config.yaml").read_text())
     desc = requests.get(f"{client.management}/models/{MODEL}", headers=client.auth("management"), timeout=10).json()[0]
-    assert desc["batchSize"] == 4 and desc["maxBatchDelay"] == BATCH_DELAY_MS
+    assert desc["batchSize"] == shipped["batchSize"] == 4 and desc["maxBatchDelay"] == shipped["maxBatchDelay"]
     assert [w["status"] for w in desc["workers"]] == ["READY"]
     workers = [p for p in server.processes() if "model_service_worker" in " ".join(p.cmdline())]
-    assert len(workers) == 1
+    assert len(workers) == 2  # one per served model (MODEL and BATCH_MODEL)
     # TorchServe runs workers with the python it was started with: the venv's, where g2u is installed.
-    assert Path(workers[0].cmdline()[0]).parent == Path(sys.executable).parent
+    assert {Path(w.cmdline()[0]).parent for w in workers} == {Path(sys.executable).parent}
 
 
 # ---------------------------------------------------------------- requests and responses
@@ -148,15 +153,14 @@ def test_json_request_base64_image(client):
 
 
 def test_four_concurrent_requests_batched_one_bad(client):
-    """Four requests meet in one batch; the bad one gets its own 400 and the others their answers."""
-    barrier = threading.Barrier(4)
+    """Four requests meet in one batch (BATCH_MODEL closes it on the fourth); the bad one gets its own 400
+    and the others their answers."""
 
     def send(i: int) -> requests.Response:
         fields = {"question": f"Question {i}?", **FAST}
         if i == 2:
             fields["steps"] = "0"
-        barrier.wait()
-        return client.multipart(png(color=(40 * i, 100, 50)), **fields)
+        return client.multipart(png(color=(40 * i, 100, 50)), model=BATCH_MODEL, **fields)
 
     with ThreadPoolExecutor(4) as pool:
         responses = list(pool.map(send, range(4)))

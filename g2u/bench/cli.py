@@ -59,8 +59,12 @@ def run(args: argparse.Namespace) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from g2u.bench.ledger import ACCELERATORS
-    from g2u.bench.runner import BACKENDS
+    from g2u.bench.runner import BACKENDS, DEFAULTS
     from g2u.bench.sizes import SIZES
+    from g2u.schema import field_default
+
+    def per_size(i: int, show=str) -> str:
+        return " / ".join(show(DEFAULTS[s][i]) for s in SIZES)
 
     p.add_argument("--size", choices=SIZES, default="tiny",
                    help="tiny: the demo; small: real depth, reduced width; real: the released configs (GPU, or "
@@ -68,10 +72,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="qwen_image_edit")
     p.add_argument("--device", help="default: cuda when present, else cpu")
     p.add_argument("--dtype", help="default: bf16 on GPU, fp32 on CPU")
-    p.add_argument("--edit-size", help="WIDTHxHEIGHT (default per size: 64x64 / 128x128 / 512x512)")
-    p.add_argument("--steps", type=int, help="denoising steps (default per size: 8 / 4 / 30)")
-    p.add_argument("--text-cfg", type=float, default=4.0)
-    p.add_argument("--tokens", type=int, help="answer tokens (default per size: 16 / 16 / 32)")
+    p.add_argument("--edit-size", help="WIDTHxHEIGHT (default per size: "
+                                       + per_size(0, lambda wh: f"{wh[0]}x{wh[1]}") + ")")
+    p.add_argument("--steps", type=int, help=f"denoising steps (default per size: {per_size(1)})")
+    p.add_argument("--text-cfg", type=float, default=field_default("text_cfg"), help="(default: %(default)s)")
+    p.add_argument("--tokens", type=int, help=f"answer tokens (default per size: {per_size(2)})")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)

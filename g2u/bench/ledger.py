@@ -154,8 +154,9 @@ def _transformer_forward(transformer, batch: int, width: int, height: int, text_
                        img_shapes=[[(1, lh, lw), (1, lh, lw)]] * batch, return_dict=False)
 
 
-def qwen_image_edit_ledger(parts, *, width: int = 512, height: int = 512, steps: int = 30, text_cfg: float = 4.0,
-                           answer_tokens: int = 32, edit_text_tokens: int = 90, question_tokens: int = 60,
+def qwen_image_edit_ledger(parts, *, width: int = 512, height: int = 512, steps: int | None = None,
+                           text_cfg: float | None = None, answer_tokens: int | None = None,
+                           edit_text_tokens: int = 90, question_tokens: int = 60,
                            dtype: torch.dtype = torch.bfloat16, vision_reuse: bool = True,
                            processor_cfg: dict[str, int] | None = None) -> Ledger:
     """FLOPs and bytes of one G→U request on Qwen-Image-Edit at a width×height working size.
@@ -164,8 +165,14 @@ def qwen_image_edit_ledger(parts, *, width: int = 512, height: int = 512, steps:
     size). Stage I: text encoder reads [template, I, edit prompt] (and the negative prompt under true CFG),
     VAE encode, ``steps`` transformer passes (both CFG branches in one batch-2 pass), VAE decode. Stage II:
     vision of I and Î (I reused from stage I when ``vision_reuse``), prefill of [I, q, Î], then
-    ``answer_tokens`` decode steps (counted once at the mean context length).
+    ``answer_tokens`` decode steps (counted once at the mean context length). ``steps``, ``text_cfg`` and
+    ``answer_tokens`` default to the request schema's (the paper's settings).
     """
+    from g2u.schema import field_default
+
+    steps = field_default("steps") if steps is None else steps
+    text_cfg = field_default("text_cfg") if text_cfg is None else text_cfg
+    answer_tokens = field_default("max_new_tokens") if answer_tokens is None else answer_tokens
     te, transformer, vae = parts.text_encoder, parts.transformer, parts.vae
     device = next(transformer.parameters()).device
     visual, lm = te.model.visual, te.model.language_model

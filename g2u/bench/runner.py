@@ -27,14 +27,15 @@ from g2u.bench.sizes import build_qwen_image_edit, check_size, qwen_image_edit_p
 from g2u.bench.timing import peak_memory_mb, reset_peak, timed
 from g2u.errors import InputError
 from g2u.fastpath import STOCK, FastPath, VisionEncodingCache, apply_fast_path
+from g2u.schema import field_default
 
 log = logging.getLogger("g2u.bench")
 BACKENDS = ("qwen_image_edit",)
 QUESTION = "Which shape is red?"
-DEFAULTS = {  # size: (edit size, steps, answer tokens)
+DEFAULTS = {  # size: (edit size, steps, answer tokens); the real size at the schema's (the paper's) settings
     "tiny": ((64, 64), 8, 16),
     "small": ((128, 128), 4, 16),
-    "real": ((512, 512), 30, 32),
+    "real": ((512, 512), field_default("steps"), field_default("max_new_tokens")),
 }
 
 
@@ -46,7 +47,7 @@ class BenchConfig:
     dtype: str | None = None
     edit_size: tuple[int, int] | None = None
     steps: int | None = None
-    text_cfg: float = 4.0
+    text_cfg: float = field_default("text_cfg")
     answer_tokens: int | None = None
     reps: int = 3
     warmup: int = 1

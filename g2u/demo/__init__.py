@@ -51,15 +51,18 @@ def default_demo_root() -> Path:
     return Path(os.environ.get("G2U_HOME", Path.home() / ".cache" / "g2u")) / "demo"
 
 
-def ensure_demo_checkpoint(name: str = "qwen_image_edit", seed: int = 0) -> Path:
-    """The embedded default: a demo checkpoint under G2U_HOME, built offline the first time."""
+def ensure_demo_checkpoint(name: str = "qwen_image_edit", seed: int = 0, root: Path | None = None) -> Path:
+    """A demo checkpoint under ``root`` (default: G2U_HOME's, ``default_demo_root``), built offline the first
+    time (the demo marker says a folder is complete). Entry points reach it through
+    ``g2u.checkpoints.resolve_checkpoint``."""
     from g2u.errors import CheckpointError
 
     if name not in DEMO_BACKENDS:
         raise CheckpointError(f"no demo checkpoint named {name!r}; choose one of {DEMO_BACKENDS}")
-    folder = default_demo_root() / name
+    root = Path(root) if root is not None else default_demo_root()
+    folder = root / name
     if read_demo_marker(folder) is None:
-        build_demo_checkpoints(default_demo_root(), seed=seed, backends=(name,))
+        build_demo_checkpoints(root, seed=seed, backends=(name,))
     return folder
 
 

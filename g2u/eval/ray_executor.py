@@ -34,12 +34,14 @@ __all__ = ["RayPredictor", "local_predictor", "model_label", "run_batches"]
 
 
 def local_predictor(checkpoint: str | None = None, backend: str | None = None, **load_kwargs: Any) -> Predictor:
-    """An in-process predictor (``LocalPredictor`` on ``G2UPipeline.from_checkpoint``); built inside each
-    actor, so pass ``functools.partial(local_predictor, checkpoint, backend)`` as ``make_predictor``."""
+    """An in-process predictor (``LocalPredictor`` on ``G2UPipeline.from_checkpoint``; no checkpoint: the
+    demo's, ``g2u.checkpoints``); built inside each actor, so pass
+    ``functools.partial(local_predictor, checkpoint, backend)`` as ``make_predictor``."""
+    from g2u.checkpoints import resolve_checkpoint
     from g2u.eval.predictors import LocalPredictor
     from g2u.pipeline import G2UPipeline
 
-    return LocalPredictor(G2UPipeline.from_checkpoint(checkpoint, backend, **load_kwargs))
+    return LocalPredictor(G2UPipeline.from_checkpoint(resolve_checkpoint(checkpoint, backend), backend, **load_kwargs))
 
 
 def model_label(checkpoint: str | None = None, backend: str | None = None, quantize: str = "none",
@@ -48,12 +50,11 @@ def model_label(checkpoint: str | None = None, backend: str | None = None, quant
     content, dtype as loaded here), without loading any weights: a Ray run and an in-process run of one
     model resume each other's predictions."""
     from g2u.backends import detect_backend
-    from g2u.demo import ensure_demo_checkpoint
+    from g2u.checkpoints import resolve_checkpoint
     from g2u.devices import dtype_name, resolve_device, resolve_dtype
     from g2u.identity import checkpoint_label, fit_dtype
 
-    if checkpoint is None:
-        checkpoint = str(ensure_demo_checkpoint(backend or "qwen_image_edit"))
+    checkpoint = resolve_checkpoint(checkpoint, backend)
     if dtype is None:
         dtype = dtype_name(resolve_dtype(None, resolve_device(None)))
     return checkpoint_label(backend or detect_backend(checkpoint), checkpoint, fit_dtype(dtype, quantize, offload))

@@ -21,7 +21,7 @@ from g2u.eval.datasets import Sample
 from g2u.eval.protocols import DEFAULT_PROTOCOL, load_protocol
 from g2u.eval.scoring import score_sample
 from g2u.judge import attach_judgement
-from g2u.modes import MODES, needs_thought
+from g2u.modes import DEFAULT_EVAL_MODES, MODES, needs_thought
 
 
 @dataclass
@@ -30,7 +30,7 @@ class EvalConfig:
     field of ``g2u.schema``, backend fields included; validated by ``create``). Its ``key`` tags each
     record, so a rerun with the same settings resumes and a run with other settings never mixes with it."""
 
-    modes: tuple[str, ...] = ("baseline", "g2u")
+    modes: tuple[str, ...] = DEFAULT_EVAL_MODES
     fields: dict[str, Any] = field(default_factory=dict)
     model: str = ""
     """The model's identity label (``g2u.identity``: backend, checkpoint content, dtype with quantization and
@@ -40,17 +40,17 @@ class EvalConfig:
     predictions made under another protocol never count as done."""
 
     @classmethod
-    def create(cls, modes: Sequence[str] = ("baseline", "g2u"), model: str = "", protocol: str = DEFAULT_PROTOCOL,
+    def create(cls, modes: Sequence[str] = DEFAULT_EVAL_MODES, model: str = "", protocol: str = DEFAULT_PROTOCOL,
                **fields: Any) -> EvalConfig:
         """Validated settings: unknown modes and bad fields fail here, before any prediction, with their name."""
         from g2u.errors import InputError
-        from g2u.schema import validate_settings
+        from g2u.schema import PER_SAMPLE_FIELDS, validate_settings
 
         for mode in modes:
             if mode not in MODES:
                 raise InputError("modes", f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
         load_protocol(protocol)  # an unknown protocol fails here, named
-        for name in ("question", "image", "options", "prompt_text", "mode", "id", "return_thought"):
+        for name in PER_SAMPLE_FIELDS:
             if fields.get(name) not in (None, ""):
                 raise InputError(name, "is set per sample by the evaluation, not as a setting")
         settings = validate_settings({k: v for k, v in fields.items() if v not in (None, "")})

@@ -13,8 +13,8 @@ import argparse
 import json
 import sys
 
-from g2u.demo.train import TrainConfig
 from g2u.sandbox.report import CONDITIONS, ReportConfig
+from g2u.sandbox.train import TrainConfig
 
 
 def _positive(value: str) -> int:
@@ -89,7 +89,7 @@ def _report(args) -> int:
 
 
 def _train(args) -> int:
-    from g2u.demo.train import train_demo_answerer
+    from g2u.sandbox.train import train_demo_answerer
 
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          max_seconds=args.max_seconds)

@@ -1,6 +1,7 @@
 """``g2u sandbox report``: the known G→U effect, measured through the real pipeline.
 
-Conditions, each answered by ``G2UPipeline.understand`` on the trained demo checkpoint:
+Conditions, each answered through the core's one batch path (``g2u.batch.run_batch``) on the trained demo
+checkpoint:
 
 - ``clean``: baseline mode on the clean image (the ceiling),
 - ``degraded``: baseline mode on the degraded image,
@@ -25,10 +26,10 @@ import numpy as np
 from PIL import Image
 from scipy import stats
 
+from g2u.batch import RawItem, run_batch
 from g2u.eval.datasets import Sample, load_dataset
 from g2u.eval.scoring import score_sample
 from g2u.sandbox.build import MANIFEST, build_sandbox
-from g2u.schema import parse_request
 from g2u.types import EditRecord, Thought
 
 CONDITIONS = ("clean", "degraded", "g2u_oracle", "replace_oracle", "g2u_editor")
@@ -74,13 +75,14 @@ def _oracle_thought(clean: Image.Image, family: str) -> Thought:
     return Thought(image=clean, edit=record)
 
 
-def _request(sample: Sample, image: Image.Image, mode: str, config: ReportConfig):
+def _raw(sample: Sample, image: Image.Image, mode: str, config: ReportConfig, thought: Thought | None = None):
+    """One item of the batch path: the request fields, its image, the gold answer (the leak guard) and the
+    oracle thought where the condition brings one (stage I is skipped for it)."""
     fields = {"question": sample.question, "options": sample.options, "mode": mode,
               "family": sample.extra["expected_family"], "steps": config.editor_steps,
               "max_new_tokens": config.max_new_tokens, "id": sample.id}
-    req = parse_request({k: v for k, v in fields.items() if v is not None}, image=image)
-    req.gold_answer = sample.answer
-    return req
+    return RawItem({k: v for k, v in fields.items() if v is not None}, image, gold_answer=sample.answer,
+                   thought=thought)
 
 
 def evaluate_conditions(pipe, samples: Sequence[Sample], sandbox: Path, config: ReportConfig,
@@ -95,17 +97,18 @@ def evaluate_conditions(pipe, samples: Sequence[Sample], sandbox: Path, config: 
         for condition in config.conditions:
             mode = CONDITION_MODES[condition]
             images = clean if condition == "clean" else degraded
-            requests = [pipe.plan(_request(s, img, mode, config)) for s, img in zip(chunk, images)]
             if condition in ("g2u_oracle", "replace_oracle"):
                 thoughts = [_oracle_thought(c, s.extra["expected_family"]) for s, c in zip(chunk, clean)]
-            elif condition == "g2u_editor":
-                thoughts = pipe.edit(requests)
-            else:
+            else:  # g2u_editor: stage I runs in the batch path; baseline conditions need no thought
                 thoughts = [None] * len(chunk)
-            for s, result in zip(chunk, pipe.understand(requests, thoughts)):
+            raws = [_raw(s, img, mode, config, t) for s, img, t in zip(chunk, images, thoughts)]
+            for s, outcome in zip(chunk, run_batch(pipe, raws)):
+                if not outcome.ok:  # a failed item is a broken report, never a wrong answer
+                    raise RuntimeError(f"sandbox sample {s.id} ({condition}): {outcome.error}")
+                answer = outcome.result.answer
                 records.append({"id": s.id, "condition": condition, "degradation": s.extra["degradation"],
                                 "severity": s.extra["severity"], "category": s.category,
-                                "prediction": result.answer, "correct": bool(score_sample(s, result.answer))})
+                                "prediction": answer, "correct": bool(score_sample(s, answer))})
         log(f"evaluated {min(start + config.batch_size, len(samples))}/{len(samples)} samples")
     return records
 
@@ -180,8 +183,8 @@ def run_report(out_dir: str | Path, config: ReportConfig = ReportConfig(), sandb
     printable table)."""
     import torch
 
-    from g2u.demo.train import TrainConfig, read_training_facts, train_demo_answerer
     from g2u.pipeline import G2UPipeline
+    from g2u.sandbox.train import TrainConfig, read_training_facts, train_demo_answerer
 
     torch.set_num_threads(config.threads)
     out = Path(out_dir)

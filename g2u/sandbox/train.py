@@ -8,6 +8,9 @@ the thought when the original is damaged. The result is a complete qwen_image_ed
 random editor of the demo, the trained answerer) saved with ``save_pretrained``, loadable with
 ``G2UPipeline.from_checkpoint(folder, "qwen_image_edit")``.
 
+It lives in the sandbox, not in ``g2u.demo``: it draws sandbox scenes and scores with the evaluation, and
+the demo package only builds checkpoints (it imports neither the sandbox nor the evaluation).
+
 The training loop is written by hand (a few lines of AdamW) rather than with ``transformers.Trainer``:
 examples are drawn on the fly from the sandbox generator, and Trainer's dataset/collator plumbing would
 be longer than the loop.
