@@ -221,3 +221,32 @@ def extract_records(pairs: Sequence[tuple[dict[str, Any], Any]], extractor: Exac
         return
     for record, sample in pairs:
         extract_record(record, sample, extractor)
+
+
+class OpenAnswerJudge:
+    """MM-Vet's grader (``scoring.mmvet_judge``) with the model it asks named: records and runs carry
+    ``label``."""
+
+    def __init__(self, model: str, base_url: str | None = None, client: Any = None):
+        self.model = model
+        self.client = client
+        self.label = f"openai:{model}@{base_url or 'api.openai.com'}"
+
+    def __call__(self, question: str, answer: str, prediction: str) -> float | None:
+        from g2u.eval.scoring import mmvet_judge
+
+        return mmvet_judge(question, answer, prediction, client=self.client, model=self.model)
+
+
+def make_open_judge(spec: str | None, client: Any = None) -> OpenAnswerJudge | None:
+    """The open-answer grader ``judge`` names: none, ``openai`` (model ``G2U_JUDGE_MODEL`` or gpt-4o-mini) or
+    ``openai:<model>``; None without ``OPENAI_API_KEY`` (the rule score stands, and the run says none)."""
+    name, _, suffix = (spec or "none").partition(":")
+    if name == "none":
+        return None
+    if name != "openai":
+        raise InputError("judge", f"unknown judge {spec!r}; choose none, openai or openai:<model>")
+    if client is None and not os.environ.get("OPENAI_API_KEY"):
+        return None
+    return OpenAnswerJudge(suffix or os.environ.get("G2U_JUDGE_MODEL") or "gpt-4o-mini",
+                           os.environ.get("OPENAI_BASE_URL") or None, client)

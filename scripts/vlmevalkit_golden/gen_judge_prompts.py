@@ -47,7 +47,7 @@ MCQ = [
 ]
 YORN = [
     dict(index=3, question="Is there a red car in the image? Please answer yes or no.", answer="Yes",
-         category="color", prediction="There is a red car and no blue one."),
+         category="color", prediction="Yes, a red car, though no other car is there."),
 ]
 out = {"reference": "open-compass/VLMEvalKit@e8e78f05f3080fe28154f2130321f17951c3be94",
        "tries": {"mcq": retry_of(f"{V}/dataset/utils/multiple_choice.py", "extract_answer_from_item"),
