@@ -146,6 +146,12 @@ def metric_name(name: str) -> str:
 
 def run(args: argparse.Namespace, nested: bool = False) -> dict:
     """Evaluate and log one configuration; returns the flat metrics."""
+    return run_full(args, nested)["flat"]
+
+
+def run_full(args: argparse.Namespace, nested: bool = False) -> dict:
+    """``run``, returning what a caller building tables needs beside the flat metrics: the ``records`` and
+    ``samples``, the ``out_dir``, the ``judges`` and ``protocol`` params and the MLflow ``run_id``."""
     import mlflow
 
     from g2u.eval.answer_judge import make_answer_judge, make_open_judge
@@ -167,7 +173,7 @@ def run(args: argparse.Namespace, nested: bool = False) -> dict:
     judges = judge_params(answer_judge, judge, opt(getattr(args, "answer_judge", None)), opt(args.judge))
     predictor = make_predictor(args)
 
-    with mlflow.start_run(run_name=opt(args.run_name), nested=nested):
+    with mlflow.start_run(run_name=opt(args.run_name), nested=nested) as active:
         log_params({"benchmark": args.benchmark, "modes": ",".join(config.modes), **config.fields,
                     "limit": opt_int(args.limit), "batch_size": int(float(args.batch_size)), "model": predictor.label,
                     "endpoint": opt(args.endpoint), "n_samples": len(samples), "out_dir": str(out_dir),
@@ -226,7 +232,8 @@ def run(args: argparse.Namespace, nested: bool = False) -> dict:
         for folder in ("thoughts", "originals"):
             if any((out_dir / folder).iterdir()):
                 mlflow.log_artifacts(str(out_dir / folder), artifact_path=folder)
-        return flat
+        return {"flat": flat, "records": result.records, "samples": samples, "out_dir": out_dir, "judges": judges,
+                "protocol": protocol_params(config, predictor), "run_id": active.info.run_id}
 
 
 def main(argv: list[str] | None = None) -> int:

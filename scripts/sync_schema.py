@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 
 from g2u.schema import SETTING_FIELDS, field_table  # noqa: E402
 
-ENTRY_POINTS = ("main", "ablation")  # `evaluate` is an alias of `main` (a YAML anchor)
+ENTRY_POINTS = ("main", "ablation", "paper_table")  # `evaluate` is an alias of `main` (a YAML anchor)
 
 
 def readme_text(text: str) -> str:
