@@ -56,7 +56,8 @@ def test_main_and_ablation_tables_are_laid_out_as_the_papers():
     lines = md.splitlines()
     main = lines[lines.index(next(x for x in lines if x.startswith("### Main table"))) + 2:]
     assert main[0] == "| | MMB | MME-P | KiVA |"
-    assert main[2] == "| baseline (ours) | 80.0 [78.0, 82.0] n=100 | 1600 [1598, 1602] n=100 | 30.0 [28.0, 32.0] n=100 |"
+    assert main[2] == ("| baseline (ours) | 80.0 [78.0, 82.0] n=100 | 1600 [1598, 1602] n=100 "
+                       "| 30.0 [28.0, 32.0] n=100 |")
     assert main[3] == "| baseline (paper) | 83.7 | 1686 | 32.9 |"
     assert main[5] == "| G→U (paper) | 85.5 | 1662 | 35.2 |"
     assert main[6] == "| Δ G→U − baseline (ours) | +3.0 | +50 | +6.0 |"
@@ -122,9 +123,11 @@ def test_mme_sums_get_a_stratified_bootstrap_and_a_subset_is_partial():
 
 def test_hallusionbench_cell_is_the_mean_of_its_three_accuracies():
     def yn(sid, right, fig, q):
-        return {"id": sid, "mode": "g2u", "answer_kind": "yesno", "answer": "yes", "prediction": "yes" if right else "no",
-                "category": "VD", "figure_group": fig, "question_group": q, "group": "x"}
-    records = [yn("a", True, "f0", "q0"), yn("b", False, "f0", "q1"), yn("c", True, "f1", "q0"), yn("d", True, "f1", "q2")]
+        return {"id": sid, "mode": "g2u", "answer_kind": "yesno", "answer": "yes",
+                "prediction": "yes" if right else "no", "category": "VD", "figure_group": fig, "question_group": q,
+                "group": "x"}
+    records = [yn("a", True, "f0", "q0"), yn("b", False, "f0", "q1"), yn("c", True, "f1", "q0"),
+               yn("d", True, "f1", "q2")]
     c = cell(records, "HallusionBench.tsv", "g2u", "vlmevalkit@v1", EXACT, resamples=50)
     parts = c["parts"]  # aAcc 3/4, fAcc 1/2 (f1), qAcc 2/3 (q0, q2)
     assert parts == pytest.approx({"aAcc": 75.0, "fAcc": 50.0, "qAcc": 200 / 3})
