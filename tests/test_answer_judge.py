@@ -248,3 +248,18 @@ def test_the_run_names_its_judges_in_mlflow_params_and_metrics_json(tmp_path, mo
     records = {r["id"]: r for r in read_records(tmp_path / "out" / "predictions.jsonl")}
     assert records["m1"]["extraction"] == "judge" and records["m1"]["answer_judge"].startswith("openai:judge-x@")
     assert records["o1"]["judge"] == 0.7 and records["o1"]["judge_model"] == params["judge_label"]
+
+
+def test_scoring_a_vlmevalkit_file_with_a_judge_reads_only_its_unreadable_rows(monkeypatch):
+    from g2u.eval.vlmevalkit_io import score_summary
+
+    path = Path(__file__).parent / "golden" / "vlmevalkit" / "predictions" / "g2u-demo-baseline_MMStar.xlsx"
+    plain = score_summary(path)
+    with FakeHTTPServer([{"content": "hello"}, {"content": "A"}]) as fake:
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        judged = score_summary(path, answer_judge="openai:judge-x")
+        assert fake.hits == 2  # the probe and the file's one row exact matching cannot read
+    assert plain["params"]["answer_judge"] == "exact_matching" and plain["metrics"]["n_unreadable/baseline"] == 1
+    assert judged["params"]["answer_judge"] == f"openai:judge-x@{fake.base_url}"
+    assert judged["metrics"]["n_judged/baseline"] == 1 and judged["metrics"]["n_unreadable/baseline"] == 0

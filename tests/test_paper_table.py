@@ -146,31 +146,34 @@ def test_table_modes_come_from_g2u_modes():
 
 @pytest.mark.e2e
 def test_paper_table_entry_point_on_the_demo(tmp_path, monkeypatch):
+    """One tiny benchmark (limit 2, steps 2, short answers) in every mode the demo's backend offers."""
+    import os
+
     import mlflow
 
-    from tests.test_mlflow_project import FAST, ROOT, VENV_BIN, finished_runs, make_benchmark, mlflow_run
+    from tests.test_mlflow_project import FAST, VENV_BIN, finished_runs, make_benchmark, mlflow_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
-    star = make_benchmark(tmp_path / "star", n=3).rename(tmp_path / "star" / "MMStar.jsonl")
-    other = make_benchmark(tmp_path / "other", n=3)
-    env = {**__import__("os").environ, "PATH": f"{VENV_BIN}:{__import__('os').environ['PATH']}",
-           "HF_HUB_OFFLINE": "1", "G2U_OUTPUT_DIR": str(tmp_path / "outputs")}
-    assert ROOT.is_dir()
-    mlflow_run(env, "-e", "paper_table", "-P", f"benchmarks={star},{other}", "-P", "limit=2", *FAST)
+    star = make_benchmark(tmp_path / "star", n=2).rename(tmp_path / "star" / "MMStar.jsonl")
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
+           "G2U_OUTPUT_DIR": str(tmp_path / "outputs")}
+    mlflow_run(env, "-e", "paper_table", "-P", f"benchmarks={star}", "-P", "limit=2", "-P", "max_new_tokens=4",
+               "-P", "reasoning_tokens=4", *FAST)
     runs = finished_runs()
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    modes = list(modes_for("qwen_image_edit"))
-    assert len(children) == 2 and all(c.data.params["modes"] == ",".join(modes) for c in children)
+    [child] = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    modes = list(modes_for("qwen_image_edit"))  # the demo's backend
+    assert child.data.params["modes"] == ",".join(modes) and parent.data.params["table_modes"] == ",".join(modes)
     metrics = parent.data.metrics
     table = parent.data.tags["mlflow.note.content"]
-    assert "| | MMStar | tiny |" in table and "| baseline (paper) | 66.7 | — |" in table
+    assert "| | MMStar |" in table and "| baseline (paper) | 66.7 |" in table and "| G→U (paper) | 67.9 |" in table
     for mode in modes:
         assert metrics[f"paper_table/MMStar/{mode}/n"] == 2
         assert 0 <= metrics[f"paper_table/MMStar/{mode}/ci_low"] <= metrics[f"paper_table/MMStar/{mode}/ci_high"] <= 100
-    star_run = next(c for c in children if c.data.params["benchmark"] == str(star))
-    assert metrics["paper_table/MMStar/g2u/value"] == pytest.approx(100 * star_run.data.metrics["acc/g2u/overall"])
-    assert parent.data.tags and {"paper_table.md", "paper_table.json"} <= {
-        a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
+        assert f"| {mode}: " in table  # the ablation table's row
+    assert metrics["paper_table/MMStar/g2u/value"] == pytest.approx(100 * child.data.metrics["acc/g2u/overall"])
+    assert metrics["paper_table/MMStar/baseline/paper"] == 66.7
+    assert {"paper_table.md", "paper_table.json"} <= {a.path for a in mlflow.MlflowClient().list_artifacts(
+        parent.info.run_id)}
