@@ -70,7 +70,7 @@ def _prompts(args: argparse.Namespace) -> int:
 def _eval_score(args: argparse.Namespace) -> int:
     from g2u.eval.vlmevalkit_io import score_summary
 
-    summary = score_summary(args.file, args.mode)
+    summary = score_summary(args.file, args.mode, args.answer_judge, args.protocol)
     if not args.all:
         summary["metrics"] = {k: v for k, v in summary["metrics"].items() if k.count("/") <= 2}
     print(json.dumps(summary, indent=2))
@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("file", help="the prediction file (.xlsx, .tsv or .csv with index, question, prediction, ...)")
     sc.add_argument("--mode", default="baseline", help="the mode name the metrics are reported under")
     sc.add_argument("--all", action="store_true", help="every metric (default: the top-level ones)")
+    sc.add_argument("--answer-judge", dest="answer_judge", default="exact_matching",
+                    help="exact_matching (default) or openai[:MODEL]: a judge reads what exact matching cannot")
+    sc.add_argument("--protocol", default="vlmevalkit", help="the protocol whose judge prompts are used")
     sc.set_defaults(func=_eval_score)
 
     pr = sub.add_parser("prompts", help="list the edit-prompt library")

@@ -87,7 +87,7 @@ class CoreFields(BaseModel):
     options: list[str] | None = Field(None, min_length=2, max_length=MAX_OPTIONS,
                                       description="multiple-choice options: a list of 2..26 strings "
                                                   "(JSON-encoded text in a form or on the CLI)")
-    # issue 23: an evaluation protocol's question text (g2u/eval/protocols.py), per sample
+    # an evaluation protocol's question text (g2u/eval/protocols.py), per sample
     prompt_text: str | None = Field(None, max_length=4 * MAX_QUESTION_CHARS,
                                     description="the question exactly as the answer model reads it (hint, options "
                                                 "and instruction included), as an evaluation protocol builds it; "
@@ -153,7 +153,7 @@ class CoreFields(BaseModel):
     thought: Any = Field(None, description="a thought brought by the caller (like `image`: a file or base64), "
                                            "used instead of generating one; at most 40 MP")
     return_thought: bool = Field(False, description="include the thought Î as a base64 PNG in the response")
-    # --- faithfulness options (issue 24): both readings legitimate, the references' by default
+    # --- faithfulness options: both readings legitimate, the references' by default
     stage2_sizing: Literal["per_image", "shared"] = Field(
         "per_image", description="stage-II image sizes: `per_image` (each of I and Î by the model's rule from its "
                                  "own size, as stock Qwen2.5-VL processing and BAGEL's inferencer) or `shared` "

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     with mlflow.start_run(run_name=opt(args.run_name) or "ablation") as parent:
         log_params({"benchmark": args.benchmark, "rows": ",".join(label for label, _ in grid),
                     "checkpoint": args.checkpoint or "", "endpoint": args.endpoint, "backend": backend or "unknown",
-                    "protocol": args.protocol})
+                    "protocol": args.protocol, "answer_judge": args.answer_judge, "judge": opt(args.judge) or "none"})
         for label, overrides in grid:
             row_args = argparse.Namespace(**{**vars(args), "prompt": None, "prompt_name": None, "layout": None,
                                              **overrides,

@@ -48,9 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", default="vlmevalkit",
                    help="evaluation protocol: vlmevalkit (the paper's harness), bagel_readme (BAGEL's README "
                         "numbers), g2u_v1 (this project's first prompt) or a protocol YAML (g2u/data/protocols)")
-    p.add_argument("--judge", default="", choices=["", "none", "openai"],
-                   help="openai: rescore open answers with an LLM judge (OPENAI_BASE_URL/OPENAI_API_KEY, "
-                        "model $G2U_JUDGE_MODEL or gpt-4o-mini); without a key the normalised match stands")
+    p.add_argument("--judge", default="",
+                   help="open answers (MM-Vet): openai or openai:MODEL grades them 0-1 as MM-Vet's grader "
+                        "(OPENAI_BASE_URL/OPENAI_API_KEY, model $G2U_JUDGE_MODEL or gpt-4o-mini); without a key the "
+                        "rule score stands and the run records judge none")
+    p.add_argument("--answer-judge", dest="answer_judge", default="exact_matching",
+                   help="MCQ and yes/no answers exact matching cannot read: exact_matching (a miss; offline) or "
+                        "openai / openai:MODEL (the protocol's judge prompts, as VLMEvalKit; model $G2U_JUDGE_MODEL "
+                        "or the protocol's reference model); cached in the output folder")
     # Every other request field of g2u.schema is an evaluation setting ('' = the schema's default).
     add_request_arguments(p, exclude=PER_SAMPLE_FIELDS, bool_flags=False)
     return p
@@ -127,6 +132,16 @@ def protocol_params(config, predictor) -> dict:
             "decoding": protocol.budget.decoding, "extraction": protocol.extraction}
 
 
+def judge_params(answer_judge, open_judge, requested_answer: str | None, requested: str | None) -> dict:
+    """What the run records of its judges: each as given (``answer_judge``, ``judge``: the entry point's
+    parameters under ``mlflow run``), by label and by model: the answer judge reads MCQ / yes-no answers exact
+    matching cannot, the open-answer grader MM-Vet's. Numbers made with different judges are never read as one."""
+    return {"answer_judge": requested_answer or "exact_matching", "answer_judge_label": answer_judge.label,
+            "answer_judge_model": answer_judge.model or "none",
+            "judge": requested or "none", "judge_label": open_judge.label if open_judge else "none",
+            "judge_model": open_judge.model if open_judge else "none"}
+
+
 def metric_name(name: str) -> str:
     """MLflow metric names allow letters, digits, ``_ - . / space``; categories may hold anything else."""
     return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", name)
@@ -134,26 +149,39 @@ def metric_name(name: str) -> str:
 
 def run(args: argparse.Namespace, nested: bool = False) -> dict:
     """Evaluate and log one configuration; returns the flat metrics."""
+    return run_full(args, nested)["flat"]
+
+
+def run_full(args: argparse.Namespace, nested: bool = False) -> dict:
+    """``run``, returning what a caller building tables needs beside the flat metrics: the ``records`` and
+    ``samples``, the ``out_dir``, the ``judges`` and ``protocol`` params and the MLflow ``run_id``."""
     import mlflow
 
+    from g2u.eval.answer_judge import make_answer_judge, make_open_judge
     from g2u.eval.datasets import load_dataset
+    from g2u.eval.protocols import load_protocol
     from g2u.eval.report import compute_metrics, plot_deltas, plot_fidelity_gain, transfer_markdown, write_gallery
     from g2u.eval.runner import evaluate
-    from g2u.eval.scoring import mmvet_judge
     from g2u.judge import make_judge
 
     config = config_from_args(args)
     samples = load_dataset(args.benchmark, limit=opt_int(args.limit))
     out_dir = Path(opt(args.out_dir) or default_out_dir(args, config))
+    answer_judge = make_answer_judge(opt(getattr(args, "answer_judge", None)), load_protocol(config.protocol),
+                                     cache_dir=out_dir / "answer_judge_cache")
+    answer_judge.check()  # a judge that does not answer stops the run here, before any prediction
+    judge = make_open_judge(opt(args.judge))
+    if opt(args.judge) and judge is None:
+        print(f"judge {args.judge}: no OPENAI_API_KEY, open answers keep the rule score (judge none)", file=sys.stderr)
+    judges = judge_params(answer_judge, judge, opt(getattr(args, "answer_judge", None)), opt(args.judge))
     predictor = make_predictor(args)
 
-    with mlflow.start_run(run_name=opt(args.run_name), nested=nested):
+    with mlflow.start_run(run_name=opt(args.run_name), nested=nested) as active:
         log_params({"benchmark": args.benchmark, "modes": ",".join(config.modes), **config.fields,
                     "limit": opt_int(args.limit), "batch_size": int(float(args.batch_size)), "model": predictor.label,
                     "endpoint": opt(args.endpoint), "n_samples": len(samples), "out_dir": str(out_dir),
-                    "judge": opt(args.judge) or "none", "fidelity_judge": opt(args.fidelity_judge) or "none",
-                    **protocol_params(config, predictor)})
-        judge = mmvet_judge if opt(args.judge) == "openai" else None
+                    "fidelity_judge": opt(args.fidelity_judge) or "none",
+                    **judges, **protocol_params(config, predictor)})
         pipeline = getattr(predictor, "pipeline", None)
         try:
             fidelity_judge = make_judge(opt(args.fidelity_judge), backend=pipeline.backend if pipeline else None,
@@ -161,7 +189,7 @@ def run(args: argparse.Namespace, nested: bool = False) -> dict:
         except ValueError as exc:
             raise InputError("fidelity_judge", str(exc)) from exc
         result = evaluate(samples, predictor, config, out_dir, batch_size=int(float(args.batch_size)), judge=judge,
-                          fidelity_judge=fidelity_judge)
+                          fidelity_judge=fidelity_judge, answer_judge=answer_judge)
         metrics = compute_metrics(result.records, samples)
         flat = {k: v for k, v in metrics["flat"].items() if isinstance(v, (int, float)) and v == v}
         mlflow.log_metrics({metric_name(k): v for k, v in flat.items()} |
@@ -185,7 +213,7 @@ def run(args: argparse.Namespace, nested: bool = False) -> dict:
                 img.save(target, quality=85)
             originals[sample.id] = f"originals/{name}"
         (out_dir / "metrics.json").write_text(json.dumps({"protocol": protocol_params(config, predictor),
-                                                          "answer_judge": opt(args.judge) or "exact_matching",
+                                                          "judges": judges, "benchmark": args.benchmark,
                                                           "accuracy": metrics["accuracy"], "flat": flat}, indent=2))
         plot_deltas(metrics, out_dir / "delta_per_category.png")
         plot_fidelity_gain(metrics, out_dir / "fidelity_vs_gain.png")
@@ -207,7 +235,8 @@ def run(args: argparse.Namespace, nested: bool = False) -> dict:
         for folder in ("thoughts", "originals"):
             if any((out_dir / folder).iterdir()):
                 mlflow.log_artifacts(str(out_dir / folder), artifact_path=folder)
-        return flat
+        return {"flat": flat, "records": result.records, "samples": samples, "out_dir": out_dir, "judges": judges,
+                "protocol": protocol_params(config, predictor), "run_id": active.info.run_id}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,11 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--file", required=True, help="a VLMEvalKit prediction file ({model}_{dataset}.xlsx/.tsv/.csv)")
     p.add_argument("--mode", default="baseline", help="the mode name its metrics are logged under")
+    p.add_argument("--answer-judge", dest="answer_judge", default="exact_matching",
+                   help="exact_matching or openai[:MODEL] (reads what exact matching cannot)")
+    p.add_argument("--protocol", default="vlmevalkit", help="the protocol whose judge prompts are used")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     setup_tracking()
     try:
-        summary = score_summary(args.file, args.mode)
+        summary = score_summary(args.file, args.mode, args.answer_judge, args.protocol)
     except InputError as exc:
         print(json.dumps(exc.to_dict()), file=sys.stderr)
         return 2

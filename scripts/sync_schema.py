@@ -23,7 +23,7 @@ from g2u.loading import LOADER_FIELDS  # noqa: E402
 from g2u.modes import DEFAULT_EVAL_MODES  # noqa: E402
 from g2u.schema import SETTING_FIELDS, field_table  # noqa: E402
 
-ENTRY_POINTS = ("main", "ablation")  # `evaluate` is an alias of `main` (a YAML anchor)
+ENTRY_POINTS = ("main", "ablation", "paper_table")  # `evaluate` is an alias of `main` (a YAML anchor)
 FIELD_TABLE_PAGE = ROOT / "docs" / "rest-api.md"
 """The page holding the request-field table between ``<!-- request-fields:start/end -->``."""
 SETTINGS_TABLE_PAGE = ROOT / "docs" / "serving.md"

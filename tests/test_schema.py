@@ -65,7 +65,7 @@ def test_mlproject_parameters_are_the_schema_settings():
     project = yaml.safe_load((ROOT / "MLproject").read_text())
     points = project["entry_points"]
     assert points["main"] == points["evaluate"], "`mlflow run .` must be the evaluation"
-    for name in ("evaluate", "ablation"):
+    for name in ("evaluate", "ablation", "paper_table"):
         params = points[name]["parameters"]
         for field in SETTING_FIELDS:
             assert field in params, f"MLproject {name} lacks the request field {field}"

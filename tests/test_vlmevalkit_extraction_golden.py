@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from g2u.eval.scoring import extract_choice, extract_yesno
+from g2u.eval.scoring import extract_choice, extract_yesno, infer_choice
 
 GOLDEN = Path(__file__).parent / "golden" / "vlmevalkit" / "extraction.json.gz"
 
@@ -40,3 +40,13 @@ def test_yesno_extraction_agrees_with_vlmevalkit_on_every_generated_output(golde
     ours = {"yes": "Yes", "no": "No", None: "Unknown"}
     diffs = [(out, label, extract_yesno(out)) for out, label in golden["yesno"] if ours[extract_yesno(out)] != label]
     assert diffs == []
+
+
+def test_what_a_judge_would_see_is_what_the_reference_sends_it(golden):
+    """``infer_choice`` keeps the reference's three outcomes apart: a letter, "Z" (read: no answer, never
+    judged) and unreadable (None: the reference's False, the only outputs an answer judge is asked about)."""
+    diffs = [(out, label, infer_choice(out, opts)) for out, opts, label in golden["mcq"]
+             if (label or None) != infer_choice(out, opts)]
+    assert diffs == []
+    assert sum(1 for _, _, label in golden["mcq"] if label == "Z") > 100
+    assert sum(1 for _, _, label in golden["mcq"] if not label) > 1000

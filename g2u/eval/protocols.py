@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -66,6 +66,47 @@ class BudgetSection(BaseModel):
     max_new_tokens: Budget
 
 
+class JudgePrompt(BaseModel):
+    """How an answer judge is asked about one answer kind: ``template`` with ``{question}``, ``{options}``
+    (``options`` with ``{items}``, each option through ``option``) and ``{prediction}``; ``cjk_template``
+    when the question holds CJK ideographs (the reference's ``cn_string``); one try per temperature, then
+    ``fallback``: ``random_option`` (a seeded pick among the options and Z, "no answer") or ``unknown``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    template: str
+    cjk_template: str | None = None
+    options: str = "{items}"
+    option: str = "{letter}. {text}\n"
+    temperatures: list[float] = Field(min_length=1)
+    fallback: Literal["random_option", "unknown"]
+    source: str = ""
+
+    def render(self, question: str, prediction: str, options: Sequence[str] | None = None) -> str:
+        items = "".join(self.option.format(letter=LETTERS[i], text=opt) for i, opt in enumerate(options or []))
+        cjk = self.cjk_template is not None and any("\u4e00" <= ch <= "\u9fff" for ch in question)
+        template = self.cjk_template if cjk else self.template
+        return template.format(question=question, options=self.options.format(items=items),
+                               prediction=prediction)
+
+
+class JudgeSection(BaseModel):
+    """The protocol's answer judge: the default (``exact_matching``), the model the reference uses, and the
+    prompts for the answer kinds a judge may read (none: this protocol reads answers by exact matching only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default: str = "exact_matching"
+    reference_model: str = ""
+    version: int = 1
+    max_tokens: int = 2048
+    mcq: JudgePrompt | None = None
+    yesno: JudgePrompt | None = None
+
+    def prompt(self, kind: str) -> JudgePrompt | None:
+        return {"mcq": self.mcq, "yesno": self.yesno}.get(kind)
+
+
 class Protocol(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -77,7 +118,7 @@ class Protocol(BaseModel):
     datasets: dict[str, str] = Field(default_factory=dict)
     budget: BudgetSection
     extraction: str = "vlmevalkit"
-    judge: dict[str, str] = Field(default_factory=lambda: {"default": "exact_matching"})
+    judge: JudgeSection = Field(default_factory=JudgeSection)
 
     @field_validator("layouts")
     @classmethod

@@ -261,14 +261,61 @@ def _has_l2(record: dict) -> bool:
     return bool(record.get("l2_category") or record.get("l2-category"))
 
 
+class MixedJudges(ValueError):
+    """Records read by different judges: their numbers cannot stand in one table."""
+
+
+def judges_of(records: Sequence[dict]) -> dict[str, list[str]]:
+    """The judges that read the records' answers: ``answer_judge`` (MCQ and yes/no; records made before
+    answer judges were exact matching) and ``judge`` (open answers: the grader, ``none`` for the rule)."""
+    answer, graders = set(), set()
+    for r in records:
+        if r.get("error") or r.get("no_gold"):
+            continue
+        if r.get("answer_kind") in ("mcq", "yesno"):
+            answer.add(str(r.get("answer_judge") or "exact_matching"))
+        elif r.get("answer_kind") == "open" and "judge_model" in r:  # older records do not say
+            graders.add(str(r["judge_model"] or "none"))
+    return {"answer_judge": sorted(answer), "judge": sorted(graders)}
+
+
+def one_judge(records: Sequence[dict]) -> dict[str, str]:
+    """{"answer_judge", "judge"}: the one judge of each kind behind the records; ``MixedJudges`` when the
+    records were read by several (a comparison table never mixes judges)."""
+    found = judges_of(records)
+    mixed = {k: v for k, v in found.items() if len(v) > 1}
+    if mixed:
+        raise MixedJudges("records were read by different judges (" + "; ".join(
+            f"{k}: {', '.join(v)}" for k, v in mixed.items()) + "): score them with one judge before comparing")
+    return {"answer_judge": (found["answer_judge"] or ["exact_matching"])[0],
+            "judge": (found["judge"] or ["none"])[0]}
+
+
+def extraction_counts(records: Sequence[dict]) -> dict[str, float]:
+    """Per mode, how the MCQ / yes-no answers were read: ``n_judged`` (an answer judge read it),
+    ``n_judge_fallback`` (the judge failed: the protocol's fallback), ``n_unreadable`` (exact matching found
+    nothing and no judge was asked: a miss)."""
+    flat: dict[str, float] = {}
+    for mode, rows in _by_mode(records).items():
+        rows = [r for r in rows if r.get("answer_kind") in ("mcq", "yesno") and not r.get("error")]
+        if not rows:
+            continue
+        for name, value in (("n_judged", "judge"), ("n_judge_fallback", "judge_fallback"),
+                            ("n_unreadable", "unreadable")):
+            flat[f"{name}/{mode}"] = sum(1 for r in rows if r.get("extraction") == value)
+    return flat
+
+
 def compute_metrics(records: Sequence[dict], samples: Sequence[Any] | None = None) -> dict[str, Any]:
     """Flat metrics, named as MLflow logs them, plus the nested tables for artifacts. ``samples`` (the
-    benchmark's ``Sample`` list) fills in fields the records may lack (l2-category)."""
+    benchmark's ``Sample`` list) fills in fields the records may lack (l2-category). Records read by
+    different judges are refused (``MixedJudges``): modes are compared in one table."""
     if samples is not None:
         records = with_sample_fields(records, samples)
     unscored = [r for r in records if r.get("no_gold")]
     if unscored:  # a split without gold answers: predicted and written, never scored
         records = [r for r in records if not r.get("no_gold")]
+    judges = one_judge(records)
     acc = accuracy_table(records)  # headline: failed predictions are misses
     flat: dict[str, float] = {}
     for mode, row in acc.items():
@@ -289,7 +336,8 @@ def compute_metrics(records: Sequence[dict], samples: Sequence[Any] | None = Non
     n = counts(records)
     for mode, c in n.items():
         flat[f"n_scored/{mode}"], flat[f"n_errors/{mode}"] = c["n_scored"], c["n_errors"]
-    out: dict[str, Any] = {"accuracy": acc, "counts": n, "flat": flat,
+    flat.update(extraction_counts(records))
+    out: dict[str, Any] = {"accuracy": acc, "counts": n, "flat": flat, "judges": judges,
                            "n_errors": sum(1 for r in records if r.get("error"))}
     if "baseline" in acc:
         for mode in acc:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
+from g2u.eval.answer_judge import EXACT_MATCHING, KINDS, ExactMatching, extract_records
 from g2u.eval.datasets import Sample
 from g2u.eval.protocols import DEFAULT_PROTOCOL, load_protocol
 from g2u.eval.scoring import score_sample
@@ -145,10 +146,15 @@ def _end_torn_line(path: Path) -> None:
 def evaluate(samples: Sequence[Sample], predictor: Predictor, config: EvalConfig, out_dir: str | Path,
              batch_size: int = 4, progress: bool = True,
              judge: Callable[[str, str, str], bool | float | None] | None = None,
-             fidelity_judge: Callable | None = None) -> EvalResult:
+             fidelity_judge: Callable | None = None, answer_judge: ExactMatching | None = None) -> EvalResult:
     """Predict every (sample, mode) not already in ``out_dir/predictions.jsonl``; append as they come.
-    ``judge(question, answer, prediction)`` (e.g. ``scoring.mmvet_judge``) rescores open answers;
-    ``fidelity_judge`` (``g2u.judge.make_judge``) adds the judged fidelity of each thought."""
+    ``answer_judge`` (``g2u.eval.answer_judge``; default exact matching) reads MCQ and yes/no answers;
+    ``judge(question, answer, prediction)`` (e.g. ``scoring.mmvet_judge``; its ``label`` names it) rescores
+    open answers; ``fidelity_judge`` (``g2u.judge.make_judge``) adds the judged fidelity of each thought.
+    Resumed records read by another answer judge or open-answer judge are read again with this run's
+    (and the file rewritten), so one run's numbers always come from one judge."""
+    extractor = answer_judge or ExactMatching()
+    open_judge = judge_label(judge)
     out = Path(out_dir)
     (out / "thoughts").mkdir(parents=True, exist_ok=True)
     path = out / "predictions.jsonl"
@@ -180,11 +186,10 @@ def evaluate(samples: Sequence[Sample], predictor: Predictor, config: EvalConfig
                 # A refused or failed prediction is an error, never a wrong answer.
                 record["correct"] = None if record.get("error") or record.get("no_gold") else \
                     bool(score_sample(sample, record["prediction"]))
-                if judge is not None and sample.answer_kind == "open" and not record.get("error"):
-                    verdict = judge(sample.question, sample.answer, record["prediction"])
-                    record["judge"] = verdict  # None: the judge could not answer; the match score stands
-                    if verdict is not None:
-                        record["correct"] = verdict
+            extract_records([(r, by_id[r["id"]]) for r in records], extractor)
+            for record in records:
+                sample = by_id[record["id"]]
+                _judge_open(record, sample, judge, open_judge)
                 attach_judgement(record, fidelity_judge, sample.load_image(), out)
                 sink.write(json.dumps(record, ensure_ascii=False) + "\n")
                 if record.get("thought_path"):
@@ -198,7 +203,60 @@ def evaluate(samples: Sequence[Sample], predictor: Predictor, config: EvalConfig
     wanted = set(config.modes)
     records = [r for r in read_records(path)
                if r.get("config_key") == config.key(r.get("mode", "")) and r["id"] in ids and r["mode"] in wanted]
+    by_sample = {s.id: s for s in samples}
+    stale = [r for r in records if _read_by_other_judge(r, by_sample[r["id"]], extractor.label, open_judge)]
+    if stale:
+        extract_records([(r, by_sample[r["id"]]) for r in stale], extractor)
+        for r in stale:
+            _judge_open(r, by_sample[r["id"]], judge, open_judge)
+        _rewrite(path, stale)
     return EvalResult(records=records, out_dir=out, computed=computed, reused=len(existing))
+
+
+def judge_label(judge: Callable | None) -> str | None:
+    """What names an open-answer judge in records and runs: its ``label``, else its function name."""
+    if judge is None:
+        return None
+    return str(getattr(judge, "label", None) or getattr(judge, "__name__", type(judge).__name__))
+
+
+def _judge_open(record: dict, sample: Sample, judge: Callable | None, label: str | None) -> None:
+    """An open answer graded by ``judge`` (``record["judge"]``, None when it could not answer: the rule
+    score stands) and named (``judge_model``); without a judge, any earlier grade is dropped."""
+    if sample.answer_kind != "open" or record.get("error") or record.get("no_gold"):
+        return
+    record["judge_model"] = label
+    record["correct"] = bool(score_sample(sample, record["prediction"]))
+    record["judge"] = None
+    if judge is not None:
+        verdict = judge(sample.question, sample.answer, record["prediction"])
+        record["judge"] = verdict
+        if verdict is not None:
+            record["correct"] = verdict
+
+
+def _read_by_other_judge(record: dict, sample: Sample, answer_judge: str, open_judge: str | None) -> bool:
+    if record.get("error") or record.get("no_gold"):
+        return False
+    if sample.answer_kind == "open":
+        return record.get("judge_model", record.get("judge") and "unknown") != open_judge
+    return sample.answer_kind in KINDS and record.get("answer_judge", EXACT_MATCHING) != answer_judge
+
+
+def _rewrite(path: Path, updated: Sequence[dict]) -> None:
+    """Replace the lines of ``updated`` records in ``path`` (temp file + rename: a crash leaves the old file
+    or the new one, never half of one); a torn line is dropped."""
+    by_key = {(r.get("config_key"), r["id"], r["mode"]): r for r in updated}
+    lines = []
+    for record in read_records(path):
+        record = by_key.get((record.get("config_key"), record["id"], record["mode"]), record)
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    tmp = path.with_suffix(".jsonl.tmp")
+    with tmp.open("w") as f:
+        f.writelines(lines)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _sample_fields(sample: Sample) -> dict[str, Any]:

@@ -71,13 +71,20 @@ def _infer_text(text: str, options: Sequence[str], letters: str) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def extract_choice(output: str, options: Sequence[str]) -> str | None:
-    """The option letter ``output`` chooses by VLMEvalKit's exact-matching rules, or None (no answer)."""
+def infer_choice(output: str, options: Sequence[str]) -> str | None:
+    """VLMEvalKit's ``can_infer``: the option letter, ``"Z"`` when the output refuses or names no option
+    (read, but no answer: no judge is asked), or None when exact matching cannot read it (a judge may)."""
     letters = LETTERS[: len(options)]
     text = str(output)
     letter = _infer_option(text, letters)
     if letter is None:
         letter = _infer_text(text, options, letters)
+    return letter
+
+
+def extract_choice(output: str, options: Sequence[str]) -> str | None:
+    """The option letter ``output`` chooses by VLMEvalKit's exact-matching rules, or None (no answer)."""
+    letter = infer_choice(output, options)
     return None if letter in (None, _NO_ANSWER) else letter
 
 
@@ -229,13 +236,22 @@ def score_answer(kind: str, answer: str, options: Sequence[str] | None, predicti
     return open_score(prediction, answer)
 
 
+JUDGED = ("judge", "judge_fallback")
+"""Record ``extraction`` values whose label came from an answer judge (its reply, or the fallback rule)."""
+
+
 def score_record(record: dict, lenient: bool = False) -> float | None:
     """A prediction record's score, re-read from its own fields (so old files are rescored with today's
-    rules): None for a failed or refused prediction (an error, not a wrong answer); an open answer's
-    judge grade when the judge gave one (``record["judge"]``: bool or 0–1), else the rule score."""
+    rules): None for a failed or refused prediction (an error, not a wrong answer); an MCQ / yes-no answer an
+    answer judge read: its label (``record["extracted"]``); an open answer's judge grade when the judge gave
+    one (``record["judge"]``: bool or 0–1), else the rule score."""
     if record.get("error"):
         return None
     kind = record.get("answer_kind") or "open"
+    if kind in ("mcq", "yesno") and not lenient and record.get("extraction") in JUDGED:
+        # read by an answer judge (g2u.eval.answer_judge): its label, not the rules, decides
+        gold = str(record.get("answer", ""))
+        return float(record.get("extracted") == (gold if kind == "mcq" else gold.strip().lower()))
     if kind == "open" and not lenient and isinstance(record.get("judge"), (bool, int, float)):
         return float(record["judge"])
     return score_answer(kind, str(record.get("answer", "")), record.get("options"),

@@ -134,19 +134,32 @@ def records_from_file(path: str | Path, mode: str = "baseline") -> tuple[list[di
     return records, samples
 
 
-def score_prediction_file(path: str | Path, mode: str = "baseline") -> dict[str, Any]:
-    """Our protocol's metrics (``g2u.eval.report.compute_metrics``) of a VLMEvalKit prediction file."""
+def score_prediction_file(path: str | Path, mode: str = "baseline", answer_judge: Any = None) -> dict[str, Any]:
+    """Our protocol's metrics (``g2u.eval.report.compute_metrics``) of a VLMEvalKit prediction file; MCQ and
+    yes/no answers read by ``answer_judge`` (``g2u.eval.answer_judge``; default exact matching)."""
+    from g2u.eval.answer_judge import ExactMatching, extract_records
     from g2u.eval.report import compute_metrics
 
     records, samples = records_from_file(path, mode)
+    by_id = {s.id: s for s in samples}
+    extract_records([(r, by_id[r["id"]]) for r in records], answer_judge or ExactMatching())
     return compute_metrics(records, samples)
 
 
-def score_summary(path: str | Path, mode: str = "baseline") -> dict[str, Any]:
-    """The numbers of ``score_prediction_file`` (finite ones), with what made them: extraction, judge and
-    how failed predictions count."""
-    metrics = score_prediction_file(path, mode)
+def score_summary(path: str | Path, mode: str = "baseline", answer_judge: str | None = None,
+                  protocol: str = "vlmevalkit") -> dict[str, Any]:
+    """The numbers of ``score_prediction_file`` (finite ones), with what made them: extraction, answer judge
+    (``exact_matching``, or ``openai[:MODEL]`` with ``protocol``'s judge prompts) and how failed predictions
+    count."""
+    from g2u.eval.answer_judge import make_answer_judge
+    from g2u.eval.protocols import load_protocol
+
+    extractor = make_answer_judge(answer_judge, load_protocol(protocol))
+    extractor.check()
+    metrics = score_prediction_file(path, mode, extractor)
     flat = {k: v for k, v in metrics["flat"].items() if isinstance(v, (int, float)) and v == v}
-    return {"file": str(path), "params": {"extraction": "vlmevalkit@e8e78f05", "answer_judge": "exact_matching",
+    return {"file": str(path), "params": {"extraction": "vlmevalkit@e8e78f05", "answer_judge": extractor.label,
+                                          "answer_judge_model": extractor.model or "none",
+                                          "protocol": load_protocol(protocol).label,
                                           "errors": "miss (excl_errors/… beside)"},
             "metrics": flat}
