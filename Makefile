@@ -89,7 +89,7 @@ model-serve: install
 # MLflow on a real database: a throw-away PostgreSQL 15 (system package, loopback, free port, stopped
 # afterwards) under `mlflow server`; evaluate, register and a models:/name@alias load against it.
 test-postgres: install
-	$(PY) -m pytest -q -m postgres tests/test_postgres_tracking.py
+	$(PY) -m pytest -q -m postgres tests/entry/test_postgres_tracking.py
 
 # Needs a running server (`make serve`); reads the token from TorchServe's key_file.json.
 loadtest: install

@@ -1,4 +1,4 @@
-"""What each issue-17 option costs on a demo checkpoint: backend passes and wall time per request.
+"""What each beyond-the-paper option costs on a demo checkpoint: backend passes and wall time per request.
 
     PYTHONPATH=$PWD HF_HUB_OFFLINE=1 python load_tests/bench_beyond.py --backend qwen_image_edit --steps 2
 

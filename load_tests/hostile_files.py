@@ -1,5 +1,5 @@
 """Crafted hostile inputs (built in memory in milliseconds): files that once made a single request crash or
-stall a worker. The unit tests (tests/test_images.py, tests/test_bodies.py) and the reliability catalogue
+stall a worker. The unit tests (tests/core/test_images.py, tests/core/test_bodies.py) and the reliability catalogue
 (load_tests/reliability.py) send the same bytes."""
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def many_strip_tiff(strips: int = 1_500_000) -> bytes:
     """A valid 1×``strips`` 8-bit TIFF stored one row per strip: its StripOffsets and StripByteCounts
     arrays hold ``strips`` entries each (9 bytes a strip: 13.5 MB for 1.5 M, under the body limit).
     PIL reads both arrays and builds one tile per strip before decoding anything (6 s to refuse before
-    issue 25)."""
+    the client-bounds rows)."""
     pixels_at = 8
     offsets_at = pixels_at + strips + strips % 2
     counts_at = offsets_at + 4 * strips

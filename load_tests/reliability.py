@@ -2,7 +2,7 @@
 the prompt writer's endpoint down or hanging, and the security settings.
 
 Each check is a function taking a READY ``handler.tsctl.Server`` and returning a JSON-able dict; the tests
-(tests/test_reliability.py) call them with short durations and assert on the dicts, ``make reliability``
+(tests/serving/test_reliability.py) call them with short durations and assert on the dicts, ``make reliability``
 runs them all at report length and writes outputs/reliability/report.{json,md} (``--mlflow`` logs both).
 
     python -m load_tests.reliability [--users 4] [--duration 180s] [--mlflow]
@@ -119,8 +119,8 @@ def crafted(name: str) -> bytes:
             "tiff": hostile_files.many_page_tiff, "png16": hostile_files.png16}[name]()
 
 
-def issue15_cases() -> list[Hostile]:
-    """Single requests that crashed (500) or stalled the worker before issue 15; the TIFF is last: on the old
+def single_request_cases() -> list[Hostile]:
+    """Single requests that crashed (500) or stalled the worker once; the TIFF is last: on the old
     code it keeps the worker busy for minutes."""
     for name in ("ztxt", "iccp", "tiff", "png16"):  # built now, not while the requests race
         crafted(name)
@@ -187,7 +187,7 @@ def hostile_cases() -> list[Hostile]:
         Hostile("base64 image as a multipart text field",
                 lambda c: c.post(data={"question": "q?", **{k: str(v) for k, v in FAST.items()}},
                                  files={"image": (None, b64(png))}), 200, None),
-        *issue15_cases(),
+        *single_request_cases(),
     ]
 
 
@@ -512,13 +512,13 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown_issue25(report: dict) -> list[str]:
-    """The issue-25 rows of the report (``load_tests/reliability_issue25.py``)."""
+def markdown_clients(report: dict) -> list[str]:
+    """The client-bounds rows of the report (``load_tests/reliability_clients.py``)."""
     if not report:
         return []
     lab, de, costs, inputs, own = (report[k] for k in ("labels_and_logs", "describe_explain", "costs", "inputs",
                                                        "own_answers"))
-    lines = ["## What one client cannot do (issue 25)", "",
+    lines = ["## What one client cannot do", "",
              f"- {lab['requests']} requests with unique large / forging field names → statuses {lab['statuses']}, "
              f"longest field echoed {lab['longest_field_echoed']} chars; g2u_errors series "
              f"{lab['g2u_errors_series_before']} → {lab['g2u_errors_series_after']}; forged series "
@@ -553,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mlflow", action="store_true")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    from load_tests import reliability_issue25
+    from load_tests import reliability_clients
 
     endpoint = hanging_endpoint()
     with tempfile.TemporaryDirectory(prefix="g2u-reliability-") as tmp:
@@ -561,17 +561,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             report = {"cpus": os.cpu_count(),
                       "hostile": check_hostile(server),
-                      "hostile_latency": check_hostile_latency(server, issue15_cases(),
+                      "hostile_latency": check_hostile_latency(server, single_request_cases(),
                                                                {"TIFF of 150 000 pages": 3}),
                       "sustained": check_sustained(server, args.users, args.duration, args.out / "locust"),
                       "writer": check_writer_faults(server, endpoint, args.writer_budget),
                       "security": check_security(server),
-                      "issue25": reliability_issue25.check_all(server),
+                      "clients": reliability_clients.check_all(server),
                       "worker_kill": check_worker_kill(server)}
         finally:
             server.stop()
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
-    text = markdown(report) + "\n".join(markdown_issue25(report.get("issue25", {})))
+    text = markdown(report) + "\n".join(markdown_clients(report.get("clients", {})))
     (args.out / "report.md").write_text(text)
     print(text)
     if args.mlflow:

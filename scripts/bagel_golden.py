@@ -1,4 +1,4 @@
-"""Golden data from the official BAGEL code, for ``tests/test_backend_bagel_golden.py``.
+"""Golden data from the official BAGEL code, for ``tests/backends/test_bagel_golden.py``.
 
 Usage (from the repository root, with the project's venv)::
 

@@ -5,7 +5,7 @@
 
 Prints, per quantity, the largest relative L2 error (velocities: the reference's own x_t fed to ours at
 every step) and, for decoded images, how many uint8 values differ and by how much. The tolerances of
-``tests/test_backend_bagel_golden.py`` are set from the float32 numbers.
+``tests/backends/test_bagel_golden.py`` are set from the float32 numbers.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tests():
-    spec = importlib.util.spec_from_file_location("bagel_golden_test", ROOT / "tests" / "test_backend_bagel_golden.py")
+    path = ROOT / "tests" / "backends" / "test_bagel_golden.py"
+    spec = importlib.util.spec_from_file_location("bagel_golden_test", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

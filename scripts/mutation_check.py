@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BAGEL = "tests/test_backend_bagel_golden.py"
-QWEN = "tests/test_backend_qwen_edit_stock.py"
+BAGEL = "tests/backends/test_bagel_golden.py"
+QWEN = "tests/backends/test_qwen_edit_stock.py"
 
 
 @dataclass(frozen=True)

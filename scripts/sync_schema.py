@@ -5,7 +5,7 @@ request-field and loader-option parameters (g2u/schema.py, g2u/loading.py) and t
 (g2u/modes.py).
 
     python scripts/sync_schema.py          # rewrite both
-    python scripts/sync_schema.py --check  # exit 1 if either differs (tests/test_schema.py checks too)
+    python scripts/sync_schema.py --check  # exit 1 if either differs (tests/core/test_schema.py checks too)
 """
 
 from __future__ import annotations
