@@ -92,7 +92,7 @@ def image_tokens(backend: Any, size: tuple[int, int], cap: int | None) -> int:
 
 def prompt_cost(backend: Any, req: G2URequest) -> PromptCost:
     """The stage-II prompt ``req`` will send, counted before any work (``g2u.answer_prompt`` lays it out)."""
-    from g2u.answer_prompt import COT_INSTRUCTION, ORIGINAL_LABEL, THOUGHT_LABEL, format_question
+    from g2u.answer_prompt import COT_INSTRUCTION, ORIGINAL_LABEL, THOUGHT_LABEL, format_question, layouts
 
     mode = MODES[req.mode]
     question = format_question(req.question, req.options)
@@ -100,8 +100,9 @@ def prompt_cost(backend: Any, req: G2URequest) -> PromptCost:
     images, turns, text = 1, 1, q_tokens + 24  # the image, the question, the answer instruction
     passes = 1
     if mode.needs_thought:
-        if mode.parts is None and req.layout == "multiturn":
-            images, turns, text = 3, 3, 2 * q_tokens + 32
+        if mode.parts is None and req.layout == "multiturn":  # user [I, q + suffix], assistant [Î], user [I, q]
+            suffix = count_text(backend, layouts()["multiturn"]["enhance_first_suffix"])
+            images, turns, text = 3, 3, 2 * q_tokens + suffix + 32
         else:
             images, text = 2, text + (count_text(backend, ORIGINAL_LABEL + THOUGHT_LABEL)
                                       if req.layout == "labelled" else 0)
@@ -114,7 +115,12 @@ def prompt_cost(backend: Any, req: G2URequest) -> PromptCost:
     if req.strategy.gate == "confidence" and mode.needs_thought:
         passes += 1
     per_image = image_tokens(backend, req.image.size, req.answer.stage2_max_pixels)
-    return PromptCost(text=text + TURN_OVERHEAD * turns, images=per_image * images, image_count=images,
+    image_total = per_image * images
+    if mode.needs_thought and req.answer.stage2_sizing != "shared":  # the thought is read at its own size
+        size = req.thought.size if req.thought is not None else backend.plan_edit_size(
+            req.image.size, size=req.edit.size, area=req.edit.area).size
+        image_total += max(0, image_tokens(backend, size, req.answer.stage2_max_pixels) - per_image)
+    return PromptCost(text=text + TURN_OVERHEAD * turns, images=image_total, image_count=images,
                       passes=passes)
 
 

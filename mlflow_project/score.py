@@ -41,4 +41,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from g2u.entry import run_guarded
+
+    sys.exit(run_guarded(main))  # one-line errors; --debug or G2U_DEBUG=1: the traceback

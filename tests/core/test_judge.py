@@ -12,6 +12,7 @@ from PIL import Image
 
 from g2u.judge import FidelityJudge, OpenAIAsker, SelfAsker, make_judge, parse_scores, viescore
 from g2u.testing.fake_http import FakeHTTPServer
+from g2u.types import Answer
 
 ORIGINAL = Image.new("RGB", (40, 30), (10, 120, 200))
 THOUGHT = Image.new("RGB", (40, 30), (12, 118, 190))
@@ -98,7 +99,7 @@ class ScriptedBackend:
         reply = self.replies.pop(0)
         if isinstance(reply, Exception):
             raise reply
-        return [reply]
+        return [Answer(reply)]
 
 
 def test_self_judge_uses_the_backend_understanding_pathway():

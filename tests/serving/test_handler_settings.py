@@ -57,7 +57,8 @@ def test_the_deadline_must_come_before_torchserve_kills_the_worker():
 def test_settings_as_the_handler_reads_them(tmp_path):
     s = HandlerSettings.from_model_config({"handler": {"budget": None, "thought_cache": str(tmp_path / "c"),
                                                        "defaults": {"steps": 3}}})
-    assert s.budget.model_dump() == {"max_edit_work": None, "max_decode_tokens": None}  # the backend's default
+    assert s.budget.model_dump() == {"max_edit_work": None, "max_decode_tokens": None, "max_prompt_tokens": None,
+                                     "max_batch_tokens": None}  # the backend's defaults
     assert s.defaults == {"steps": 3}
     store = s.thought_cache_store()
     assert store.directory == tmp_path / "c" and store.max_mb == s.thought_cache.max_mb
