@@ -13,12 +13,19 @@ export HF_HUB_OFFLINE ?= 1
 install: $(STAMP)
 
 # torch is installed FIRST and pinned: a bare `torch` pulled in by another package would resolve to a
-# multi-GB CUDA build. Re-runs are no-ops until pyproject.toml changes.
+# multi-GB CUDA build. Re-runs are no-ops until pyproject.toml changes. --no-compile: pip would byte-compile
+# every installed module (most never imported); Python compiles and caches what is imported instead.
+PIP_INSTALL := $(PIP) install --disable-pip-version-check --no-compile -q
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --disable-pip-version-check -q torch==2.13.0
-	$(PIP) install --disable-pip-version-check -q -e ".[serve,eval,load,dev,fit,ray,postgres]"
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) -e ".[serve,eval,load,dev,fit,ray,postgres]"
 	touch $(STAMP)
+
+# One pytest worker per core (pytest-xdist), a whole test file per worker (module fixtures such as a started
+# TorchServe are built once); `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= auto
+PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -29,7 +36,7 @@ test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(MAKE) --no-print-directory docs-build
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_PARALLEL)
 
 # The documentation site (docs/, mkdocs.yml). --strict: a broken link or anchor, or a page left out of
 # the nav, fails the build (and so `make test`). Not -q: mkdocs only counts the warnings it prints.
@@ -54,7 +61,7 @@ ui: install
 test-fast: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -m "not e2e"
+	$(PY) -m pytest -q -m "not e2e" $(PYTEST_PARALLEL)
 
 demo: install
 	$(VENV)/bin/g2u demo build demo_checkpoints

@@ -62,8 +62,30 @@ def ensure_demo_checkpoint(name: str = "qwen_image_edit", seed: int = 0, root: P
     root = Path(root) if root is not None else default_demo_root()
     folder = root / name
     if read_demo_marker(folder) is None:
-        build_demo_checkpoints(root, seed=seed, backends=(name,))
+        _build_atomically(root, name, seed)
     return folder
+
+
+def _build_atomically(root: Path, name: str, seed: int) -> None:
+    """Build in a private folder beside the target and rename it into place: two processes starting at
+    once (TorchServe workers, parallel evaluations) never read or write a half-built checkpoint."""
+    import shutil
+    import tempfile
+
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-building-", dir=root))
+    try:
+        build_demo_checkpoints(staging, seed=seed, backends=(name,))
+        folder = root / name
+        if folder.exists() and read_demo_marker(folder) is None:
+            shutil.rmtree(folder, ignore_errors=True)  # an interrupted build of an older version
+        try:
+            os.rename(staging / name, folder)
+        except OSError:
+            if read_demo_marker(folder) is None:  # not another process's finished build: a real failure
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 __all__ = ["DEMO_BACKENDS", "DEMO_MARKER", "build_demo_checkpoints", "default_demo_root", "ensure_demo_checkpoint",

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from g2u.gate import GatePoint, calibration_curve, pick_threshold
-from tests.entry.test_mlflow_project import FAST, finished_runs, make_benchmark, mlflow_run, project_env  # noqa: F401
+from tests.entry.test_mlflow_project import FAST, finished_runs, make_benchmark, mlflow_run
 
 
 def _pair(i, prob, base_ok, g2u_ok, gate_ms=10.0, total=110.0):
@@ -33,7 +33,7 @@ def test_calibration_curve_trades_accuracy_for_imagining():
 
 
 @pytest.mark.e2e
-def test_calibrate_gate_entry_point(project_env, tmp_path):  # noqa: F811 - the imported fixture
+def test_calibrate_gate_entry_point(project_env, tmp_path):
     bench = make_benchmark(tmp_path / "bench", n=2)
     proc = mlflow_run(project_env, "-e", "calibrate_gate", "-P", f"benchmark={bench}", "-P", "thresholds=0,1",
                       "-P", "max_imagined=0", *FAST)
@@ -45,7 +45,7 @@ def test_calibrate_gate_entry_point(project_env, tmp_path):  # noqa: F811 - the 
 
 
 @pytest.mark.e2e
-def test_learn_routes_entry_point(project_env, tmp_path):  # noqa: F811 - the imported fixture
+def test_learn_routes_entry_point(project_env, tmp_path):
     records = []
     for i in range(6):
         records += [{"id": str(i), "mode": "baseline", "correct": False, "question": "How many dogs?"},

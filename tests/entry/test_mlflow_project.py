@@ -1,21 +1,17 @@
-"""The MLflow project end to end: every entry point through `mlflow run` on the demo checkpoint, a killed
-evaluation resumed, the registry round trip, `endpoint` mode against a real TorchServe, and the tracking
-calls against a real `mlflow server` on loopback."""
+"""The MLflow project end to end: the entry points through `mlflow run` on the demo checkpoint (the default
+run, evaluate, ablation) and a killed evaluation resumed; the registry, endpoint mode and a tracking server
+are in test_mlflow_tracking.py."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
 import pytest
-import requests
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +20,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from g2u.eval.runner import read_records  # noqa: E402
-from handler import tsctl  # noqa: E402
 
 pytestmark = pytest.mark.e2e  # starts servers / subprocess pipelines: `make test-fast` skips it
 
@@ -47,16 +42,6 @@ def make_benchmark(folder: Path, n: int = 4) -> Path:
     return path
 
 
-@pytest.fixture
-def project_env(tmp_path, monkeypatch) -> dict[str, str]:
-    """A tracking store and an output folder of this test's own, for `mlflow run` and in-process calls."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("G2U_OUTPUT_DIR", str(tmp_path / "outputs"))
-    mlflow.set_tracking_uri(uri)
-    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
-
-
 def mlflow_run(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     cmd = [str(VENV_BIN / "mlflow"), "run", str(ROOT), "--env-manager", "local", *args]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
@@ -73,8 +58,20 @@ def artifact_names(run_id: str, path: str | None = None) -> set[str]:
     return {Path(a.path).name for a in mlflow.MlflowClient().list_artifacts(run_id, path)}
 
 
+def readme_evaluation() -> str:
+    """The README's "One evaluation" command (test_docs leaves that block to this file: it is run here)."""
+    from tests.entry.test_docs import examples
+
+    [block] = [ex.code for ex in examples(ROOT / "README.md") if "mlflow run ." in ex.code]
+    return block
+
+
 def test_plain_mlflow_run_evaluates_the_demo_on_the_builtin_sample(project_env):
-    mlflow_run(project_env, "-P", "steps=2")
+    """The README's evaluation command as written: the default entry point on the built-in sample."""
+    code = readme_evaluation().replace(".venv/bin/", f"{VENV_BIN}/")
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", code], env=project_env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     [run] = finished_runs()
     assert run.info.status == "FINISHED"
     metrics = run.data.metrics
@@ -171,71 +168,3 @@ def test_ablation_nested_runs_and_table(project_env, tmp_path):
     for row in ("baseline", "textual_cot", "replace", "g2u P_E (library)", "g2u P_X (library)", "self-prompt",
                 "openai writer", "labelled layout", "multiturn layout"):
         assert row in table
-
-
-def test_register_then_load_by_alias_and_predict(project_env):
-    mlflow_run(project_env, "-e", "register", "-P", "alias=candidate")
-    version = mlflow.MlflowClient().get_model_version_by_alias("g2u", "candidate")
-    assert int(version.version) == 1
-    model = mlflow.pyfunc.load_model("models:/g2u@candidate")
-    import pandas as pd
-
-    from mlflow_project.register import _sample_image_b64
-
-    frame = pd.DataFrame([{"image": _sample_image_b64(), "question": "What colour?", "mode": "g2u", "steps": 2},
-                          {"image": _sample_image_b64(), "question": "", "mode": "g2u", "steps": 2}])
-    out = model.predict(frame)
-    assert isinstance(out.loc[0, "answer"], str) and out.loc[0, "demo"] and out.loc[0, "edit_prompt"]
-    assert json.loads(out.loc[1, "error"])["field"] == "question"
-
-
-def test_evaluate_against_a_running_torchserve_endpoint(project_env, tmp_path):
-    bench = make_benchmark(tmp_path / "bench", n=3)
-    server = tsctl.serve_demo(tmp_path / "ts")
-    try:
-        env = {**project_env, "G2U_TOKEN": server.keys()["inference"]}
-        url = f"{server.url('inference')}/predictions/g2u"
-        mlflow_run(env, "-e", "evaluate", "-P", f"benchmark={bench}", "-P", f"endpoint={url}", *FAST)
-    finally:
-        server.stop()
-    [run] = finished_runs()
-    records = read_records(Path(run.data.tags["g2u.out_dir"]) / "predictions.jsonl")
-    assert len(records) == 6 and not [r for r in records if r.get("error")]
-    assert all(r["model"]["demo"] for r in records)
-    assert run.data.params["endpoint"] == url
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_tracking_against_a_real_mlflow_server(project_env, tmp_path):
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        env=project_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "mlflow server did not start"
-            time.sleep(0.5)
-        uri = f"http://127.0.0.1:{port}"
-        bench = make_benchmark(tmp_path / "bench", n=2)
-        mlflow_run({**project_env, "MLFLOW_TRACKING_URI": uri}, "-e", "evaluate", "-P", f"benchmark={bench}",
-                   *FAST)
-        mlflow.set_tracking_uri(uri)
-        [run] = finished_runs()
-        assert "acc/g2u/overall" in run.data.metrics
-        assert "predictions.jsonl" in artifact_names(run.info.run_id)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
