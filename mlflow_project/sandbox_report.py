@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> dict:
                     metrics[_metric(f"acc/{row}/{cond}")] = cell["acc"]
                     metrics[_metric(f"acc_low/{row}/{cond}")] = cell["low"]
                     metrics[_metric(f"acc_high/{row}/{cond}")] = cell["high"]
-        gain = summary["oracle_gain"]
-        metrics.update({f"oracle_gain/{k}": v for k, v in gain.items() if v == v})
+        for cond, gain in summary["gains"].items():
+            metrics.update({f"gain/{cond}/{k}": v for k, v in gain.items() if v == v})
         for key, value in (summary.get("training") or {}).items():
             if isinstance(value, (int, float)):
                 metrics[f"training/{key}"] = value

@@ -7,8 +7,12 @@ checkpoint:
 - ``degraded``: baseline mode on the degraded image,
 - ``g2u_oracle``: g2u mode, [degraded I, q, Î] with Î the clean image (the oracle thought),
 - ``replace_oracle``: replace mode, [Î, q] with the oracle thought,
-- ``g2u_editor``: g2u mode with the thoughts the demo editor imagines (stage I for real, with the edit
-  prompt family the degradation calls for).
+- ``g2u_own``: g2u mode with the thoughts the checkpoint's own editor imagines (stage I for real, with the
+  edit prompt family the degradation calls for),
+- ``blind``: baseline mode on a blank canvas (the scene's background, no shapes): the answerer without the
+  image, what it knows from the question alone,
+- ``prior``: no model: the majority answer per question text learned on the training draws (per question
+  kind for a text training never asked), ``g2u.sandbox.recipe.majority_prior``.
 
 Accuracy per degradation type and severity with Wilson 95% intervals (scipy), and the paired oracle gain
 (g2u_oracle − degraded on the same samples) with a bootstrap 95% interval.
@@ -32,9 +36,11 @@ from g2u.eval.scoring import score_sample
 from g2u.sandbox.build import MANIFEST, build_sandbox
 from g2u.types import EditRecord, Thought
 
-CONDITIONS = ("clean", "degraded", "g2u_oracle", "replace_oracle", "g2u_editor")
+CONDITIONS = ("clean", "degraded", "g2u_own", "g2u_oracle", "replace_oracle", "blind", "prior")
 CONDITION_MODES = {"clean": "baseline", "degraded": "baseline", "g2u_oracle": "g2u", "replace_oracle": "replace",
-                   "g2u_editor": "g2u"}
+                   "g2u_own": "g2u", "blind": "baseline"}
+GAIN_CONDITIONS = ("g2u_own", "g2u_oracle", "replace_oracle")
+"""Conditions whose paired gain over ``degraded`` the report gives."""
 ORACLE_PROMPT = "oracle thought: the clean image"
 
 
@@ -89,28 +95,41 @@ def evaluate_conditions(pipe, samples: Sequence[Sample], sandbox: Path, config: 
                         log: Callable[[str], None] = print) -> list[dict]:
     """One record per (sample, condition): id, condition, degradation, severity, category, prediction,
     correct."""
+    from g2u.sandbox.recipe import majority_prior
+    from g2u.sandbox.scenes import BACKGROUND, SCENE_SIZE
+
+    by_text, by_kind = majority_prior()
+    blank = Image.new("RGB", (SCENE_SIZE, SCENE_SIZE), BACKGROUND)
     records = []
     for start in range(0, len(samples), config.batch_size):
         chunk = samples[start:start + config.batch_size]
         degraded = [s.load_image() for s in chunk]
         clean = [Image.open(sandbox / s.extra["oracle_thought"]).convert("RGB") for s in chunk]
         for condition in config.conditions:
+            if condition == "prior":
+                for s in chunk:
+                    answer = by_text.get(s.question, by_kind[s.category])
+                    records.append(_record(s, condition, answer))
+                continue
             mode = CONDITION_MODES[condition]
-            images = clean if condition == "clean" else degraded
+            images = clean if condition == "clean" else [blank] * len(chunk) if condition == "blind" else degraded
             if condition in ("g2u_oracle", "replace_oracle"):
                 thoughts = [_oracle_thought(c, s.extra["expected_family"]) for s, c in zip(chunk, clean)]
-            else:  # g2u_editor: stage I runs in the batch path; baseline conditions need no thought
+            else:  # g2u_own: stage I runs in the batch path; baseline conditions need no thought
                 thoughts = [None] * len(chunk)
             raws = [_raw(s, img, mode, config, t) for s, img, t in zip(chunk, images, thoughts)]
             for s, outcome in zip(chunk, run_batch(pipe, raws)):
                 if not outcome.ok:  # a failed item is a broken report, never a wrong answer
                     raise RuntimeError(f"sandbox sample {s.id} ({condition}): {outcome.error}")
-                answer = outcome.result.answer
-                records.append({"id": s.id, "condition": condition, "degradation": s.extra["degradation"],
-                                "severity": s.extra["severity"], "category": s.category,
-                                "prediction": answer, "correct": bool(score_sample(s, answer))})
+                records.append(_record(s, condition, outcome.result.answer))
         log(f"evaluated {min(start + config.batch_size, len(samples))}/{len(samples)} samples")
     return records
+
+
+def _record(sample: Sample, condition: str, answer: str) -> dict:
+    return {"id": sample.id, "condition": condition, "degradation": sample.extra["degradation"],
+            "severity": sample.extra["severity"], "category": sample.category, "prediction": answer,
+            "correct": bool(score_sample(sample, answer))}
 
 
 def summarise(records: Sequence[dict], conditions: Sequence[str] = CONDITIONS) -> dict:
@@ -136,12 +155,17 @@ def summarise(records: Sequence[dict], conditions: Sequence[str] = CONDITIONS) -
     by_id = defaultdict(dict)
     for r in records:
         by_id[r["id"]][r["condition"]] = r["correct"]
-    paired = [v for v in by_id.values() if "g2u_oracle" in v and "degraded" in v]
-    gain = paired_gain([v["g2u_oracle"] for v in paired], [v["degraded"] for v in paired])
     overall = table["all"]
     gap = overall["clean"]["acc"] - overall["degraded"]["acc"] if "clean" in overall else float("nan")
-    gain["recovered_share"] = gain["gain"] / gap if gap > 0 else float("nan")
-    return {"table": table, "oracle_gain": gain}
+    gains = {}
+    for cond in GAIN_CONDITIONS:
+        paired = [v for v in by_id.values() if cond in v and "degraded" in v]
+        if not paired:
+            continue
+        gain = paired_gain([v[cond] for v in paired], [v["degraded"] for v in paired])
+        gain["recovered_share"] = gain["gain"] / gap if gap > 0 else float("nan")
+        gains[cond] = gain
+    return {"table": table, "gains": gains, "oracle_gain": gains.get("g2u_oracle")}
 
 
 def _row_order(table: dict) -> list[str]:
@@ -165,13 +189,13 @@ def format_table(summary: dict, conditions: Sequence[str] = CONDITIONS) -> str:
         lines.append(f"| {row} | {n} | " + " | ".join(
             f"{100 * c['acc']:.1f} [{100 * c['low']:.0f}–{100 * c['high']:.0f}]" for c in
             (cells[k] for k in conditions)) + " |")
-    g = summary["oracle_gain"]
     lines.append("")
-    lines.append(f"oracle gain (g2u with the clean image as thought − baseline on the degraded image, paired): "
-                 f"{100 * g['gain']:+.1f} points [bootstrap 95% {100 * g['low']:+.1f}, {100 * g['high']:+.1f}], "
-                 + (f"recovering {100 * g['recovered_share']:.0f}% of the clean−degraded gap"
-                    if g["recovered_share"] == g["recovered_share"]
-                    else "no clean−degraded gap to recover (the answerer does not read the degradation)"))
+    for cond, g in summary.get("gains", {}).items():
+        lines.append(f"{cond} gain ({cond} − baseline on the degraded image, paired): "
+                     f"{100 * g['gain']:+.1f} points [bootstrap 95% {100 * g['low']:+.1f}, {100 * g['high']:+.1f}], "
+                     + (f"recovering {100 * g['recovered_share']:.0f}% of the clean−degraded gap"
+                        if g["recovered_share"] == g["recovered_share"]
+                        else "no clean−degraded gap to recover (the answerer does not read the degradation)"))
     return "\n".join(lines)
 
 

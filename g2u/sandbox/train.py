@@ -33,11 +33,10 @@ from g2u.answer_prompt import MCQ_INSTRUCTION, OPEN_INSTRUCTION, format_question
 from g2u.demo import DEMO_MARKER, read_demo_marker
 from g2u.eval.datasets import Sample
 from g2u.eval.scoring import score_sample
-from g2u.sandbox.samples import SandboxSample, draw_sample
+from g2u.sandbox.recipe import TRAIN_SEED_OFFSET, training_content
+from g2u.sandbox.samples import SandboxSample, draw_disjoint, draw_sample
 
 TRAINED_MARKER = "g2u_trained.json"
-TRAIN_SEED_OFFSET = 1_000_003
-"""Training scenes come from seeds far from the ones sandboxes are built with (0, 1, 2, ...)."""
 
 
 @dataclass(frozen=True)
@@ -218,7 +217,7 @@ def train_demo_answerer(folder: str | Path, config: TrainConfig = TrainConfig(),
     facts = train_answerer(model, processor, config, log=log)
     facts.update(eval_n=eval_n, config=config.__dict__)
     if eval_n:
-        held_out = [draw_sample(TRAIN_SEED_OFFSET + config.seed + 1, i) for i in range(eval_n)]
+        held_out = draw_disjoint(TRAIN_SEED_OFFSET + config.seed + 1, eval_n, exclude=training_content(config.seed))
         facts.update(
             accuracy_clean=round(accuracy(model, processor, held_out), 4),
             accuracy_degraded=round(accuracy(model, processor, held_out, use_degraded=True), 4),

@@ -88,7 +88,8 @@ def test_degradations_change_the_image_more_with_severity():
     clean = render(scene)
     base = np.asarray(clean, dtype=float)
     for name in ("blur", "noise", "under_exposure", "low_contrast", "downscale"):
-        errors = [np.abs(np.asarray(degrade(clean, name, k, scene.objects[0], random.Random(1)), dtype=float)
+        target = [(scene.objects[0].position, scene.objects[0].center)]
+        errors = [np.abs(np.asarray(degrade(clean, name, k, target, random.Random(1))[0], dtype=float)
                          - base).mean() for k in SEVERITIES]
         assert 0 < errors[0] < errors[2], name
 
@@ -97,9 +98,11 @@ def test_crop_and_occluder_hide_the_subject():
     scene = draw_scene(random.Random(5))
     subject = scene.objects[0]
     clean = render(scene)
-    cropped = degrade(clean, "crop", 3, subject, random.Random(0))
+    target = [(subject.position, subject.center)]
+    cropped, _ = degrade(clean, "crop", 3, target, random.Random(0))
     assert cropped.size[0] * cropped.size[1] == SCENE_SIZE * SCENE_SIZE // 2
-    occluded = degrade(clean, "occluder", 3, subject, random.Random(0))
+    occluded, params = degrade(clean, "occluder", 3, target, random.Random(0))
+    assert params["blocks"] == [list(subject.center)]
     x, y = subject.center
     assert occluded.getpixel((x, y)) not in COLORS.values()
     assert clean.getpixel((x, y)) in COLORS.values()
@@ -109,9 +112,9 @@ def test_crop_and_occluder_hide_the_subject():
 def test_unknown_degradation_or_severity_is_refused():
     clean = render(draw_scene(random.Random(0)))
     with pytest.raises(ValueError, match="unknown degradation"):
-        degrade(clean, "rain", 1, None, random.Random(0))
+        degrade(clean, "rain", 1, [("top left", (28, 28))], random.Random(0))
     with pytest.raises(ValueError, match="severity"):
-        degrade(clean, "blur", 4, None, random.Random(0))
+        degrade(clean, "blur", 4, [("top left", (28, 28))], random.Random(0))
 
 
 def test_no_question_names_its_answer():
