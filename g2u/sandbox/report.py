@@ -33,14 +33,22 @@ from scipy import stats
 from g2u.batch import RawItem, run_batch
 from g2u.eval.datasets import Sample, load_dataset
 from g2u.eval.scoring import score_sample
+from g2u.measures import edit_measures
 from g2u.sandbox.build import MANIFEST, build_sandbox
 from g2u.types import EditRecord, Thought
 
-CONDITIONS = ("clean", "degraded", "g2u_own", "g2u_oracle", "replace_oracle", "blind", "prior")
+BLEND_STRENGTHS = (0.25, 0.5, 0.75)
+"""Dose-response: g2u with thoughts blended from the (aligned) degraded image towards the oracle."""
+BLENDS = tuple(f"g2u_blend_{round(100 * a)}" for a in BLEND_STRENGTHS)
+GAIN_CONDITIONS = ("g2u_own", "g2u_oracle", "replace_oracle", *BLENDS)
+"""Conditions whose paired gain over ``degraded`` the report gives."""
+THOUGHT_CONDITIONS = ("g2u_own", "g2u_oracle", *BLENDS)
+"""Conditions answering from [I, q, Î]: their thoughts' fidelity to the clean scene is measured."""
+CONDITIONS = ("clean", "degraded", "g2u_own", "g2u_oracle", "replace_oracle", *BLENDS, "blind", "prior")
 CONDITION_MODES = {"clean": "baseline", "degraded": "baseline", "g2u_oracle": "g2u", "replace_oracle": "replace",
                    "g2u_own": "g2u", "blind": "baseline"}
-GAIN_CONDITIONS = ("g2u_own", "g2u_oracle", "replace_oracle")
-"""Conditions whose paired gain over ``degraded`` the report gives."""
+CONDITION_MODES.update({b: "g2u" for b in BLENDS})
+
 ORACLE_PROMPT = "oracle thought: the clean image"
 
 
@@ -75,8 +83,25 @@ def paired_gain(better: Sequence[bool], base: Sequence[bool], seed: int = 0) -> 
             "high": float(res.confidence_interval.high)}
 
 
-def _oracle_thought(clean: Image.Image, family: str) -> Thought:
-    record = EditRecord(prompt=ORACLE_PROMPT, prompt_name=None, family=family, writer="oracle", steps=0,
+def aligned_degraded(degraded: Image.Image, params: dict, size: tuple[int, int]) -> Image.Image:
+    """The degraded image on the clean scene's canvas: a crop pasted back where it was cut from (the cut
+    band left as background), anything else as is."""
+    from g2u.sandbox.scenes import BACKGROUND
+
+    if params.get("name") != "crop":
+        return degraded
+    canvas = Image.new("RGB", size, BACKGROUND)
+    cut = params["cut"]
+    canvas.paste(degraded, {"left": (cut, 0), "top": (0, cut)}.get(params["side"], (0, 0)))
+    return canvas
+
+
+def blend_strength(condition: str) -> float:
+    return int(condition.rsplit("_", 1)[1]) / 100
+
+
+def _oracle_thought(clean: Image.Image, family: str, prompt: str = ORACLE_PROMPT) -> Thought:
+    record = EditRecord(prompt=prompt, prompt_name=None, family=family, writer="oracle", steps=0,
                         text_cfg=0.0, image_cfg=0.0, seed=0, size=clean.size)
     return Thought(image=clean, edit=record)
 
@@ -115,15 +140,49 @@ def evaluate_conditions(pipe, samples: Sequence[Sample], sandbox: Path, config: 
             images = clean if condition == "clean" else [blank] * len(chunk) if condition == "blind" else degraded
             if condition in ("g2u_oracle", "replace_oracle"):
                 thoughts = [_oracle_thought(c, s.extra["expected_family"]) for s, c in zip(chunk, clean)]
+            elif condition in BLENDS:
+                a = blend_strength(condition)
+                thoughts = [_oracle_thought(Image.blend(aligned_degraded(d, s.extra["degradation_params"], c.size), c, a),
+                                            s.extra["expected_family"], f"oracle blended at {a}")
+                            for s, d, c in zip(chunk, degraded, clean)]
             else:  # g2u_own: stage I runs in the batch path; baseline conditions need no thought
                 thoughts = [None] * len(chunk)
             raws = [_raw(s, img, mode, config, t) for s, img, t in zip(chunk, images, thoughts)]
-            for s, outcome in zip(chunk, run_batch(pipe, raws)):
+            for s, c, t, outcome in zip(chunk, clean, thoughts, run_batch(pipe, raws)):
                 if not outcome.ok:  # a failed item is a broken report, never a wrong answer
                     raise RuntimeError(f"sandbox sample {s.id} ({condition}): {outcome.error}")
-                records.append(_record(s, condition, outcome.result.answer))
+                record = _record(s, condition, outcome.result.answer)
+                if condition in THOUGHT_CONDITIONS:
+                    image = t.image if t is not None else _thought_image(outcome.result)
+                    if image is not None:
+                        record.update(edit_measures(c, image))
+                records.append(record)
         log(f"evaluated {min(start + config.batch_size, len(samples))}/{len(samples)} samples")
     return records
+
+
+def _thought_image(result) -> Image.Image | None:
+    thought = getattr(result, "thought", None)
+    return getattr(thought, "image", thought) if thought is not None else None
+
+
+def fidelity_gain(records: Sequence[dict], measure: str = "ssim") -> dict:
+    """Linear regression of the paired gain of each thought (its condition's correctness − the degraded
+    baseline's, per sample: −1, 0 or +1) on the thought's ``measure`` against the clean scene (scipy
+    linregress): slope, R², two-sided p, n. PSNR ignores identical thoughts (capped at 100 dB)."""
+    base = {r["id"]: r["correct"] for r in records if r["condition"] == "degraded"}
+    xs, ys = [], []
+    for r in records:
+        if r["condition"] in THOUGHT_CONDITIONS and measure in r and r["id"] in base:
+            if measure == "psnr" and r[measure] >= 100:
+                continue
+            xs.append(r[measure])
+            ys.append(int(r["correct"]) - int(base[r["id"]]))
+    if len(set(xs)) < 3:
+        return {"n": len(xs), "slope": float("nan"), "r2": float("nan"), "p": float("nan")}
+    fit = stats.linregress(xs, ys)
+    return {"n": len(xs), "slope": float(fit.slope), "intercept": float(fit.intercept),
+            "r2": float(fit.rvalue ** 2), "p": float(fit.pvalue)}
 
 
 def _record(sample: Sample, condition: str, answer: str) -> dict:
@@ -165,7 +224,13 @@ def summarise(records: Sequence[dict], conditions: Sequence[str] = CONDITIONS) -
         gain = paired_gain([v[cond] for v in paired], [v["degraded"] for v in paired])
         gain["recovered_share"] = gain["gain"] / gap if gap > 0 else float("nan")
         gains[cond] = gain
-    return {"table": table, "gains": gains, "oracle_gain": gains.get("g2u_oracle")}
+    dose = [{"strength": 0.0, "gain": 0.0, "low": 0.0, "high": 0.0}]
+    dose += [{"strength": blend_strength(b), **gains[b]} for b in BLENDS if b in gains]
+    if "g2u_oracle" in gains:
+        dose.append({"strength": 1.0, **gains["g2u_oracle"]})
+    fidelity = {m: fidelity_gain(records, m) for m in ("ssim", "psnr")}
+    return {"table": table, "gains": gains, "oracle_gain": gains.get("g2u_oracle"), "dose_response": dose,
+            "fidelity_gain": fidelity}
 
 
 def _row_order(table: dict) -> list[str]:
@@ -196,6 +261,14 @@ def format_table(summary: dict, conditions: Sequence[str] = CONDITIONS) -> str:
                      + (f"recovering {100 * g['recovered_share']:.0f}% of the clean−degraded gap"
                         if g["recovered_share"] == g["recovered_share"]
                         else "no clean−degraded gap to recover (the answerer does not read the degradation)"))
+    dose = summary.get("dose_response") or []
+    if len(dose) > 2:
+        lines.append("dose-response (thought blended degraded→oracle; gain over degraded, points): " + ", ".join(
+            f"{d['strength']:.2f}: {100 * d['gain']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]" for d in dose))
+    for measure, fit in (summary.get("fidelity_gain") or {}).items():
+        if fit["n"]:
+            lines.append(f"fidelity→gain ({measure} of each thought vs the clean scene, n={fit['n']}): slope "
+                         f"{fit['slope']:+.3g}, R² {fit['r2']:.3f}, p {fit['p']:.2g}")
     return "\n".join(lines)
 
 

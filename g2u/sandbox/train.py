@@ -58,6 +58,10 @@ class TrainConfig:
     """Width of the answerer (and of the editor's joint attention, which reads its hidden states)."""
     threads: int = 1
     """Torch CPU threads: 1, since on a shared machine two spinning OpenMP threads stall each other."""
+    vision_pretrain_steps: int = 0
+    """Steps of ``pretrain_vision`` before the answer training (0: none, the old recipe)."""
+    vision_pretrain_lr: float = 3e-3
+    vision_batch_size: int = 32
 
 
 def question_text(question: str, options: Sequence[str] | None) -> str:
@@ -156,11 +160,71 @@ def calibrate_vision_output(model, processor, images: Sequence[Image.Image]) -> 
     last.weight.mul_(target / spread)
 
 
+ATTRIBUTES = (("shape", ("none", "circle", "square", "triangle")), ("color", ("none", "red", "green", "blue", "yellow")),
+              ("size", ("none", "small", "large")))
+"""What the vision pre-training teaches each image token to say about the grid cell it lies in."""
+
+
+def cell_labels(sample: SandboxSample, grid: int) -> torch.Tensor:
+    """(grid², 3) class indices: shape, colour and size of the object in each token's grid cell."""
+    from g2u.sandbox.scenes import POSITIONS
+
+    rows = []
+    for r in range(grid):
+        for c in range(grid):
+            cell = POSITIONS[(2 * r // grid) * 2 + (2 * c // grid)]
+            obj = sample.scene.at(cell)
+            rows.append([values.index(getattr(obj, name) if obj else "none") for name, values in ATTRIBUTES])
+    return torch.tensor(rows)
+
+
+def _vision_tokens(model, inputs) -> torch.Tensor:
+    out = model.model.visual(inputs["pixel_values"].to(model.dtype), grid_thw=inputs["image_grid_thw"])
+    tokens = out if torch.is_tensor(out) else getattr(out, "pooler_output", None)
+    return tokens if torch.is_tensor(tokens) else out[0]
+
+
+def pretrain_vision(model, processor, config: "TrainConfig", log: Callable[[str], None] = print) -> dict:
+    """Teach the vision tower (patch embedding, blocks, merger) what is in each grid cell, before the
+    language model ever sees an image: a linear head per attribute on every merged image token, trained
+    with cross-entropy on clean scenes, then thrown away (the architecture is unchanged).
+
+    Why: trained only through the answer loss, the tiny random vision tower stays near its random features
+    and the language model settles on the question-only prior (measured: the 2-layer answerer reached 50%
+    clean, per kind 20–57%; a 4-layer, 64-wide one was still at the prior after 500 steps). With image tokens
+    that already name their cell's shape, colour and size, the language model only has to learn to look."""
+    from g2u.sandbox.scenes import SCENE_SIZE
+
+    grid = SCENE_SIZE // 28  # merged tokens per side (14-px patches, 2×2 merge)
+    width = model.model.visual.merger.mlp[-1].out_features
+    heads = torch.nn.ModuleList(torch.nn.Linear(width, len(values)) for _, values in ATTRIBUTES)
+    params = [*model.model.visual.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=config.vision_pretrain_lr, weight_decay=0.01)
+    start, seed = time.perf_counter(), TRAIN_SEED_OFFSET + config.seed - 2
+    losses = []
+    for step in range(config.vision_pretrain_steps):
+        batch = [draw_sample(seed, step * config.vision_batch_size + k) for k in range(config.vision_batch_size)]
+        inputs = processor.image_processor(images=[s.clean for s in batch], return_tensors="pt")
+        tokens = _vision_tokens(model, inputs)
+        labels = torch.cat([cell_labels(s, grid) for s in batch])
+        loss = sum(torch.nn.functional.cross_entropy(head(tokens), labels[:, i]) for i, head in enumerate(heads))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if step % 100 == 0 or step == config.vision_pretrain_steps - 1:
+            log(f"vision step {step:4d}  loss {sum(losses[-100:]) / len(losses[-100:]):.3f}  "
+                f"{time.perf_counter() - start:6.1f}s")
+    return {"vision_steps": config.vision_pretrain_steps, "vision_s": round(time.perf_counter() - start, 1),
+            "vision_final_loss": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 4)}
+
+
 def train_answerer(model, processor, config: TrainConfig, log: Callable[[str], None] = print) -> dict:
     """Train ``model`` in place on sandbox examples drawn on the fly; returns the training facts."""
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
+    facts = pretrain_vision(model, processor, config, log) if config.vision_pretrain_steps else {}
     if config.freeze_merger:
         model.model.visual.merger.requires_grad_(False)
     visual = [p for n, p in model.named_parameters() if ".visual." in f".{n}" and p.requires_grad]
@@ -194,7 +258,7 @@ def train_answerer(model, processor, config: TrainConfig, log: Callable[[str], N
             log(f"time limit {config.max_seconds:.0f}s reached at step {step}")
             break
     model.eval()
-    return {"steps": step + 1, "train_s": round(time.perf_counter() - start, 1),
+    return {**facts, "steps": step + 1, "train_s": round(time.perf_counter() - start, 1),
             "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4)}
 
 

@@ -217,3 +217,33 @@ def test_report_pairs_conditions_per_sample(demo_root, tmp_path):
     table = summary["table"]["all"]
     assert table["clean"]["acc"] == table["replace_oracle"]["acc"]
     assert (tmp_path / "out" / "table.md").read_text().startswith("| row | n |")
+
+
+def test_fidelity_gain_regression_and_dose_response():
+    """Thoughts closer to the clean scene gain more: a planted positive slope is found, a flat one is not."""
+    from g2u.sandbox.report import fidelity_gain
+
+    records = []
+    for i in range(200):
+        records.append({"id": str(i), "condition": "degraded", "degradation": "blur", "severity": 1,
+                        "category": "count", "correct": False})
+        for cond, ssim in (("g2u_blend_25", 0.3), ("g2u_blend_75", 0.8), ("g2u_oracle", 1.0)):
+            records.append({"id": str(i), "condition": cond, "degradation": "blur", "severity": 1,
+                            "category": "count", "correct": (i % 10) < 10 * ssim - 2, "ssim": ssim, "psnr": 20 * ssim})
+    fit = fidelity_gain(records, "ssim")
+    assert fit["slope"] > 0 and fit["p"] < 1e-6 and fit["n"] == 600
+    flat = [dict(r, correct=(int(r["id"]) % 2 == 0)) if r["condition"] != "degraded" else r for r in records]
+    assert fidelity_gain(flat, "ssim")["p"] > 0.5
+    summary = summarise(records, ("degraded", "g2u_blend_25", "g2u_blend_75", "g2u_oracle"))
+    gains = [d["gain"] for d in summary["dose_response"]]
+    assert gains == sorted(gains) and gains[-1] == pytest.approx(0.8)
+
+
+def test_aligned_degraded_puts_a_crop_back_in_place():
+    from g2u.sandbox.report import aligned_degraded
+
+    s = next(draw_sample(7, i) for i in range(50) if draw_sample(7, i).degradation == "crop")
+    canvas = aligned_degraded(s.degraded, s.params, s.clean.size)
+    assert canvas.size == s.clean.size
+    diff = np.abs(np.asarray(canvas, dtype=int) - np.asarray(s.clean, dtype=int)).sum(axis=2)
+    assert (diff == 0).mean() > 0.5  # the kept part lines up with the clean scene pixel for pixel
