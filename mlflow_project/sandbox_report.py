@@ -60,10 +60,19 @@ def run(args: argparse.Namespace) -> dict:
         for key, value in (summary.get("training") or {}).items():
             if isinstance(value, (int, float)):
                 metrics[f"training/{key}"] = value
-        mlflow.log_metrics(metrics)
         mlflow.set_tags({"g2u.out_dir": str(out_dir), "demo_checkpoint": "trained"})
         for name in ("table.md", "report.json", "records.jsonl"):
             mlflow.log_artifact(str(out_dir / name))
+        import json
+
+        from g2u.sandbox.figures import draw_figures
+
+        records = [json.loads(line) for line in (out_dir / "records.jsonl").read_text().splitlines()]
+        for path in draw_figures(summary, records, out_dir):  # one picture per finding
+            mlflow.log_artifact(str(path), artifact_path="figures")
+        for measure, fit in summary["fidelity_gain"].items():
+            metrics.update({f"fidelity_gain/{measure}/{k}": v for k, v in fit.items() if v == v})
+        mlflow.log_metrics(metrics)
         print(summary["table_text"])
         return metrics
 

@@ -16,7 +16,7 @@ TRAIN_SEED_OFFSET = 1_000_003
 """Training scenes come from seeds far from the ones sandboxes are built with (0, 1, 2, ...)."""
 RESERVED_SEEDS = range(TRAIN_SEED_OFFSET - 1, TRAIN_SEED_OFFSET + 1000)
 """Seeds a sandbox may not be built from: every training and validation stream lies in here."""
-ANSWERER_DRAWS = 2400 * 16
+ANSWERER_DRAWS = 1200 * 32
 """Draws of the shipped answerer's recipe (steps × batch size), the stream ``training_streams`` covers."""
 EDITOR_SEED = TRAIN_SEED_OFFSET + 500
 EDITOR_DRAWS = 40_000
@@ -34,7 +34,7 @@ def check_seed(seed: int) -> None:
 def training_streams(seed: int = 0, answerer_draws: int = ANSWERER_DRAWS) -> list[tuple[int, int]]:
     """(seed, count) of every training stream of the recipe with ``seed``."""
     data = TRAIN_SEED_OFFSET + seed
-    return [(data, answerer_draws), (data - 1, 64), (EDITOR_SEED + seed, EDITOR_DRAWS)]
+    return [(data, answerer_draws), (data - 1, 64), (data - 2, 600 * 32), (EDITOR_SEED + seed, EDITOR_DRAWS)]
 
 
 @lru_cache(maxsize=4)

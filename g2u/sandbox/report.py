@@ -40,14 +40,17 @@ from g2u.types import EditRecord, Thought
 BLEND_STRENGTHS = (0.25, 0.5, 0.75)
 """Dose-response: g2u with thoughts blended from the (aligned) degraded image towards the oracle."""
 BLENDS = tuple(f"g2u_blend_{round(100 * a)}" for a in BLEND_STRENGTHS)
-GAIN_CONDITIONS = ("g2u_own", "g2u_oracle", "replace_oracle", *BLENDS)
+TRANSFER = ("own_enhancement", "own_extension")
+"""Transfer: g2u with the checkpoint's own thought under each prompt family's default, whatever the
+degradation (finding 3: the matching family should beat the other on the diagonal)."""
+GAIN_CONDITIONS = ("g2u_own", "g2u_oracle", "replace_oracle", *BLENDS, *TRANSFER)
 """Conditions whose paired gain over ``degraded`` the report gives."""
-THOUGHT_CONDITIONS = ("g2u_own", "g2u_oracle", *BLENDS)
+THOUGHT_CONDITIONS = ("g2u_own", "g2u_oracle", *BLENDS, *TRANSFER)
 """Conditions answering from [I, q, Î]: their thoughts' fidelity to the clean scene is measured."""
-CONDITIONS = ("clean", "degraded", "g2u_own", "g2u_oracle", "replace_oracle", *BLENDS, "blind", "prior")
+CONDITIONS = ("clean", "degraded", "g2u_own", "g2u_oracle", "replace_oracle", *BLENDS, *TRANSFER, "blind", "prior")
 CONDITION_MODES = {"clean": "baseline", "degraded": "baseline", "g2u_oracle": "g2u", "replace_oracle": "replace",
                    "g2u_own": "g2u", "blind": "baseline"}
-CONDITION_MODES.update({b: "g2u" for b in BLENDS})
+CONDITION_MODES.update({b: "g2u" for b in (*BLENDS, *TRANSFER)})
 
 ORACLE_PROMPT = "oracle thought: the clean image"
 
@@ -106,11 +109,12 @@ def _oracle_thought(clean: Image.Image, family: str, prompt: str = ORACLE_PROMPT
     return Thought(image=clean, edit=record)
 
 
-def _raw(sample: Sample, image: Image.Image, mode: str, config: ReportConfig, thought: Thought | None = None):
+def _raw(sample: Sample, image: Image.Image, mode: str, config: ReportConfig, thought: Thought | None = None,
+         family: str | None = None):
     """One item of the batch path: the request fields, its image, the gold answer (the leak guard) and the
     oracle thought where the condition brings one (stage I is skipped for it)."""
     fields = {"question": sample.question, "options": sample.options, "mode": mode,
-              "family": sample.extra["expected_family"], "steps": config.editor_steps,
+              "family": family or sample.extra["expected_family"], "steps": config.editor_steps,
               "max_new_tokens": config.max_new_tokens, "id": sample.id}
     return RawItem({k: v for k, v in fields.items() if v is not None}, image, gold_answer=sample.answer,
                    thought=thought)
@@ -147,7 +151,8 @@ def evaluate_conditions(pipe, samples: Sequence[Sample], sandbox: Path, config: 
                             for s, d, c in zip(chunk, degraded, clean)]
             else:  # g2u_own: stage I runs in the batch path; baseline conditions need no thought
                 thoughts = [None] * len(chunk)
-            raws = [_raw(s, img, mode, config, t) for s, img, t in zip(chunk, images, thoughts)]
+            family = condition.removeprefix("own_") if condition in TRANSFER else None
+            raws = [_raw(s, img, mode, config, t, family) for s, img, t in zip(chunk, images, thoughts)]
             for s, c, t, outcome in zip(chunk, clean, thoughts, run_batch(pipe, raws)):
                 if not outcome.ok:  # a failed item is a broken report, never a wrong answer
                     raise RuntimeError(f"sandbox sample {s.id} ({condition}): {outcome.error}")
@@ -212,8 +217,10 @@ def summarise(records: Sequence[dict], conditions: Sequence[str] = CONDITIONS) -
             table[row][cond] = {"acc": sum(hits) / len(hits) if hits else float("nan"), "low": low, "high": high,
                                 "n": len(hits)}
     by_id = defaultdict(dict)
+    degradation_of = {}
     for r in records:
         by_id[r["id"]][r["condition"]] = r["correct"]
+        degradation_of[r["id"]] = r["degradation"]
     overall = table["all"]
     gap = overall["clean"]["acc"] - overall["degraded"]["acc"] if "clean" in overall else float("nan")
     gains = {}
@@ -229,7 +236,14 @@ def summarise(records: Sequence[dict], conditions: Sequence[str] = CONDITIONS) -
     if "g2u_oracle" in gains:
         dose.append({"strength": 1.0, **gains["g2u_oracle"]})
     fidelity = {m: fidelity_gain(records, m) for m in ("ssim", "psnr")}
-    return {"table": table, "gains": gains, "oracle_gain": gains.get("g2u_oracle"), "dose_response": dose,
+    transfer = {}
+    for cond in TRANSFER:
+        for name in {r["degradation"] for r in records}:
+            pairs = [v for i, v in by_id.items() if cond in v and "degraded" in v and degradation_of[i] == name]
+            if pairs:
+                transfer.setdefault(cond.removeprefix("own_"), {})[name] = paired_gain(
+                    [v[cond] for v in pairs], [v["degraded"] for v in pairs])
+    return {"transfer": transfer, "table": table, "gains": gains, "oracle_gain": gains.get("g2u_oracle"), "dose_response": dose,
             "fidelity_gain": fidelity}
 
 
@@ -261,6 +275,10 @@ def format_table(summary: dict, conditions: Sequence[str] = CONDITIONS) -> str:
                      + (f"recovering {100 * g['recovered_share']:.0f}% of the clean−degraded gap"
                         if g["recovered_share"] == g["recovered_share"]
                         else "no clean−degraded gap to recover (the answerer does not read the degradation)"))
+    for family, row in (summary.get("transfer") or {}).items():
+        lines.append(f"transfer, {family} prompt (own thought − degraded, points): " + ", ".join(
+            f"{name}: {100 * g['gain']:+.1f} [{100 * g['low']:+.1f}, {100 * g['high']:+.1f}]"
+            for name, g in sorted(row.items())))
     dose = summary.get("dose_response") or []
     if len(dose) > 2:
         lines.append("dose-response (thought blended degraded→oracle; gain over degraded, points): " + ", ".join(

@@ -41,27 +41,40 @@ TRAINED_MARKER = "g2u_trained.json"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 2400
-    batch_size: int = 16
-    lr: float = 5e-3
-    warmup: int = 50
+    steps: int = 1200
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup: int = 100
     seed: int = 0
     thought_share: float = 0.5
     """Share of examples in the [degraded I, q, clean Î] form; the rest are [clean I, q]."""
-    max_seconds: float = 540.0
-    """Hard stop: the run ends (and saves) when this much time has passed, whatever ``steps`` says."""
-    vision_lr_scale: float = 1.0
+    max_seconds: float = 1800.0
+    """Hard stop: the run ends (and saves) when this much time has passed, whatever ``steps`` says (a safety
+    net: a run that hits it did not follow the recipe, and its facts say so)."""
+    vision_lr_scale: float = 0.3
     """Learning-rate multiplier of the vision tower (its gradients are ~100× smaller than the LM's)."""
     freeze_merger: bool = True
     """Keep the calibrated vision merger fixed, so training cannot collapse image tokens onto one vector there."""
-    hidden_size: int = 32
+    hidden_size: int = 64
     """Width of the answerer (and of the editor's joint attention, which reads its hidden states)."""
     threads: int = 1
     """Torch CPU threads: 1, since on a shared machine two spinning OpenMP threads stall each other."""
-    vision_pretrain_steps: int = 0
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    vision_hidden: int | None = None
+    """Vision tower width (None: the answerer's ``hidden_size``)."""
+    vision_depth: int = 2
+    vision_pretrain_steps: int = 600
     """Steps of ``pretrain_vision`` before the answer training (0: none, the old recipe)."""
     vision_pretrain_lr: float = 3e-3
     vision_batch_size: int = 32
+
+
+    def text_options(self) -> dict:
+        """The answerer's shape knobs for ``build_tiny_qwen2_5_vl``."""
+        return {"num_layers": self.layers, "heads": self.heads, "kv_heads": self.kv_heads,
+                "vision_hidden": self.vision_hidden, "vision_depth": self.vision_depth}
 
 
 def question_text(question: str, options: Sequence[str] | None) -> str:
@@ -117,10 +130,17 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
 def accuracy(model, processor, samples: Sequence[SandboxSample], with_thought: bool = False,
              use_degraded: bool = False, batch_size: int = 32) -> float:
     """Share of ``samples`` answered correctly (greedy, the pipeline's answer function and scoring)."""
+    hits = accuracy_by_kind(model, processor, samples, with_thought, use_degraded, batch_size)
+    return sum(sum(v) for v in hits.values()) / len(samples)
+
+
+def accuracy_by_kind(model, processor, samples: Sequence[SandboxSample], with_thought: bool = False,
+                     use_degraded: bool = False, batch_size: int = 32) -> dict[str, list[bool]]:
+    """Correctness of each sample, grouped by question kind."""
     from g2u.backends.qwen_vl import generate_answers
     from g2u.schema import answer_params
 
-    correct = 0
+    hits: dict[str, list[bool]] = {}
     model.eval()
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
@@ -131,8 +151,9 @@ def accuracy(model, processor, samples: Sequence[SandboxSample], with_thought: b
                 parts = [s.degraded, parts[1]]
             contents.append(parts)
         answers = generate_answers(model, processor, contents, answer_params(max_new_tokens=4))
-        correct += sum(score_sample(as_eval_sample(s), a.text) for s, a in zip(chunk, answers))
-    return correct / len(samples)
+        for s, a in zip(chunk, answers):
+            hits.setdefault(s.question.kind, []).append(bool(score_sample(as_eval_sample(s), a.text)))
+    return hits
 
 
 @torch.no_grad()
@@ -275,18 +296,19 @@ def train_demo_answerer(folder: str | Path, config: TrainConfig = TrainConfig(),
     from g2u.demo.qwen import build_qwen_image_edit_demo
 
     folder = Path(folder)
-    build_qwen_image_edit_demo(folder, seed=config.seed, text_hidden_size=config.hidden_size)
+    build_qwen_image_edit_demo(folder, seed=config.seed, text_hidden_size=config.hidden_size,
+                               text_options=config.text_options())
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder / "text_encoder")
     processor = QwenVLImageProcessor.from_pretrained(folder, subfolder="processor")
     facts = train_answerer(model, processor, config, log=log)
     facts.update(eval_n=eval_n, config=config.__dict__)
     if eval_n:
         held_out = draw_disjoint(TRAIN_SEED_OFFSET + config.seed + 1, eval_n, exclude=training_content(config.seed))
-        facts.update(
-            accuracy_clean=round(accuracy(model, processor, held_out), 4),
-            accuracy_degraded=round(accuracy(model, processor, held_out, use_degraded=True), 4),
-            accuracy_oracle_g2u=round(accuracy(model, processor, held_out, with_thought=True), 4),
-        )
+        for name, kwargs in (("clean", {}), ("degraded", {"use_degraded": True}),
+                             ("oracle_g2u", {"with_thought": True})):
+            hits = accuracy_by_kind(model, processor, held_out, **kwargs)
+            facts[f"accuracy_{name}"] = round(sum(sum(v) for v in hits.values()) / len(held_out), 4)
+            facts[f"accuracy_{name}_by_kind"] = {k: round(sum(v) / len(v), 4) for k, v in sorted(hits.items())}
     model.save_pretrained(folder / "text_encoder")
     marker = read_demo_marker(folder) or {}
     marker["answerer"] = "trained on the g2u sandbox (g2u demo train): answers sandbox questions, nothing else"
