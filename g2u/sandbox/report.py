@@ -171,18 +171,30 @@ def _thought_image(result) -> Image.Image | None:
     return getattr(thought, "image", thought) if thought is not None else None
 
 
-def fidelity_gain(records: Sequence[dict], measure: str = "ssim") -> dict:
+def fidelity_gain(records: Sequence[dict], measure: str = "ssim", within: bool = False) -> dict:
     """Linear regression of the paired gain of each thought (its condition's correctness − the degraded
     baseline's, per sample: −1, 0 or +1) on the thought's ``measure`` against the clean scene (scipy
-    linregress): slope, R², two-sided p, n. PSNR ignores identical thoughts (capped at 100 dB)."""
+    linregress): slope, R², two-sided p, n. PSNR ignores identical thoughts (capped at 100 dB).
+
+    ``within``: both centred per sample first (fixed effects), so the slope compares thoughts *of the same
+    sample* — pooled over samples, a degradation whose thoughts score a low SSIM whatever their content
+    (noise) confounds fidelity with what the degradation hides."""
     base = {r["id"]: r["correct"] for r in records if r["condition"] == "degraded"}
-    xs, ys = [], []
+    xs, ys, groups = [], [], []
     for r in records:
         if r["condition"] in THOUGHT_CONDITIONS and measure in r and r["id"] in base:
             if measure == "psnr" and r[measure] >= 100:
                 continue
             xs.append(r[measure])
             ys.append(int(r["correct"]) - int(base[r["id"]]))
+            groups.append(r["id"])
+    if within and xs:
+        x, y, g = np.asarray(xs, float), np.asarray(ys, float), np.asarray(groups)
+        for key in set(groups):
+            m = g == key
+            x[m] -= x[m].mean()
+            y[m] -= y[m].mean()
+        xs, ys = list(x), list(y)
     if len(set(xs)) < 3:
         return {"n": len(xs), "slope": float("nan"), "r2": float("nan"), "p": float("nan")}
     fit = stats.linregress(xs, ys)
@@ -236,6 +248,7 @@ def summarise(records: Sequence[dict], conditions: Sequence[str] = CONDITIONS) -
     if "g2u_oracle" in gains:
         dose.append({"strength": 1.0, **gains["g2u_oracle"]})
     fidelity = {m: fidelity_gain(records, m) for m in ("ssim", "psnr")}
+    fidelity.update({f"{m}_within": fidelity_gain(records, m, within=True) for m in ("ssim", "psnr")})
     transfer = {}
     for cond in TRANSFER:
         for name in {r["degradation"] for r in records}:

@@ -85,3 +85,27 @@ def test_majority_prior_is_learned_on_training_draws():
     assert by_kind["exists"] in ("yes", "no") and by_kind["count"] in "1234"
     assert by_text["How many shapes are there?"] == by_kind["count"]
     assert len(by_text) > 6
+
+
+def test_the_excluded_streams_are_the_recipe_s():
+    """Build excludes the draws the default recipe trains on: a recipe change that forgets the exclusion
+    list would let evaluation content into training."""
+    from g2u.sandbox.recipe import training_streams
+    from g2u.sandbox.train import TrainConfig
+
+    config = TrainConfig()
+    streams = dict(training_streams(config.seed))
+    assert streams[TRAIN_SEED_OFFSET + config.seed] == config.steps * config.batch_size
+    assert streams[TRAIN_SEED_OFFSET + config.seed - 2] == config.vision_pretrain_steps * config.vision_batch_size
+
+
+def test_shipped_checkpoint_logs_its_recipe_and_the_retrain_check_compares_it():
+    from g2u.sandbox.shipped import SHIPPED, compare
+    from g2u.sandbox.train import TrainConfig, read_training_facts
+
+    logged = read_training_facts(SHIPPED)
+    assert logged["config"] == TrainConfig().__dict__  # the shipped model is the default recipe's
+    assert (SHIPPED / "train.log").read_text().count("step") > 20
+    assert compare(logged, dict(logged)) == []
+    off = dict(logged, accuracy_clean=logged["accuracy_clean"] - 0.1)
+    assert any("accuracy_clean" in p for p in compare(logged, off))
