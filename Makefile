@@ -66,6 +66,12 @@ test-fast: install
 demo: install
 	$(VENV)/bin/g2u demo build demo_checkpoints
 
+# Retrain the shipped sandbox checkpoint (checkpoints/sandbox/) from its logged recipe on this CPU and check
+# the logged held-out accuracies reproduce (g2u.sandbox.shipped.TOLERANCE); ~10 min on an idle 2-core CPU.
+.PHONY: sandbox-retrain
+sandbox-retrain: install
+	nice -n 10 $(PY) -m g2u.sandbox.shipped
+
 clean:
 	rm -rf demo_checkpoints outputs site .pytest_cache
 

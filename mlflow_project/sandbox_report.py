@@ -55,15 +55,24 @@ def run(args: argparse.Namespace) -> dict:
                     metrics[_metric(f"acc/{row}/{cond}")] = cell["acc"]
                     metrics[_metric(f"acc_low/{row}/{cond}")] = cell["low"]
                     metrics[_metric(f"acc_high/{row}/{cond}")] = cell["high"]
-        gain = summary["oracle_gain"]
-        metrics.update({f"oracle_gain/{k}": v for k, v in gain.items() if v == v})
+        for cond, gain in summary["gains"].items():
+            metrics.update({f"gain/{cond}/{k}": v for k, v in gain.items() if v == v})
         for key, value in (summary.get("training") or {}).items():
             if isinstance(value, (int, float)):
                 metrics[f"training/{key}"] = value
-        mlflow.log_metrics(metrics)
         mlflow.set_tags({"g2u.out_dir": str(out_dir), "demo_checkpoint": "trained"})
         for name in ("table.md", "report.json", "records.jsonl"):
             mlflow.log_artifact(str(out_dir / name))
+        import json
+
+        from g2u.sandbox.figures import draw_figures
+
+        records = [json.loads(line) for line in (out_dir / "records.jsonl").read_text().splitlines()]
+        for path in draw_figures(summary, records, out_dir):  # one picture per finding
+            mlflow.log_artifact(str(path), artifact_path="figures")
+        for measure, fit in summary["fidelity_gain"].items():
+            metrics.update({f"fidelity_gain/{measure}/{k}": v for k, v in fit.items() if v == v})
+        mlflow.log_metrics(metrics)
         print(summary["table_text"])
         return metrics
 

@@ -64,11 +64,12 @@ def build_qwen_image_edit_plus_demo(folder: Path, seed: int = 0) -> None:
 
 
 def build_qwen_image_edit_demo(folder: Path, seed: int = 0, pipeline_class: str = "QwenImageEditPipeline",
-                               text_hidden_size: int = TEXT_HIDDEN_SIZE) -> None:
+                               text_hidden_size: int = TEXT_HIDDEN_SIZE, text_options: dict | None = None) -> None:
     """Write a tiny random Qwen-Image-Edit checkpoint to ``folder`` (same seed → identical files).
 
     ``text_hidden_size`` widens the text encoder (and the transformer's ``joint_attention_dim`` with it):
-    ``g2u demo train`` uses a wider answerer than the random demo."""
+    ``g2u demo train`` uses a wider answerer than the random demo; ``text_options`` passes its other shape
+    knobs (layers, heads, vision width and depth) to ``build_tiny_qwen2_5_vl``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -101,7 +102,8 @@ def build_qwen_image_edit_demo(folder: Path, seed: int = 0, pipeline_class: str 
     vae.save_pretrained(folder / "vae")
     transformer.save_pretrained(folder / "transformer")
 
-    text_encoder, _, processor = build_tiny_qwen2_5_vl(None, seed=seed + 2, hidden_size=text_hidden_size)
+    text_encoder, _, processor = build_tiny_qwen2_5_vl(None, seed=seed + 2, hidden_size=text_hidden_size,
+                                                        **(text_options or {}))
     text_encoder.save_pretrained(folder / "text_encoder")
     save_qwen_vl_processor(folder / "tokenizer", processor, with_vision=False)
     save_qwen_vl_processor(folder / "processor", processor)

@@ -5,6 +5,10 @@ category, plus the sandbox's own fields), ``DIR/images/NNNNN.png`` (the degraded
 ``DIR/thoughts/NNNNN.png`` (the clean image: the oracle thought). Build facts go to
 ``DIR/meta/sandbox_build.json``, below the top level, since a benchmark folder must hold exactly one
 manifest.
+
+An evaluation sandbox shares no content with training: its seed may not be a training seed
+(``g2u.sandbox.recipe.check_seed``), and samples whose content a training stream holds, or that repeat an
+earlier sample of the set, are skipped (``g2u.sandbox.samples.draw_disjoint``).
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import time
 from pathlib import Path
 
 from g2u.sandbox.leaks import check_manifest
-from g2u.sandbox.samples import SandboxSample, draw_sample
+from g2u.sandbox.recipe import check_seed, training_content
+from g2u.sandbox.samples import SandboxSample, draw_disjoint
 
 MANIFEST = "sandbox.jsonl"
 META = Path("meta") / "sandbox_build.json"
@@ -27,7 +32,8 @@ class LeakError(ValueError):
 def manifest_row(sample: SandboxSample, image: str, thought: str) -> dict:
     q = sample.question
     return {
-        "id": f"sandbox-{sample.index:05d}",
+        "id": f"sandbox-{Path(image).stem}",
+        "draw": sample.index,
         "image": image,
         "question": q.text,
         "options": q.options,
@@ -39,18 +45,21 @@ def manifest_row(sample: SandboxSample, image: str, thought: str) -> dict:
         "expected_family": sample.expected_family,
         "oracle_thought": thought,
         "scene": sample.scene.to_dict(),
+        "degradation_params": sample.params,
     }
 
 
 def build_sandbox(folder: str | Path, n: int, seed: int = 0) -> dict:
-    """Draw samples 0..n-1 of ``seed``, check them for leaks, write the folder; returns the build facts.
-    Raises LeakError (nothing written) when a sample leaks."""
+    """Draw ``n`` samples of ``seed`` new by content (against training and each other), check them for
+    leaks, write the folder; returns the build facts. Raises ValueError naming the field for a training
+    seed, LeakError (nothing written) when a sample leaks."""
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
+    check_seed(seed)
     start = time.perf_counter()
     folder = Path(folder)
-    samples = [draw_sample(seed, i) for i in range(n)]
-    rows = [manifest_row(s, f"images/{s.index:05d}.png", f"thoughts/{s.index:05d}.png") for s in samples]
+    samples = draw_disjoint(seed, n, exclude=training_content())
+    rows = [manifest_row(s, f"images/{k:05d}.png", f"thoughts/{k:05d}.png") for k, s in enumerate(samples)]
     leaks = check_manifest(rows)
     if leaks:
         first = next(iter(leaks))
@@ -61,7 +70,8 @@ def build_sandbox(folder: str | Path, n: int, seed: int = 0) -> dict:
         sample.degraded.save(folder / row["image"])
         sample.clean.save(folder / row["oracle_thought"])
     (folder / MANIFEST).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    facts = {"n": n, "seed": seed, "build_s": round(time.perf_counter() - start, 3), "leaks_checked": len(rows)}
+    facts = {"n": n, "seed": seed, "build_s": round(time.perf_counter() - start, 3), "leaks_checked": len(rows),
+             "draws": samples[-1].index + 1, "disjoint_from_training": True}
     (folder / META).parent.mkdir(exist_ok=True)
     (folder / META).write_text(json.dumps(facts, indent=2) + "\n")
     return facts

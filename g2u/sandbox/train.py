@@ -33,32 +33,48 @@ from g2u.answer_prompt import MCQ_INSTRUCTION, OPEN_INSTRUCTION, format_question
 from g2u.demo import DEMO_MARKER, read_demo_marker
 from g2u.eval.datasets import Sample
 from g2u.eval.scoring import score_sample
-from g2u.sandbox.samples import SandboxSample, draw_sample
+from g2u.sandbox.recipe import TRAIN_SEED_OFFSET, training_content
+from g2u.sandbox.samples import SandboxSample, draw_disjoint, draw_sample
 
 TRAINED_MARKER = "g2u_trained.json"
-TRAIN_SEED_OFFSET = 1_000_003
-"""Training scenes come from seeds far from the ones sandboxes are built with (0, 1, 2, ...)."""
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 2400
-    batch_size: int = 16
-    lr: float = 5e-3
-    warmup: int = 50
+    steps: int = 1200
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup: int = 100
     seed: int = 0
     thought_share: float = 0.5
     """Share of examples in the [degraded I, q, clean Î] form; the rest are [clean I, q]."""
-    max_seconds: float = 540.0
-    """Hard stop: the run ends (and saves) when this much time has passed, whatever ``steps`` says."""
-    vision_lr_scale: float = 1.0
+    max_seconds: float = 1800.0
+    """Hard stop: the run ends (and saves) when this much time has passed, whatever ``steps`` says (a safety
+    net: a run that hits it did not follow the recipe, and its facts say so)."""
+    vision_lr_scale: float = 0.3
     """Learning-rate multiplier of the vision tower (its gradients are ~100× smaller than the LM's)."""
     freeze_merger: bool = True
     """Keep the calibrated vision merger fixed, so training cannot collapse image tokens onto one vector there."""
-    hidden_size: int = 32
+    hidden_size: int = 64
     """Width of the answerer (and of the editor's joint attention, which reads its hidden states)."""
     threads: int = 1
     """Torch CPU threads: 1, since on a shared machine two spinning OpenMP threads stall each other."""
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    vision_hidden: int | None = None
+    """Vision tower width (None: the answerer's ``hidden_size``)."""
+    vision_depth: int = 2
+    vision_pretrain_steps: int = 600
+    """Steps of ``pretrain_vision`` before the answer training (0: none, the old recipe)."""
+    vision_pretrain_lr: float = 3e-3
+    vision_batch_size: int = 32
+
+
+    def text_options(self) -> dict:
+        """The answerer's shape knobs for ``build_tiny_qwen2_5_vl``."""
+        return {"num_layers": self.layers, "heads": self.heads, "kv_heads": self.kv_heads,
+                "vision_hidden": self.vision_hidden, "vision_depth": self.vision_depth}
 
 
 def question_text(question: str, options: Sequence[str] | None) -> str:
@@ -114,10 +130,17 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
 def accuracy(model, processor, samples: Sequence[SandboxSample], with_thought: bool = False,
              use_degraded: bool = False, batch_size: int = 32) -> float:
     """Share of ``samples`` answered correctly (greedy, the pipeline's answer function and scoring)."""
+    hits = accuracy_by_kind(model, processor, samples, with_thought, use_degraded, batch_size)
+    return sum(sum(v) for v in hits.values()) / len(samples)
+
+
+def accuracy_by_kind(model, processor, samples: Sequence[SandboxSample], with_thought: bool = False,
+                     use_degraded: bool = False, batch_size: int = 32) -> dict[str, list[bool]]:
+    """Correctness of each sample, grouped by question kind."""
     from g2u.backends.qwen_vl import generate_answers
     from g2u.schema import answer_params
 
-    correct = 0
+    hits: dict[str, list[bool]] = {}
     model.eval()
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
@@ -128,8 +151,9 @@ def accuracy(model, processor, samples: Sequence[SandboxSample], with_thought: b
                 parts = [s.degraded, parts[1]]
             contents.append(parts)
         answers = generate_answers(model, processor, contents, answer_params(max_new_tokens=4))
-        correct += sum(score_sample(as_eval_sample(s), a.text) for s, a in zip(chunk, answers))
-    return correct / len(samples)
+        for s, a in zip(chunk, answers):
+            hits.setdefault(s.question.kind, []).append(bool(score_sample(as_eval_sample(s), a.text)))
+    return hits
 
 
 @torch.no_grad()
@@ -157,11 +181,71 @@ def calibrate_vision_output(model, processor, images: Sequence[Image.Image]) -> 
     last.weight.mul_(target / spread)
 
 
+ATTRIBUTES = (("shape", ("none", "circle", "square", "triangle")), ("color", ("none", "red", "green", "blue", "yellow")),
+              ("size", ("none", "small", "large")))
+"""What the vision pre-training teaches each image token to say about the grid cell it lies in."""
+
+
+def cell_labels(sample: SandboxSample, grid: int) -> torch.Tensor:
+    """(grid², 3) class indices: shape, colour and size of the object in each token's grid cell."""
+    from g2u.sandbox.scenes import POSITIONS
+
+    rows = []
+    for r in range(grid):
+        for c in range(grid):
+            cell = POSITIONS[(2 * r // grid) * 2 + (2 * c // grid)]
+            obj = sample.scene.at(cell)
+            rows.append([values.index(getattr(obj, name) if obj else "none") for name, values in ATTRIBUTES])
+    return torch.tensor(rows)
+
+
+def _vision_tokens(model, inputs) -> torch.Tensor:
+    out = model.model.visual(inputs["pixel_values"].to(model.dtype), grid_thw=inputs["image_grid_thw"])
+    tokens = out if torch.is_tensor(out) else getattr(out, "pooler_output", None)
+    return tokens if torch.is_tensor(tokens) else out[0]
+
+
+def pretrain_vision(model, processor, config: "TrainConfig", log: Callable[[str], None] = print) -> dict:
+    """Teach the vision tower (patch embedding, blocks, merger) what is in each grid cell, before the
+    language model ever sees an image: a linear head per attribute on every merged image token, trained
+    with cross-entropy on clean scenes, then thrown away (the architecture is unchanged).
+
+    Why: trained only through the answer loss, the tiny random vision tower stays near its random features
+    and the language model settles on the question-only prior (measured: the 2-layer answerer reached 50%
+    clean, per kind 20–57%; a 4-layer, 64-wide one was still at the prior after 500 steps). With image tokens
+    that already name their cell's shape, colour and size, the language model only has to learn to look."""
+    from g2u.sandbox.scenes import SCENE_SIZE
+
+    grid = SCENE_SIZE // 28  # merged tokens per side (14-px patches, 2×2 merge)
+    width = model.model.visual.merger.mlp[-1].out_features
+    heads = torch.nn.ModuleList(torch.nn.Linear(width, len(values)) for _, values in ATTRIBUTES)
+    params = [*model.model.visual.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=config.vision_pretrain_lr, weight_decay=0.01)
+    start, seed = time.perf_counter(), TRAIN_SEED_OFFSET + config.seed - 2
+    losses = []
+    for step in range(config.vision_pretrain_steps):
+        batch = [draw_sample(seed, step * config.vision_batch_size + k) for k in range(config.vision_batch_size)]
+        inputs = processor.image_processor(images=[s.clean for s in batch], return_tensors="pt")
+        tokens = _vision_tokens(model, inputs)
+        labels = torch.cat([cell_labels(s, grid) for s in batch])
+        loss = sum(torch.nn.functional.cross_entropy(head(tokens), labels[:, i]) for i, head in enumerate(heads))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if step % 100 == 0 or step == config.vision_pretrain_steps - 1:
+            log(f"vision step {step:4d}  loss {sum(losses[-100:]) / len(losses[-100:]):.3f}  "
+                f"{time.perf_counter() - start:6.1f}s")
+    return {"vision_steps": config.vision_pretrain_steps, "vision_s": round(time.perf_counter() - start, 1),
+            "vision_final_loss": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 4)}
+
+
 def train_answerer(model, processor, config: TrainConfig, log: Callable[[str], None] = print) -> dict:
     """Train ``model`` in place on sandbox examples drawn on the fly; returns the training facts."""
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
+    facts = pretrain_vision(model, processor, config, log) if config.vision_pretrain_steps else {}
     if config.freeze_merger:
         model.model.visual.merger.requires_grad_(False)
     visual = [p for n, p in model.named_parameters() if ".visual." in f".{n}" and p.requires_grad]
@@ -195,7 +279,7 @@ def train_answerer(model, processor, config: TrainConfig, log: Callable[[str], N
             log(f"time limit {config.max_seconds:.0f}s reached at step {step}")
             break
     model.eval()
-    return {"steps": step + 1, "train_s": round(time.perf_counter() - start, 1),
+    return {**facts, "steps": step + 1, "train_s": round(time.perf_counter() - start, 1),
             "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4)}
 
 
@@ -212,18 +296,19 @@ def train_demo_answerer(folder: str | Path, config: TrainConfig = TrainConfig(),
     from g2u.demo.qwen import build_qwen_image_edit_demo
 
     folder = Path(folder)
-    build_qwen_image_edit_demo(folder, seed=config.seed, text_hidden_size=config.hidden_size)
+    build_qwen_image_edit_demo(folder, seed=config.seed, text_hidden_size=config.hidden_size,
+                               text_options=config.text_options())
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder / "text_encoder")
     processor = QwenVLImageProcessor.from_pretrained(folder, subfolder="processor")
     facts = train_answerer(model, processor, config, log=log)
     facts.update(eval_n=eval_n, config=config.__dict__)
     if eval_n:
-        held_out = [draw_sample(TRAIN_SEED_OFFSET + config.seed + 1, i) for i in range(eval_n)]
-        facts.update(
-            accuracy_clean=round(accuracy(model, processor, held_out), 4),
-            accuracy_degraded=round(accuracy(model, processor, held_out, use_degraded=True), 4),
-            accuracy_oracle_g2u=round(accuracy(model, processor, held_out, with_thought=True), 4),
-        )
+        held_out = draw_disjoint(TRAIN_SEED_OFFSET + config.seed + 1, eval_n, exclude=training_content(config.seed))
+        for name, kwargs in (("clean", {}), ("degraded", {"use_degraded": True}),
+                             ("oracle_g2u", {"with_thought": True})):
+            hits = accuracy_by_kind(model, processor, held_out, **kwargs)
+            facts[f"accuracy_{name}"] = round(sum(sum(v) for v in hits.values()) / len(held_out), 4)
+            facts[f"accuracy_{name}_by_kind"] = {k: round(sum(v) / len(v), 4) for k, v in sorted(hits.items())}
     model.save_pretrained(folder / "text_encoder")
     marker = read_demo_marker(folder) or {}
     marker["answerer"] = "trained on the g2u sandbox (g2u demo train): answers sandbox questions, nothing else"

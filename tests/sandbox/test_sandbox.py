@@ -88,7 +88,8 @@ def test_degradations_change_the_image_more_with_severity():
     clean = render(scene)
     base = np.asarray(clean, dtype=float)
     for name in ("blur", "noise", "under_exposure", "low_contrast", "downscale"):
-        errors = [np.abs(np.asarray(degrade(clean, name, k, scene.objects[0], random.Random(1)), dtype=float)
+        target = [(scene.objects[0].position, scene.objects[0].center)]
+        errors = [np.abs(np.asarray(degrade(clean, name, k, target, random.Random(1))[0], dtype=float)
                          - base).mean() for k in SEVERITIES]
         assert 0 < errors[0] < errors[2], name
 
@@ -97,9 +98,11 @@ def test_crop_and_occluder_hide_the_subject():
     scene = draw_scene(random.Random(5))
     subject = scene.objects[0]
     clean = render(scene)
-    cropped = degrade(clean, "crop", 3, subject, random.Random(0))
+    target = [(subject.position, subject.center)]
+    cropped, _ = degrade(clean, "crop", 3, target, random.Random(0))
     assert cropped.size[0] * cropped.size[1] == SCENE_SIZE * SCENE_SIZE // 2
-    occluded = degrade(clean, "occluder", 3, subject, random.Random(0))
+    occluded, params = degrade(clean, "occluder", 3, target, random.Random(0))
+    assert params["blocks"] == [list(subject.center)]
     x, y = subject.center
     assert occluded.getpixel((x, y)) not in COLORS.values()
     assert clean.getpixel((x, y)) in COLORS.values()
@@ -109,9 +112,9 @@ def test_crop_and_occluder_hide_the_subject():
 def test_unknown_degradation_or_severity_is_refused():
     clean = render(draw_scene(random.Random(0)))
     with pytest.raises(ValueError, match="unknown degradation"):
-        degrade(clean, "rain", 1, None, random.Random(0))
+        degrade(clean, "rain", 1, [("top left", (28, 28))], random.Random(0))
     with pytest.raises(ValueError, match="severity"):
-        degrade(clean, "blur", 4, None, random.Random(0))
+        degrade(clean, "blur", 4, [("top left", (28, 28))], random.Random(0))
 
 
 def test_no_question_names_its_answer():
@@ -214,3 +217,33 @@ def test_report_pairs_conditions_per_sample(demo_root, tmp_path):
     table = summary["table"]["all"]
     assert table["clean"]["acc"] == table["replace_oracle"]["acc"]
     assert (tmp_path / "out" / "table.md").read_text().startswith("| row | n |")
+
+
+def test_fidelity_gain_regression_and_dose_response():
+    """Thoughts closer to the clean scene gain more: a planted positive slope is found, a flat one is not."""
+    from g2u.sandbox.report import fidelity_gain
+
+    records = []
+    for i in range(200):
+        records.append({"id": str(i), "condition": "degraded", "degradation": "blur", "severity": 1,
+                        "category": "count", "correct": False})
+        for cond, ssim in (("g2u_blend_25", 0.3), ("g2u_blend_75", 0.8), ("g2u_oracle", 1.0)):
+            records.append({"id": str(i), "condition": cond, "degradation": "blur", "severity": 1,
+                            "category": "count", "correct": (i % 10) < 10 * ssim - 2, "ssim": ssim, "psnr": 20 * ssim})
+    fit = fidelity_gain(records, "ssim")
+    assert fit["slope"] > 0 and fit["p"] < 1e-6 and fit["n"] == 600
+    flat = [dict(r, correct=(int(r["id"]) % 2 == 0)) if r["condition"] != "degraded" else r for r in records]
+    assert fidelity_gain(flat, "ssim")["p"] > 0.5
+    summary = summarise(records, ("degraded", "g2u_blend_25", "g2u_blend_75", "g2u_oracle"))
+    gains = [d["gain"] for d in summary["dose_response"]]
+    assert gains == sorted(gains) and gains[-1] == pytest.approx(0.8)
+
+
+def test_aligned_degraded_puts_a_crop_back_in_place():
+    from g2u.sandbox.report import aligned_degraded
+
+    s = next(draw_sample(7, i) for i in range(50) if draw_sample(7, i).degradation == "crop")
+    canvas = aligned_degraded(s.degraded, s.params, s.clean.size)
+    assert canvas.size == s.clean.size
+    diff = np.abs(np.asarray(canvas, dtype=int) - np.asarray(s.clean, dtype=int)).sum(axis=2)
+    assert (diff == 0).mean() > 0.5  # the kept part lines up with the clean scene pixel for pixel
