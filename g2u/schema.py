@@ -161,8 +161,8 @@ class CoreFields(BaseModel):
     replace_min_psnr: float | None = Field(
         None, ge=0.0, le=100.0, description="`replace` only: answer from Î only when PSNR(Î, I) exceeds this "
                                             "many dB, else from I (the authors' harness: 25); unset: always Î")
-    stream: bool = Field(False, description="HTTP only: answer as server-sent events — stage I steps, the prompt "
-                                            "chosen, the answer's tokens, then the result (README, Streaming)")
+    stream: bool = Field(False, description="HTTP only: answer as server-sent events — the prompt chosen, stage I "
+                                            "steps, the answer's tokens, then the result (see Streaming)")
     id: str | None = Field(None, max_length=200, description="an id echoed back in the response")
 
     @model_validator(mode="before")
