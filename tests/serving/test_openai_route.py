@@ -334,8 +334,9 @@ def test_progress_stream_dialects_end_with_done():
 
 @pytest.mark.parametrize("demo", ["bagel", "decoupled"])  # qwen_image_edit: the handler tests above
 def test_each_backend_reports_its_steps_and_tokens(demo_root, rgb_image, demo):
-    """Every backend's step loop and decode loop feed the listener: a step per denoising evaluation, and
-    token deltas that add up to the answer (a batch of two, only one listening)."""
+    """Every backend's step loop and decode loop feed the listener: a step per denoising evaluation
+    (BAGEL's sampler in g2u, the stock diffusers pipeline's callback) and token deltas that add up to the
+    answer (BAGEL's decode loop, transformers' generate streamer)."""
     from g2u.batch import Batch, RawItem
     from g2u.pipeline import G2UPipeline
 
@@ -343,18 +344,17 @@ def test_each_backend_reports_its_steps_and_tokens(demo_root, rgb_image, demo):
     heard: list = []
     batch = Batch(pipe)
     steps = 2
-    batch.parse([RawItem({"question": "What is it?", "steps": steps, "max_new_tokens": 4}, rgb_image),
-                 RawItem({"question": "And this?", "steps": steps, "max_new_tokens": 4, "seed": 1}, rgb_image)])
+    batch.parse([RawItem({"question": "What is it?", "steps": steps, "max_new_tokens": 4}, rgb_image)])
     with progress.listening([(batch.items[0].plan, heard.append)]):
         batch.edit()
         batch.understand()
-    [mine, other] = batch.outcomes()
-    assert mine.ok and other.ok
+    [mine] = batch.outcomes()
+    assert mine.ok, mine.error
     totals = {e.data["total"] for e in heard if e.kind == "step"}
     counted = [e.data["step"] for e in heard if e.kind == "step"]
     assert len(totals) == 1 and counted == list(range(1, totals.pop() + 1)) and len(counted) >= steps - 1
     streamed = "".join(e.data["text"] for e in heard if e.kind == "tokens").strip()
-    assert streamed == mine.result.answer or mine.result.answer.startswith(streamed)
+    assert streamed == mine.result.answer
     [usage] = [e.data for e in heard if e.kind == "usage"]
     assert usage["phase"] == "answer" and 0 < usage["completion_tokens"] <= 4 and usage["prompt_tokens"] > 0
     assert [e.data["candidate"] for e in heard if e.kind == "prompt"] == [0]
