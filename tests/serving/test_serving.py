@@ -421,6 +421,7 @@ def test_openai_client_and_rest_streams_while_a_reader_that_does_not_read_holds_
     head, _, chunked = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower()
     assert b"content-type: text/event-stream" in head.lower()
+    assert b"ts_stream_next: true" in head.lower()  # TorchServe's internal header reaches the client (docs)
     text = re.sub(rb"\r\n[0-9a-f]+\r\n", b"", b"\r\n" + chunked).decode()  # HTTP chunks joined
     rest = [(m.group(1), m.group(2)) for m in re.finditer(r"(?:event: (\w+)\n)?data: (.*)\n\n", text)]
     names = [e for e, _ in rest]
@@ -444,10 +445,11 @@ def test_openai_and_stream_errors_reach_the_client_in_its_shape(client):
     assert info.value.body["param"] == "steps"
     with pytest.raises(openai.NotFoundError):
         oa.chat.completions.create(model="gpt-4o", messages=_chat_messages(png()))
-    with pytest.raises(openai.APIError, match="deadline"):  # the stream had started: the error is an event
+    with pytest.raises(openai.APIError, match="deadline") as late:  # the stream had started: an error event
         for _ in oa.chat.completions.create(model=MODEL, messages=_chat_messages(png()), stream=True,
                                             extra_body={"steps": 200, "timeout_s": 0.05}):
             pass
+    assert not isinstance(late.value, openai.APIStatusError)  # the status (200) was fixed by the first chunk
     with pytest.raises(openai.APIStatusError) as info:  # the inference key is the api_key
         _openai(client, key="wrong-key").models.list()
     assert info.value.status_code in (400, 401, 403) and "Token Authorization failed" in info.value.response.text
