@@ -235,7 +235,7 @@ class Usage:
         self.completion_tokens += int(data["completion_tokens"])
         if data["phase"] == "reasoning":
             self.reasoning_tokens += int(data["completion_tokens"])
-        if data["phase"] == "answer":
+        if data["phase"] == "answer" and data.get("streamed", True):  # the request's own answer
             self.answer_tokens, self.answer_stopped = int(data["completion_tokens"]), bool(data["stopped"])
 
     def openai(self) -> CompletionUsage | None:

@@ -19,7 +19,8 @@ Events handed to a listener (``Event.kind`` and its ``data``):
              marks as streamed (a request's own answer, not its candidates' or its gate's)
     usage    one per row when its decode ends: phase, prompt_tokens (what the model read, image tokens
              included), completion_tokens (tokens chosen before the stop token), stopped (ended on a
-             stop token rather than on the length budget)
+             stop token rather than on the length budget), streamed (the row is the request's own answer,
+             not a candidate's, a vote's or the gate's)
 """
 
 from __future__ import annotations
@@ -181,7 +182,8 @@ class TokenStream:
         for r, listener in enumerate(self.rows.listeners):
             if listener is not None:
                 listener(Event("usage", {"phase": self.rows.phase, "prompt_tokens": self.prompt_tokens[r],
-                                         "completion_tokens": len(self.ids[r]), "stopped": self.done[r]}))
+                                         "completion_tokens": len(self.ids[r]), "stopped": self.done[r],
+                                         "streamed": self.rows.stream[r]}))
 
 
 class GenerateStreamer:

@@ -86,11 +86,13 @@ def test_completion_is_an_openai_chat_completion():
     usage = openai_api.Usage()
     usage.add({"phase": "answer", "prompt_tokens": 50, "completion_tokens": 6, "stopped": False})
     usage.add({"phase": "gate", "prompt_tokens": 40, "completion_tokens": 2, "stopped": True})
+    usage.add({"phase": "answer", "prompt_tokens": 50, "completion_tokens": 3, "stopped": True, "streamed": False})
     body = {"answer": "a cat", "mode": "g2u", "edit": {"steps": 2}, "measures": {"ssim": 0.5},
             "fidelity": {"ssim": 0.5}, "timings_ms": {"total": 1.0}}
     reply = ChatCompletion.model_validate(openai_api.completion("r1", "g2u", body, usage))
     assert reply.choices[0].message.content == "a cat" and reply.choices[0].finish_reason == "length"
-    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.total_tokens) == (90, 8, 98)
+    # every decode counts; the finish reason is the request's own answer's, not a candidate's
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.total_tokens) == (140, 11, 151)
     assert reply.g2u == {"mode": "g2u", "edit": {"steps": 2}, "measures": {"ssim": 0.5}, "timings_ms": {"total": 1.0}}
 
 
@@ -115,7 +117,7 @@ def test_tokens_reach_only_their_rows_listener_and_hold_incomplete_characters():
     texts = [e.data["text"] for e in heard["a"] if e.kind == "tokens"]
     assert texts == ["h", "é"]  # the half character is held back until it is whole
     assert [e.data for e in heard["a"] if e.kind == "usage"] == [
-        {"phase": "answer", "prompt_tokens": 5, "completion_tokens": 3, "stopped": True}]
+        {"phase": "answer", "prompt_tokens": 5, "completion_tokens": 3, "stopped": True, "streamed": True}]
     assert not [e for e in heard["b"] if e.kind == "tokens"]  # a row not streamed: counted only
     assert [e.data["completion_tokens"] for e in heard["b"] if e.kind == "usage"] == [2]
 
