@@ -9,7 +9,7 @@ objects (``ChatCompletion``, ``ChatCompletionChunk``, its error shape).
 
 OpenAI's own fields map onto ours (``max_tokens``/``max_completion_tokens`` → ``max_new_tokens``, ``seed``
 → stage I's seed); the sampling ones this server cannot honour are refused unless at their neutral value
-(stage II decodes greedily: ``temperature`` 0 only). Nothing here knows TorchServe (``g2u.serving`` does).
+(stage II decodes greedily: ``temperature`` 0 only). Nothing here knows TorchServe (``g2u.routes`` does).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Two dialects over the same events:
 
-    rest     named events, JSON data (README, Streaming):
+    rest     named events, JSON data (docs/openai-api.md, Streaming):
                event: prompt    {"prompt", "prompt_name", "family", "writer", "candidate"}
                event: step      {"stage": "edit", "step": k, "total": n}
                event: thought   {"preview": base64 PNG (at most 64 px a side), "size", "measures"[, "cached"]}
