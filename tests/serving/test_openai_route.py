@@ -222,14 +222,15 @@ def handler(demo_root):
     return h, context
 
 
-def run(handler, rows: list[tuple[str, dict]]):
+def run(handler, rows: list[tuple[str, dict]], grpc: bool = False):
     """Handle one batch of (url_path, row); returns per request (status, content type, its whole body: the
     parts sent while the batch ran, then the final one) and the parts as TorchServe encodes them."""
     from ts.context import RequestProcessor
 
     h, context = handler
     # TorchServe's REST frontend sends every request an ``explain`` header (gRPC sends none)
-    context.request_processor = [RequestProcessor({"url_path": path, "explain": "False"}) for path, _ in rows]
+    context.request_processor = [RequestProcessor({} if grpc else {"url_path": path, "explain": "False"})
+                                 for path, _ in rows]
     context.request_ids = {i: f"req-{i}" for i in range(len(rows))}
     context.metrics.set_request_ids(context.request_ids)
     context.cl_socket = FakeSocket()
@@ -322,6 +323,13 @@ def test_errors_before_and_after_the_stream_started(handler):
     assert json.loads(finals[3][2])["error"]["param"] == "max_tokens"
     assert json.loads(finals[4][2])["error"]["code"] == "unknown_url"
     assert json.loads(finals[5][2])["error"]["param"] == "body"
+
+
+def test_a_stream_asked_over_grpc_is_refused_naming_the_field(handler):
+    """gRPC's unary call ends on the first part, so a stream there would cut the answer off."""
+    finals, sent = run(handler, [("", {"body": {"image": data_url(), "question": "q?", "stream": True}})], grpc=True)
+    [(status, ctype, body)] = finals
+    assert (status, ctype, json.loads(body)["field"]) == (400, "application/json", "stream") and not sent
 
 
 def test_progress_stream_dialects_end_with_done():
