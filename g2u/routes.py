@@ -81,7 +81,7 @@ class Exchange:
             return self.reply
         status = item.status if not item.ok else 200
         if self.kind == "rest_stream":
-            if not self.stream.started and status != 200:  # nothing sent yet: a plain error response
+            if self.stream is None or (not self.stream.started and status != 200):  # nothing sent: plain JSON
                 return Reply(_json(body), status, JSON_TYPE)
             return Reply(self.stream.finish(status, body), 200, SSE_TYPE)
         # chat

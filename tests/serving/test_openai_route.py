@@ -354,7 +354,8 @@ def test_each_backend_reports_its_steps_and_tokens(demo_root, rgb_image, demo):
     heard: list = []
     batch = Batch(pipe)
     steps = 2
-    batch.parse([RawItem({"question": "What is it?", "steps": steps, "max_new_tokens": 4}, rgb_image)])
+    batch.parse([RawItem({"question": "What is it?", "steps": steps, "max_new_tokens": 4, "edit_area": 128 * 128},
+                         rgb_image)])
     with progress.listening([(batch.items[0].plan, heard.append)]):
         batch.edit()
         batch.understand()
