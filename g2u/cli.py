@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="answer one question about one image, printing JSON",
                        description="Every request field of the REST API is an option here (g2u.schema).")
     p.add_argument("--image", required=True, help="path of the input picture")
-    add_request_arguments(p, exclude=("image", "return_thought", "thought"), required=("question",))
+    add_request_arguments(p, exclude=("image", "return_thought", "thought", "stream"), required=("question",))
     p.add_argument("--thought", help="path of a thought image to answer with instead of generating one")
     add_loader_arguments(p)  # --checkpoint --backend --device --dtype --offload --quantize (g2u.loading)
     p.add_argument("--out", default="outputs", help="folder for the thought PNG")

@@ -26,9 +26,14 @@ def _is_noise(ch: str) -> bool:
     return ch == REPLACEMENT or (ch not in _KEEP and unicodedata.category(ch) in ("Cc", "Cs", "Co", "Cn"))
 
 
+def visible_text(text: str) -> str:
+    """``text`` without control characters (tab and newline kept) and replacement characters."""
+    return "".join(ch for ch in text if not _is_noise(ch))
+
+
 def clean_answer_text(text: str) -> str:
-    """``text`` without control characters (tab and newline kept) and replacement characters, stripped."""
-    return "".join(ch for ch in text if not _is_noise(ch)).strip()
+    """``visible_text``, stripped: what an answer reads as (a streamed answer's deltas add up to it)."""
+    return visible_text(text).strip()
 
 
 def non_text_token_ids(tokenizer: Any, vocab_size: int, keep: Iterable[int] = ()) -> list[int]:

@@ -6,7 +6,9 @@
 A request is checked and planned once (``g2u.plan``: size, prompt, budget), the loop runs its jobs — one
 backend call per stage for the whole batch — and ``g2u.reduce`` builds the results. What each mode needs
 comes from ``g2u.modes.MODES``. Callers that serve raw user input go through ``g2u.batch`` (parsing and
-per-item failure isolation) rather than here.
+per-item failure isolation) rather than here. Streamed requests see their progress through
+``g2u.progress``: the loop says whose rows each backend call computes (``progress.rows``) and emits the
+prompt chosen; without a listener these cost one ContextVar read.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from g2u import reduce
+from g2u import progress, reduce
 from g2u.answer_prompt import cot_prompt
 from g2u.backends import Backend, load_backend
 from g2u.budget import WorkBudget
@@ -105,9 +107,11 @@ class G2UPipeline:
         gated = [i for i, p in enumerate(plans) if p.wants_gate and p.thought is None]
         if gated:
             start = time.perf_counter()
-            answers = self.backend.answer_grouped([self.planner.baseline_contents(plans[i].request) for i in gated],
-                                                  [replace(plans[i].request.answer, return_scores=True)
-                                                   for i in gated])
+            with progress.rows([plans[i] for i in gated], "gate", stream=[False] * len(gated)):
+                answers = self.backend.answer_grouped([self.planner.baseline_contents(plans[i].request)
+                                                       for i in gated],
+                                                      [replace(plans[i].request.answer, return_scores=True)
+                                                       for i in gated])
             ms = (time.perf_counter() - start) * 1000
             for i, ans in zip(gated, answers):
                 plans[i].gated = decide(ans, plans[i].request.strategy.gate_threshold, ms)
@@ -126,11 +130,16 @@ class G2UPipeline:
         jobs = self.planner.edit_jobs(plans, todo)
         if not jobs:
             return thoughts
+        for job in jobs:  # streamed requests show the prompt chosen (``g2u.progress``; nothing otherwise)
+            progress.emit(plans[job.plan], "prompt", prompt=job.record.prompt, prompt_name=job.record.prompt_name,
+                          family=job.record.family, writer=job.record.writer, candidate=job.candidate)
 
         # 4. Stage I, batched: every thought of every request in one call (the backend groups compatible
         #    items; the thought cache answers what it has seen).
         start = time.perf_counter()
-        outputs = self.editor.edit([j.image for j in jobs], [j.record.prompt for j in jobs], [j.params for j in jobs])
+        with progress.rows([plans[j.plan] for j in jobs], "edit"):
+            outputs = self.editor.edit([j.image for j in jobs], [j.record.prompt for j in jobs],
+                                       [j.params for j in jobs])
         edit_ms = (time.perf_counter() - start) * 1000
 
         # 5. Edit measures of each Î against its I (SSIM, PSNR: how much the pixels changed).
@@ -164,7 +173,8 @@ class G2UPipeline:
         # 2. Stage II, batched: one answer per job (a request's own, one per candidate, a vote's baseline).
         jobs = self.planner.answer_jobs(plans, thoughts, reasoning, [i for i in live if i not in answered])
         start = time.perf_counter()
-        answers = self.backend.answer_grouped([j.contents for j in jobs], [j.params for j in jobs]) if jobs else []
+        with progress.rows([plans[j.plan] for j in jobs], "answer", stream=[j.candidate is None for j in jobs]):
+            answers = self.backend.answer_grouped([j.contents for j in jobs], [j.params for j in jobs]) if jobs else []
         stage_ms["understand"] = (time.perf_counter() - start) * 1000
 
         # 3. Reduce: selection among candidates, the gate's answers, timings, one result per request.
@@ -188,8 +198,10 @@ class G2UPipeline:
         todo = [i for i in cot if i not in answered]
         if todo:
             reqs = [plans[i].request for i in todo]
-            texts = self.backend.answer_grouped([[r.image, cot_prompt(r)] for r in reqs],
-                                                [replace(r.answer, max_new_tokens=r.reasoning_tokens) for r in reqs])
+            with progress.rows([plans[i] for i in todo], "reasoning"):
+                texts = self.backend.answer_grouped([[r.image, cot_prompt(r)] for r in reqs],
+                                                    [replace(r.answer, max_new_tokens=r.reasoning_tokens)
+                                                     for r in reqs])
             reasoning.update((i, t.text) for i, t in zip(todo, texts))
         return reasoning, answered
 

@@ -161,6 +161,8 @@ class CoreFields(BaseModel):
     replace_min_psnr: float | None = Field(
         None, ge=0.0, le=100.0, description="`replace` only: answer from Î only when PSNR(Î, I) exceeds this "
                                             "many dB, else from I (the authors' harness: 25); unset: always Î")
+    stream: bool = Field(False, description="HTTP only: answer as server-sent events — the prompt chosen, stage I "
+                                            "steps, the answer's tokens, then the result (see Streaming)")
     id: str | None = Field(None, max_length=200, description="an id echoed back in the response")
 
     @model_validator(mode="before")
@@ -517,7 +519,7 @@ def pyfunc_columns() -> dict[str, str]:
 
 
 PER_SAMPLE_FIELDS = ("image", "question", "options", "prompt_text", "mode", "id", "return_thought", "timeout_s",
-                     "thought")
+                     "thought", "stream")
 """Fields an evaluation sets per sample; every other field is an evaluation setting."""
 SETTING_FIELDS = tuple(n for n in FIELD_NAMES if n not in PER_SAMPLE_FIELDS)
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from PIL import Image
 
+from g2u import progress
 from g2u.types import EditOutput, EditParams
 
 logger = logging.getLogger(__name__)
@@ -219,8 +220,9 @@ class CachedEditor:
                                                             cache_ms=(time.perf_counter() - start) * 1000))
         missing = [i for i, o in enumerate(out) if o is None]
         if missing:
-            made = self.backend.edit([images[i] for i in missing], [prompts[i] for i in missing],
-                                     [params[i] for i in missing])
+            with progress.subset(missing):  # the misses' rows (g2u.progress)
+                made = self.backend.edit([images[i] for i in missing], [prompts[i] for i in missing],
+                                         [params[i] for i in missing])
             for i, result in zip(missing, made):
                 out[i] = result
                 self.cache.put(keys[i], result.image, {"plan": result.plan})

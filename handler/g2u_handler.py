@@ -32,6 +32,7 @@ from g2u.errors import InputError
 from g2u.handler_settings import HandlerSettings
 from g2u.images import png_bytes
 from g2u.pipeline import G2UPipeline
+from g2u.routes import Exchange, Reply, listening, open_exchange, thoughts_made
 from g2u.safe_text import install_log_guard
 from g2u.serving import (
     DUPLICATES,
@@ -107,6 +108,8 @@ class G2UHandler(BaseHandler):
         self._index: list[int] = []
         """Position of each item of the batch being processed in TorchServe's batch (describe/explain and
         refused items are answered apart, so the model's items may be fewer)."""
+        self._exchanges: dict[int, Exchange] = {}
+        """How each request of TorchServe's batch is answered (``g2u.routes``: REST, streamed, OpenAI)."""
 
     # ------------------------------------------------------------------ lifecycle
     def initialize(self, context: Any) -> None:
@@ -174,6 +177,9 @@ class G2UHandler(BaseHandler):
 
         - ``describe: True`` items get the model's description, explain paths (``/explanations``,
           ``:explain``, ``/v2/…/explain``) a 501, repeated form fields a 400: none reaches the model;
+        - the URL past ``/predictions/{model}/{version}/`` picks the face (``g2u.routes``): the REST body,
+          OpenAI's chat route or ``v1/models`` (answered without the model), ``stream: true`` as server-sent
+          events sent while the model works;
         - the rest is parsed, split into cost groups (``g2u.cost.plan_groups``) and computed cheapest
           group first; where TorchServe can send a REST answer before the batch ends
           (``g2u.serving.send_early``), each item's answer leaves as soon as it exists;
@@ -183,15 +189,21 @@ class G2UHandler(BaseHandler):
         self.context = context
         out: list[str | None] = [None] * len(data)
         early: set[int] = set()
+        self._exchanges = {}
         try:
             self._metric(BATCHES, 1, str(len(data)))
             model_rows = []
             for i, row in enumerate(data):
                 answer = self._special(i, row)
-                if answer is None:
-                    model_rows.append(i)
-                else:
+                if answer is not None:
                     out[i] = self._answer(i, *answer)
+                    continue
+                exchange = open_exchange(context, i, row, split_fields, self.model_name, self.defaults)
+                self._exchanges[i] = exchange
+                if exchange.reply is not None:  # v1/models, an unknown path: answered without the model
+                    out[i] = self._reply(i, exchange.reply)
+                else:
+                    model_rows.append(i)
             self._index = model_rows
             batch = self.preprocess([data[i] for i in model_rows])
             self._batch_size = len(data)  # the batch TorchServe formed, describe/explain/refused items included
@@ -205,7 +217,7 @@ class G2UHandler(BaseHandler):
                 early |= send_early(context, ready)
             post = 0.0
             for k, group in enumerate(groups):
-                self.understand(self.edit(group.batch))
+                self._compute(group.batch, group.positions)
                 t0 = time.perf_counter()
                 done = {model_rows[p]: self._item_body(p, it) for p, it in zip(group.positions, group.batch.items)}
                 post += time.perf_counter() - t0
@@ -218,7 +230,9 @@ class G2UHandler(BaseHandler):
             logger.exception("handler failure; answering the unanswered items with 500")
             for i, body in enumerate(out):
                 if body is None:
-                    out[i] = self._answer(i, 500, {"error": "model_error", "reason": f"{type(exc).__name__}"})
+                    out[i] = self._failed(i, {"error": "model_error", "reason": f"{type(exc).__name__}"})
+        finally:
+            self._exchanges = {}
         for i in early:  # TorchServe closes a streamed answer with an empty last part
             out[i] = ""
         metrics = getattr(context, "metrics", None)
@@ -258,6 +272,25 @@ class G2UHandler(BaseHandler):
         self._set_content_type(idx, absolute=True)
         return json.dumps(body, ensure_ascii=False)
 
+    def _failed(self, idx: int, body: dict[str, Any]) -> str:
+        """A 500 for an item still unanswered when the handler failed (in a stream that started: its last
+        event)."""
+        exchange = self._exchanges.get(idx)
+        if exchange is None or not exchange.handled:
+            return self._answer(idx, 500, body)
+        self._metric(ERRORS, 1, metric_kind(body.get("error")), "-")
+        return self._reply(idx, exchange.finish(Outcome(status=500, error=body), body))
+
+    def _reply(self, idx: int, reply: Reply, absolute: bool = True) -> str:
+        """A ``g2u.routes`` reply: its status and content type set on TorchServe's response."""
+        self._set_status(idx, reply.status, absolute=absolute)
+        self._set_content_type(idx, absolute=absolute, content_type=reply.content_type)
+        return reply.body
+
+    def _exchange(self, idx: int) -> Exchange | None:
+        """The exchange of the batch's ``idx``-th model item (None: plain REST, or called outside handle)."""
+        return self._exchanges.get(self._global(idx, False))
+
     # ------------------------------------------------------------------ stages
     def preprocess(self, data: list[dict[str, Any]]) -> Batch:
         """Decode and validate each item on its own; an invalid item is answered and skips the model."""
@@ -268,7 +301,11 @@ class G2UHandler(BaseHandler):
             self._index = list(range(len(data)))
         batch = Batch(self.pipeline, defaults=self.defaults, max_pixels=self.max_pixels, on_error=self._count_error,
                       deadline_s=self.deadline_s)
-        for row in data:
+        for pos, row in enumerate(data):
+            exchange = self._exchange(pos)
+            if exchange is not None and exchange.handled:  # streamed or OpenAI: read by g2u.routes
+                exchange.add_to(batch)
+                continue
             try:
                 fields, image = split_fields(row)
             except Exception as exc:  # noqa: BLE001 - a body that cannot be read is this item's 4xx
@@ -280,7 +317,16 @@ class G2UHandler(BaseHandler):
 
     def inference(self, batch: Batch, *args: Any, **kwargs: Any) -> Batch:
         """Stage I then stage II, each batched over the items still valid."""
-        return self.understand(self.edit(batch))
+        return self._compute(batch, range(len(batch.items)))
+
+    def _compute(self, batch: Batch, positions: Any) -> Batch:
+        """Stage I then stage II over ``batch`` (its items at ``positions`` of the parsed batch), streamed
+        requests hearing their progress (``g2u.routes``, ``g2u.progress``)."""
+        exchanges = [self._exchange(p) for p in positions]
+        with listening(batch.items, exchanges):
+            self.edit(batch)
+            thoughts_made(batch.items, exchanges, self.privacy.report_hits)
+            return self.understand(batch)
 
     def edit(self, batch: Batch) -> Batch:
         """Stage I (the visual thoughts), one batched call for all valid items."""
@@ -319,6 +365,9 @@ class G2UHandler(BaseHandler):
             self.privacy.apply(body, item.result.thought)
         else:
             self._set_status(idx, item.status)
+        exchange = self._exchange(idx)
+        if exchange is not None and exchange.handled:  # an OpenAI reply or a stream's last events
+            return self._reply(idx, exchange.finish(item, body), absolute=False)
         self._set_content_type(idx)
         return json.dumps(body, ensure_ascii=False)
 
@@ -342,8 +391,8 @@ class G2UHandler(BaseHandler):
                 phrase = "Error"
             context.set_response_status(code=status, phrase=phrase, idx=idx)
 
-    def _set_content_type(self, idx: int, absolute: bool = False) -> None:
+    def _set_content_type(self, idx: int, absolute: bool = False, content_type: str = "application/json") -> None:
         idx = self._global(idx, absolute)
         context = getattr(self, "context", None)
         if context is not None and getattr(context, "request_processor", None):
-            context.set_response_content_type(idx, "application/json")
+            context.set_response_content_type(idx, content_type)

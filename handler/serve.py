@@ -60,6 +60,34 @@ def curl_examples(image: Path, inference_url: str) -> str:
     ])
 
 
+def openai_example(image: Path, inference_url: str, key_file: Path | None = None, python: str | None = None) -> str:
+    """A shell snippet running the official ``openai`` client against the OpenAI-compatible route: the
+    image as a data URL, G→U fields through ``extra_body``, the answer streamed (steps, then tokens)."""
+    key_file = key_file or ROOT / "key_file.json"
+    code = f"""
+import base64, json, pathlib
+from openai import OpenAI
+
+key = json.loads(pathlib.Path({str(key_file)!r}).read_text())["inference"]["key"]
+client = OpenAI(base_url={inference_url + "/predictions/" + MODEL_NAME + "/1.0/v1"!r}, api_key=key)
+image = "data:image/png;base64," + base64.b64encode(pathlib.Path({str(image)!r}).read_bytes()).decode()
+messages = [{{"role": "user", "content": [{{"type": "image_url", "image_url": {{"url": image}}}},
+                                        {{"type": "text", "text": "What is in the picture?"}}]}}]
+reply = client.chat.completions.create(model={MODEL_NAME!r}, messages=messages, max_tokens=32,
+                                       extra_body={{"steps": 4, "family": "enhancement"}})
+print("answer:", reply.choices[0].message.content, "| edit:", reply.g2u["edit"]["prompt"], "| usage:", reply.usage)
+for chunk in client.chat.completions.create(model={MODEL_NAME!r}, messages=messages, max_tokens=32, stream=True,
+                                            extra_body={{"steps": 4}}):
+    event = getattr(chunk, "g2u", None) or {{}}
+    if event.get("event") == "step":
+        print(f"step {{event['step']}}/{{event['total']}}", end="  ", flush=True)
+    elif chunk.choices and chunk.choices[0].delta.content:
+        print(chunk.choices[0].delta.content, end="", flush=True)
+print()
+""".strip("\n")
+    return f"{shlex.quote(python or sys.executable)} - <<'EOF'\n{code}\nEOF"
+
+
 def up(timeout: float) -> int:
     srv = server()
     if srv.pid() is not None:
@@ -102,6 +130,8 @@ def up(timeout: float) -> int:
         path.write_bytes(base64.b64decode(thought))
         print(f"thought PNG written to {path}")
     print("\nTry it yourself (the key is read from key_file.json):\n" + curl_examples(image, srv.url("inference")))
+    print("\nThe same through the official openai client (the OpenAI-compatible route: docs/openai-api.md):\n"
+          + openai_example(image, srv.url("inference")))
     print("\nMetrics: curl -s " + srv.url("metrics") + "/metrics | grep g2u_\nStop:    make stop")
     print(f"Keys expire after {srv.props.get('token_expiration_min', '60')} min: `make rotate-keys` before that.")
     return 0 if r.ok else 1

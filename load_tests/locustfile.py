@@ -7,6 +7,11 @@ Configured by environment variables (so the headless runner, CI and a person at 
   G2U_BAD_SHARE              share of deliberately bad requests that must get a 4xx (default 0.05)
   G2U_IMAGE_DIR              folder of images to send (default ../shared/data when present, else generated)
   G2U_STEPS                  edit steps per request (default: the server's)
+  G2U_ROUTE_MIX              weights per route, e.g. "rest:2,rest_stream:1,chat:1,chat_stream:1": the REST body,
+                             the REST body with `stream: true` (server-sent events), the OpenAI chat route, the
+                             chat route streamed; each user takes them in weighted round robin
+  G2U_SLOW_READ_S            a streamed response's reader sleeps this long between events (default 0): a slow
+                             reader holds no worker (TorchServe's frontend buffers what the client has not read)
   G2U_MAX_REQUESTS           stop once this many requests have completed (default: run until --run-time);
                              tests use it so a run is bounded by work done, not by the clock
   G2U_FINAL_STATS_CSV        write the final request stats there at exit (locust's --csv files are a snapshot
@@ -22,6 +27,7 @@ import io
 import json
 import os
 import random
+import time
 from pathlib import Path
 
 import gevent
@@ -37,6 +43,8 @@ MODEL = os.environ.get("G2U_MODEL", "g2u")
 BAD_SHARE = float(os.environ.get("G2U_BAD_SHARE", "0.05"))
 STEPS = os.environ.get("G2U_STEPS")
 MAX_REQUESTS = int(os.environ.get("G2U_MAX_REQUESTS") or 0)
+SLOW_READ_S = float(os.environ.get("G2U_SLOW_READ_S") or 0)
+ROUTES = ("rest", "rest_stream", "chat", "chat_stream")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -50,6 +58,17 @@ def _mode_mix() -> tuple[list[str], list[float]]:
         modes.append(name.strip())
         weights.append(float(weight or 1))
     return modes, weights
+
+
+def _route_mix() -> list[str]:
+    """The routes in weighted round-robin order (integer weights)."""
+    out = []
+    for part in os.environ.get("G2U_ROUTE_MIX", "rest:2,rest_stream:1,chat:1,chat_stream:1").split(","):
+        name, _, weight = part.partition(":")
+        if name.strip() not in ROUTES:
+            raise ValueError(f"G2U_ROUTE_MIX: unknown route {name!r}; known: {', '.join(ROUTES)}")
+        out += [name.strip()] * int(weight or 1)
+    return out
 
 
 def _token() -> str | None:
@@ -88,6 +107,7 @@ def _load_images() -> list[tuple[str, bytes, str]]:
 
 IMAGES = _load_images()
 MODES, WEIGHTS = _mode_mix()
+ROUTE_CYCLE = _route_mix()
 QUESTIONS = [
     ("Which option completes the pattern?", ["A", "B", "C"]),
     ("What colour is the largest object?", ["red", "green", "blue", "yellow"]),
@@ -139,6 +159,7 @@ class G2UUser(HttpUser):
 
     def on_start(self) -> None:
         self._reload_token()
+        self._route = random.randrange(len(ROUTE_CYCLE))  # each user starts the round robin somewhere else
 
     def _reload_token(self) -> bool:
         """(Re)read the key: at start, and when TorchServe refuses it (expired or rotated). True if it changed."""
@@ -149,11 +170,11 @@ class G2UUser(HttpUser):
             self.client.headers["Authorization"] = new
         return changed
 
-    def _post(self, check, **kwargs) -> None:
+    def _post(self, check, path: str = f"/predictions/{MODEL}", **kwargs) -> None:
         """POST a prediction; a refused key (rotated under load) is re-read from the key file and the
         request sent once more instead of counting as a failure."""
         for attempt in (0, 1):
-            with self.client.post(f"/predictions/{MODEL}", catch_response=True, **kwargs) as resp:
+            with self.client.post(path, catch_response=True, **kwargs) as resp:
                 if attempt == 0 and _key_rejected(resp) and self._reload_token():
                     resp.success()
                     continue
@@ -179,12 +200,90 @@ class G2UUser(HttpUser):
         name, data, kind = random.choice(IMAGES)
         fields = self._fields()
         label = f"{fields['mode']}"
+        route = ROUTE_CYCLE[self._route % len(ROUTE_CYCLE)]
+        self._route += 1
+        if route == "rest_stream":
+            payload = {**fields, "image": base64.b64encode(data).decode(), "stream": True}
+            return self._stream(json=payload, name=f"stream {label}", dialect="rest")
+        if route in ("chat", "chat_stream"):
+            return self._chat(fields, data, kind, label, stream=route == "chat_stream")
         if random.random() < 0.5:  # multipart upload
             form = {k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in fields.items()}
             self._post(self._check_ok, files={"image": (name, data, kind)}, data=form, name=f"multipart {label}")
         else:
             payload = {**fields, "image": base64.b64encode(data).decode()}
             self._post(self._check_ok, json=payload, name=f"json {label}")
+
+    def _chat(self, fields: dict, data: bytes, kind: str, label: str, stream: bool) -> None:
+        """The OpenAI-compatible route: the image as a data URL, G→U fields as extra body fields."""
+        url = f"data:{kind};base64,{base64.b64encode(data).decode()}"
+        extra = {k: v for k, v in fields.items() if k != "question"}
+        body = {"model": MODEL, "max_tokens": 16, **extra,
+                "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                          {"type": "text", "text": fields["question"]}]}]}
+        path = f"/predictions/{MODEL}/1.0/v1/chat/completions"
+        if stream:
+            return self._stream(path=path, json={**body, "stream": True}, name=f"chat stream {label}",
+                                dialect="openai")
+        self._post(self._check_chat, path=path, json=body, name=f"chat {label}")
+
+    def _stream(self, dialect: str, name: str, path: str = f"/predictions/{MODEL}", **kwargs) -> None:
+        """A streamed request: locust times it to its first event (``stream=True``); the whole stream, read
+        to ``[DONE]`` (slowly with G2U_SLOW_READ_S), is reported as ``SSE <name>``."""
+        start = time.perf_counter()
+        failure = None
+        events = 0
+
+        def check(resp) -> None:
+            nonlocal failure, events
+            if resp.status_code != 200 or not resp.headers.get("Content-Type", "").startswith("text/event-stream"):
+                failure = f"HTTP {resp.status_code} {resp.headers.get('Content-Type')}: {resp.text[:200]}"
+                resp.failure(failure)
+                return
+            resp.success()  # the first event arrived; the rest is checked as it is read
+            last, ended, event = None, False, None
+            for line in resp.iter_lines(decode_unicode=True):
+                if SLOW_READ_S:
+                    gevent.sleep(SLOW_READ_S)
+                if line.startswith("event: "):
+                    event = line[7:]
+                if not line.startswith("data: "):
+                    continue
+                events += 1
+                data = line[6:]
+                if data == "[DONE]":
+                    ended = True
+                    break
+                if event == "error" or data.startswith('{"error"'):
+                    failure = f"error event: {data[:200]}"
+                last, event = data, None
+            if not ended:
+                failure = failure or "the stream ended without [DONE]"
+            elif failure is None and dialect == "rest" and '"answer"' not in (last or ""):
+                failure = "the last event before [DONE] is not the result"
+            elif failure is None and dialect == "openai" and '"finish_reason":"' not in (last or "").replace(" ", ""):
+                failure = "no chunk with a finish_reason before [DONE]"
+
+        self._post(check, path=path, stream=True, name=name, **kwargs)
+        self.environment.events.request.fire(
+            request_type="SSE", name=name, response_time=(time.perf_counter() - start) * 1000, response_length=events,
+            exception=RuntimeError(failure) if failure else None, context={})
+
+    @staticmethod
+    def _check_chat(resp) -> None:
+        if resp.status_code != 200:
+            resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
+            return
+        try:
+            body = resp.json()
+            answer = body["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            resp.failure(f"not a chat completion: {resp.text[:200]}")
+            return
+        if not isinstance(answer, str) or "g2u" not in body or "usage" not in body:
+            resp.failure("chat completion lacks its answer, usage or g2u extension")
+        else:
+            resp.success()
 
     def bad_request(self) -> None:
         kind, make = random.choice(BAD_REQUESTS)

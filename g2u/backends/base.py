@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from pydantic import BaseModel
 
+from g2u import progress
 from g2u.errors import InputError
 from g2u.modes import MODES, Mode, modes_for
 from g2u.sizing import SizeLimits, SizePlan, area_target, edit_plan
@@ -172,7 +173,9 @@ class BackendBase:
             groups.setdefault(p.batch_key(), []).append(i)
         out: list[EditOutput | None] = [None] * len(images)
         for idx in groups.values():
-            results = self.edit_group([images[i] for i in idx], [prompts[i] for i in idx], [params[i] for i in idx])
+            with progress.subset(idx):  # a streamed request's steps come from its own group's loop
+                results = self.edit_group([images[i] for i in idx], [prompts[i] for i in idx],
+                                          [params[i] for i in idx])
             for i, res in zip(idx, results):
                 out[i] = res if isinstance(res, EditOutput) else EditOutput(res)
         return out  # type: ignore[return-value]
@@ -199,7 +202,9 @@ class BackendBase:
         for i, p in enumerate(params):
             groups.setdefault(p.group_key(), []).append(i)
         for idx in groups.values():
-            for i, ans in zip(idx, self.answer([contents[i] for i in idx], params[idx[0]])):
+            with progress.subset(idx):  # the group's decode rows are these items (``g2u.progress``)
+                answers = self.answer([contents[i] for i in idx], params[idx[0]])
+            for i, ans in zip(idx, answers):
                 out[i] = ans
         return out  # type: ignore[return-value]
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from g2u import progress
 from g2u.backends.base import BackendBase, BackendInfo, read_demo_marker, with_stage2
 from g2u.devices import dtype_name, resolve_device, resolve_dtype
 from g2u.errors import CheckpointError, G2UError, InputError, ModelError
@@ -286,6 +287,9 @@ class DecoupledBackend(BackendBase):
         # resized (padded where a limit forced it) to the working size, as plan_edit_size reported
         batch = [place(img.size, size, self.size_multiple).apply(img) for img in images]
         kwargs = self._adapter.call_kwargs(first, len(images))
+        on_step = progress.diffusers_callback(first.steps)  # streamed requests see each step (g2u.progress)
+        if on_step is not None:
+            kwargs["callback_on_step_end"] = on_step
         try:
             result = self.editor(prompt=prompts, image=batch, generator=self.generators(params),
                                  output_type="pil", **kwargs)

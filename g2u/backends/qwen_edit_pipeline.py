@@ -21,6 +21,7 @@ from diffusers.pipelines.qwenimage.pipeline_output import QwenImagePipelineOutpu
 from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_shift, retrieve_timesteps
 from PIL import Image
 
+from g2u import progress
 from g2u.deadline import check_deadline
 from g2u.errors import ModelError
 
@@ -177,7 +178,7 @@ class QwenImageEditG2UPipeline(QwenImageEditPipeline):
         # 6. Denoising loop
         self.scheduler.set_begin_index(0)
         with self.progress_bar(total=num_inference_steps) as progress_bar:
-            for t in timesteps:
+            for k, t in enumerate(timesteps, 1):
                 self._current_timestep = t
                 latent_model_input = torch.cat([latents, image_latents], dim=1)
                 timestep = t.expand(latents.shape[0]).to(latents.dtype) / 1000
@@ -230,6 +231,7 @@ class QwenImageEditG2UPipeline(QwenImageEditPipeline):
                 latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
                 progress_bar.update()
                 check_deadline("denoising")
+                progress.step(k, len(timesteps))
 
         if not torch.isfinite(latents).all():  # never an all-black thought answered as if it were one
             raise ModelError(f"stage I produced non-finite latents ({num_inference_steps} steps)")

@@ -23,6 +23,7 @@ import torch
 from diffusers.utils import PIL_INTERPOLATION
 from PIL import Image
 
+from g2u import progress
 from g2u.backends.base import BackendBase, BackendInfo, read_demo_marker, with_stage2
 from g2u.backends.qwen_edit_pipeline import QwenImageEditG2UPipeline
 from g2u.backends.qwen_vl import (
@@ -212,8 +213,11 @@ class QwenImageEditBackend(BackendBase):
         resample = PIL_INTERPOLATION[self.pipe.image_processor.config.resample]
         prepared = [place(img.size, (width, height), self.size_multiple).apply(img, resample) for img in images]
         if self.plus:  # the stock Plus pipeline takes one item at a time
-            return [self._edit_plus(img, prompt, p, (width, height))
-                    for img, prompt, p in zip(prepared, prompts, params)]
+            out = []
+            for k, (img, prompt, p) in enumerate(zip(prepared, prompts, params)):
+                with progress.subset([k]):  # each item's own steps (g2u.progress)
+                    out.append(self._edit_plus(img, prompt, p, (width, height)))
+            return out
         result = self.pipe(
             image=prepared,
             prompt=prompts,
@@ -230,10 +234,12 @@ class QwenImageEditBackend(BackendBase):
         """One item through the stock Plus pipeline (batch 1 only), output at the working size; the
         pipeline conditions on the image at its own sizes (384² for the VL encoder, 1024² for the VAE)."""
         width, height = size
+        on_step = progress.diffusers_callback(params.steps)  # streamed requests see each step (g2u.progress)
         result = self.pipe(
             image=[image], prompt=prompt, negative_prompt=params.negative_prompt, true_cfg_scale=params.text_cfg,
             width=width, height=height, num_inference_steps=params.steps,
             generator=torch.Generator(device="cpu").manual_seed(params.seed),
+            **({"callback_on_step_end": on_step} if on_step is not None else {}),
         ).images[0]
         return result.convert("RGB")
 

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from transformers import ProcessorMixin, Qwen2VLProcessor, StoppingCriteriaList
 
+from g2u import progress
 from g2u.deadline import deadline_criteria, install_layer_checks
 from g2u.decoding import clean_answer_text, non_text_token_ids
 from g2u.sizing import SizeLimits, Stage2Sizing
@@ -394,6 +395,9 @@ def answer_generate_kwargs(model: Any, processor: Any, params: AnswerParams) -> 
         generate_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     if getattr(model.generation_config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         generate_kwargs["pad_token_id"] = tokenizer.pad_token_id
+    streamer = progress.generate_streamer(tokenizer)  # None unless a streamed request is in this batch
+    if streamer is not None:
+        generate_kwargs["streamer"] = streamer
     return generate_kwargs
 
 

@@ -361,6 +361,117 @@ def test_handler_defaults_apply_under_request_fields(handler_in_process, monkeyp
     assert (code_a, a["edit"]["steps"], code_b, b["edit"]["steps"]) == (200, 3, 200, 2)
 
 
+# ---------------------------------------------------------------- OpenAI-compatible route, streams
+def _openai(client: Client, key: str | None = None):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{client.inference}/predictions/{MODEL}/1.0/v1", api_key=key or client.keys["inference"],
+                  max_retries=0, timeout=120)
+
+
+def _chat_messages(image: bytes, question: str = "What is in the picture?") -> list[dict]:
+    url = "data:image/png;base64," + base64.b64encode(image).decode()
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                         {"type": "text", "text": question}]}]
+
+
+def test_openai_client_and_rest_streams_while_a_reader_that_does_not_read_holds_no_worker(client):
+    """The official client through TorchServe — the model list, a plain completion with the thought, the same
+    request streamed (progress, then the answer token by token) — answered while a streamed REST request
+    whose client reads nothing is pending: the frontend buffers its events, the worker goes on."""
+    import socket
+    from urllib.parse import urlparse
+
+    image = png(color=(30, 120, 60))
+    fields = {"image": base64.b64encode(png((512, 512))).decode(), "question": "What is in the picture?",
+              "steps": 2, "max_new_tokens": 6, "stream": True, "return_thought": True}
+    body = json.dumps(fields).encode()  # the demo's thought of random pixels as PNG: over the 4 KiB buffer
+    url = urlparse(client.inference)
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect((url.hostname, url.port))
+    slow.sendall(f"POST /predictions/{MODEL} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
+                 f"Authorization: Bearer {client.keys['inference']}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                 + body)
+    try:
+        oa = _openai(client)  # answered one after another while the slow client has read nothing
+        assert [m.id for m in oa.models.list()] == [MODEL]
+        plain = oa.chat.completions.create(model=MODEL, messages=_chat_messages(image), max_tokens=6, seed=0,
+                                           extra_body={"steps": 2, "return_thought": True, "mode": "g2u"})
+        chunks = list(oa.chat.completions.create(model=MODEL, messages=_chat_messages(image), max_tokens=6, seed=0,
+                                                 stream=True, stream_options={"include_usage": True},
+                                                 extra_body={"steps": 2}))
+        data = b""
+        slow.settimeout(60)
+        while not data.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"):
+            part = slow.recv(65536)
+            assert part, "connection closed before the end of the stream"
+            data += part
+    finally:
+        slow.close()
+    assert plain.model == MODEL and plain.usage.completion_tokens == 6 and plain.usage.total_tokens > 6
+    thought = Image.open(io.BytesIO(base64.b64decode(plain.g2u["thought"])))
+    assert list(thought.size) == plain.g2u["edit"]["size"] and plain.g2u["edit"]["steps"] == 2
+    events = [c.g2u["event"] for c in chunks if getattr(c, "g2u", None)]
+    assert events[:4] == ["prompt", "step", "step", "thought"] and events[-1] == "result"
+    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(deltas) > 1 and "".join(deltas) == plain.choices[0].message.content  # token by token, same answer
+    assert chunks[-1].usage == plain.usage
+
+    head, _, chunked = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower()
+    assert b"content-type: text/event-stream" in head.lower()
+    assert b"ts_stream_next: true" in head.lower()  # TorchServe's internal header reaches the client (docs)
+    text = re.sub(rb"\r\n[0-9a-f]+\r\n", b"", b"\r\n" + chunked).decode()  # HTTP chunks joined
+    rest = [(m.group(1), m.group(2)) for m in re.finditer(r"(?:event: (\w+)\n)?data: (.*)\n\n", text)]
+    names = [e for e, _ in rest]
+    assert names[:4] == ["prompt", "step", "step", "thought"] and names[-2:] == ["result", None]
+    result = json.loads(rest[-2][1])
+    assert "".join(json.loads(d)["text"] for e, d in rest if e == "delta") == result["answer"]
+    assert len(result["thought"]) > 4096  # more than the client's receive buffer was left unread meanwhile
+
+
+def test_openai_and_stream_errors_reach_the_client_in_its_shape(client):
+    import openai
+
+    oa = _openai(client)
+    with pytest.raises(openai.BadRequestError) as info:
+        remote = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+        oa.chat.completions.create(model=MODEL, max_tokens=4,
+                                   messages=[{"role": "user", "content": [remote, {"type": "text", "text": "?"}]}])
+    assert info.value.body["param"] == "messages[0].content[0].image_url.url" and "never fetches" in info.value.message
+    with pytest.raises(openai.BadRequestError) as info:
+        oa.chat.completions.create(model=MODEL, messages=_chat_messages(png()), extra_body={"steps": 0})
+    assert info.value.body["param"] == "steps"
+    with pytest.raises(openai.NotFoundError):
+        oa.chat.completions.create(model="gpt-4o", messages=_chat_messages(png()))
+    with pytest.raises(openai.APIError, match="deadline") as late:  # the stream had started: an error event
+        for _ in oa.chat.completions.create(model=MODEL, messages=_chat_messages(png()), stream=True,
+                                            extra_body={"steps": 200, "timeout_s": 0.05}):
+            pass
+    assert not isinstance(late.value, openai.APIStatusError)  # the status (200) was fixed by the first chunk
+    with pytest.raises(openai.APIStatusError) as info:  # the inference key is the api_key
+        _openai(client, key="wrong-key").models.list()
+    assert info.value.status_code in (400, 401, 403) and "Token Authorization failed" in info.value.response.text
+    form = client.multipart(png(), question="Bad?", steps="0", stream="true")  # refused before any event
+    assert form.status_code == 400 and form.json()["field"] == "steps"
+    assert form.headers["content-type"].startswith("application/json")
+
+
+def test_the_openai_snippet_make_serve_prints_works_as_printed(server, client, tmp_path):
+    import subprocess
+
+    from handler.serve import openai_example
+
+    image = tmp_path / "sample.png"
+    image.write_bytes(png())
+    snippet = openai_example(image, client.inference, key_file=server.key_file)
+    proc = subprocess.run(["bash", "-c", snippet], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "answer: " in proc.stdout and "usage: CompletionUsage(" in proc.stdout
+    assert "step 1/4  step 2/4  step 3/4  step 4/4" in proc.stdout
+
+
 # ---------------------------------------------------------------- shutdown (keep last)
 def test_stop_leaves_no_process_or_port(server):
     procs = server.processes()

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from g2u import progress
 from g2u.backends.bagel.cache import KVCache
 from g2u.backends.bagel.config import check_layout
 from g2u.backends.bagel.layout import bagel_rule, fit_size, patchify, unpatchify
@@ -234,7 +235,13 @@ class BagelBackend(BackendBase):
         contents, sizing = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)), params)
         cache = self.answer_context(contents)
         probs: list[list[float]] | None = [] if params.return_scores else None
-        ids = self.model.decode(cache, params.max_new_tokens, params.temperature, token_probs=probs)
+        stream = progress.token_stream(lambda x: self.tokenizer.decode(x, skip_special_tokens=True),
+                                       [self.model.special.eos])
+        if stream is not None:  # a streamed request listens: tokens it read, then each one chosen
+            stream.prompt(cache.valid.sum(1).tolist())
+        ids = self.model.decode(cache, params.max_new_tokens, params.temperature, token_probs=probs, stream=stream)
+        if stream is not None:
+            stream.end()
         texts = [self.decode_text(x) for x in ids]
         if probs is None:
             return with_stage2([Answer(t) for t in texts], sizing)

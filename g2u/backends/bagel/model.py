@@ -34,6 +34,7 @@ from g2u.backends.bagel.vision import (
     to_unit_tensor,
 )
 from g2u.deadline import check_deadline
+from g2u.progress import TokenStream
 
 
 @dataclass(frozen=True)
@@ -241,11 +242,12 @@ class BagelModel(nn.Module):
         return self.language_model.lm_head(hidden[:, -1]).float()
 
     def decode(self, cache: KVCache, max_new_tokens: int, temperature: float = 0.0,
-               generator: torch.Generator | None = None, token_probs: list[list[float]] | None = None
-               ) -> list[list[int]]:
+               generator: torch.Generator | None = None, token_probs: list[list[float]] | None = None,
+               stream: TokenStream | None = None) -> list[list[int]]:
         """Continue every row from ``<|im_start|>`` until ``<|im_end|>`` or ``max_new_tokens``; greedy when
         ``temperature`` is 0. Returns the new token ids of each row (without the end token). With
-        ``token_probs`` (an empty list) given, it is filled with each row's chosen-token probabilities."""
+        ``token_probs`` (an empty list) given, it is filled with each row's chosen-token probabilities.
+        ``stream``: a ``g2u.progress.TokenStream`` handed each step's tokens (None: nobody listens)."""
         rows = cache.rows
         cache.reserve(max_new_tokens + 1)
         tokens = torch.full((rows,), self.special.bos, dtype=torch.long, device=self.device)
@@ -261,7 +263,10 @@ class BagelModel(nn.Module):
             else:
                 tokens = logits.argmax(dim=-1)
             chosen = probs.gather(1, tokens[:, None])[:, 0].tolist() if token_probs is not None else None
-            for r, tok in enumerate(tokens.tolist()):
+            picked = tokens.tolist()
+            if stream is not None:
+                stream.put(picked)
+            for r, tok in enumerate(picked):
                 if done[r]:
                     continue
                 if tok == self.special.eos:

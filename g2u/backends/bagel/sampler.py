@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from g2u import progress
 from g2u.backends.bagel.cache import KVCache
 from g2u.backends.bagel.model import BagelModel, latent_query_route
 from g2u.deadline import check_deadline
@@ -128,9 +129,10 @@ def denoise(model: BagelModel, cache: KVCache, noise: torch.Tensor, grid: tuple[
     routes = {k: latent_query_route(rows * k, n, model.device) for k in {1, branches}}
     x = noise.to(model.device, torch.float32)
     times, deltas = settings.schedule()
-    for t, dt in zip(times, deltas):
+    for k, (t, dt) in enumerate(zip(times, deltas), 1):
         x = x - guided_velocity(model, cache, x, t, grid, settings, batch_cfg, routes) * dt
         check_deadline("denoising")
+        progress.step(k, len(times))
     if not torch.isfinite(x).all():
         raise ModelError(f"stage I produced non-finite latents ({settings.steps} steps)")
     return x
