@@ -206,9 +206,10 @@ class BackendBase:
         """One batched edit of items that share size, steps, CFG and options (``params[0]`` holds them)."""
         raise NotImplementedError
 
-    def stepper(self) -> EditStepper | None:
+    def stepper(self, exact: bool = True) -> EditStepper | None:
         """Stage I step by step (``EditStepper``), or None where this backend edits whole items only
-        (``g2u.scheduler`` then runs each edit as one unit between other items' steps)."""
+        (``g2u.scheduler`` then runs each edit as one unit between other items' steps). ``exact``: a
+        thought bit-identical to the one made alone (False: packed further, within fp32 rounding)."""
         return None
 
     def plan_edit_size(self, image_size: tuple[int, int], size: tuple[int, int] | None = None,

@@ -11,7 +11,9 @@ parent's code.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -301,14 +303,46 @@ def _stack_text(embeds: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Ten
     return torch.cat([e for e, _ in padded]), None if bool(mask.all()) else mask
 
 
+@contextlib.contextmanager
+def _per_item_vectors(transformer: torch.nn.Module, chunks: Sequence[int]):
+    """Inside the block, a Linear fed one vector per row (the timestep embedding, every block's
+    modulation) computes each item's rows as their own matmul, as the item's call alone does. A GEMM
+    with 1, 2-3 or >= 4 rows rounds differently on CPU (measured: up to 6e-7 apart), and these vectors
+    scale every token, so without this a thought would depend on how many rows shared its step. Token
+    matmuls (rows × tokens) are unaffected and stay batched; the vectors are tiny, recomputing them is free."""
+    if len(chunks) < 2:
+        yield
+        return
+    total = sum(chunks)
+
+    def hook(module, args, out):
+        x = args[0]
+        if x.dim() != 2 or x.shape[0] != total:
+            return None
+        return torch.cat([torch.nn.functional.linear(part, module.weight, module.bias) for part in x.split(chunks)])
+
+    handles = [m.register_forward_hook(hook, prepend=True) for m in transformer.modules()
+               if type(m) is torch.nn.Linear]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 class SteppedEdits:
     """The per-step interface of ``QwenImageEditG2UPipeline``: ``begin`` (encode, noise, timesteps) →
     ``step`` (one transformer forward for every row of the given states) → ``finish`` (decode). The same
     computation as ``__call__`` for one item; items at different steps share a forward because the
     transformer takes a timestep per row."""
 
-    def __init__(self, pipe: QwenImageEditG2UPipeline):
+    def __init__(self, pipe: QwenImageEditG2UPipeline, exact: bool = True):
         self.pipe = pipe
+        self.exact = exact
+        """Items share a forward only with items whose text pads to the same length as alone: each thought
+        is bit-identical to its own call's on CPU (one forward per distinct prompt length in a step).
+        False: one forward per step, shorter prompts padded further (the attention then sums over more,
+        masked, keys: measured 1e-6 on the latents, at most 1/255 on the thought's pixels)."""
 
     @torch.no_grad()
     def begin(self, image: Image.Image, prompt: str, *, width: int, height: int, true_cfg_scale: float,
@@ -342,24 +376,28 @@ class SteppedEdits:
 
     @torch.no_grad()
     def step(self, states: Sequence[EditState]) -> None:
-        """Advance every state one step. All must share the working size; rows are packed into one forward
-        (per length, where the attention backend would not honour a key-padding mask)."""
+        """Advance every state one step. All must share the working size; their rows are packed into one
+        forward per text length (``exact``; without a mask-honouring attention, per row length), else one."""
         if not states:
             return
         if len({(s.width, s.height) for s in states}) > 1:
             raise ValueError("states of different working sizes cannot share a step")
         rows = [(s, r) for s in states for r in range(s.rows)]
-        if self.pipe._attention_takes_mask() or len({s.embeds[r].shape[1] for s, r in rows}) == 1:
-            parts = [rows]
-        else:  # no mask: only rows of one text length share a forward (no padding needed)
-            by_len: dict[int, list] = {}
-            for s, r in rows:
-                by_len.setdefault(s.embeds[r].shape[1], []).append((s, r))
-            parts = list(by_len.values())
+        if not self.pipe._attention_takes_mask():  # rows of one text length per forward: no padding at all
+            length = {(id(s), r): s.embeds[r].shape[1] for s, r in rows}
+        elif self.exact:  # each item padded only as far as alone (its longest CFG row)
+            length = {(id(s), r): max(e.shape[1] for e in s.embeds) for s, r in rows}
+        else:
+            length = {(id(s), r): 0 for s, r in rows}
+        by_len: dict[int, list] = {}
+        for s, r in rows:
+            by_len.setdefault(length[(id(s), r)], []).append((s, r))
+        parts = list(by_len.values())
         preds: dict[tuple[int, int], torch.Tensor] = {}
         for part in parts:
             for (s, r), pred in zip(part, self._forward(part)):
                 preds[(id(s), r)] = pred
+        stepped = []  # every state's next latents first: a failure leaves all states as they were
         for s in states:
             t = s.timesteps[s.index]
             noise_pred = preds[(id(s), 0)]
@@ -367,10 +405,14 @@ class SteppedEdits:
                 neg = preds[(id(s), 1)]
                 comb = neg + s.cfg * (noise_pred - neg)
                 noise_pred = comb * (torch.norm(noise_pred, dim=-1, keepdim=True) / torch.norm(comb, dim=-1, keepdim=True))
-            s.latents = s.scheduler.step(noise_pred, t, s.latents, return_dict=False)[0]
-            s.index += 1
-            if s.done and not torch.isfinite(s.latents).all():
+            scheduler = copy.copy(s.scheduler)  # its step index advances on the copy, kept only on success
+            latents = scheduler.step(noise_pred, t, s.latents, return_dict=False)[0]
+            if s.index + 1 == len(s.timesteps) and not torch.isfinite(latents).all():
                 raise ModelError(f"stage I produced non-finite latents ({len(s.timesteps)} steps)")
+            stepped.append((scheduler, latents))
+        for s, (scheduler, latents) in zip(states, stepped):
+            s.scheduler, s.latents = scheduler, latents
+            s.index += 1
 
     def _forward(self, rows: Sequence[tuple[EditState, int]]) -> list[torch.Tensor]:
         pipe = self.pipe
@@ -379,7 +421,8 @@ class SteppedEdits:
         hidden = torch.cat([torch.cat([s.latents, s.image_latents], dim=1) for s, _ in rows])
         timestep = torch.cat([s.timesteps[s.index].expand(1).to(s.latents.dtype) / 1000 for s, _ in rows])
         latent_hw = (1, first.height // pipe.vae_scale_factor // 2, first.width // pipe.vae_scale_factor // 2)
-        with pipe.transformer.cache_context("cond_uncond"):
+        chunks = [sum(1 for _ in group) for _, group in itertools.groupby(rows, key=lambda row: id(row[0]))]
+        with pipe.transformer.cache_context("cond_uncond"), _per_item_vectors(pipe.transformer, chunks):
             out = pipe.transformer(hidden_states=hidden, timestep=timestep, encoder_hidden_states=embeds,
                                    encoder_hidden_states_mask=mask, img_shapes=[[latent_hw, latent_hw]] * len(rows),
                                    attention_kwargs={}, return_dict=False)[0]

@@ -237,12 +237,12 @@ class QwenImageEditBackend(BackendBase):
         ).images[0]
         return result.convert("RGB")
 
-    def stepper(self) -> QwenEditStepper | None:
+    def stepper(self, exact: bool = True) -> QwenEditStepper | None:
         """Step-wise stage I (``g2u.scheduler``), except for the Plus pipelines (stock, batch 1) and while
         a step cache (First-Block-Cache) is on: its reuse decision is per forward, not per item."""
         if self.plus or getattr(self.pipe.transformer, "is_cache_enabled", False):
             return None
-        return QwenEditStepper(self)
+        return QwenEditStepper(self, exact)
 
     def answer(self, contents: Sequence[Sequence[ContentPart]], params: AnswerParams) -> list[Answer]:
         """Stage II with the pipeline's own text encoder and processor (no second copy of the weights).
@@ -256,9 +256,9 @@ class QwenEditStepper:
     ``edit_group`` places it, then ``SteppedEdits`` (the pipeline's own computation, one step at a time).
     States share a step when their working sizes match; CFG scales and step counts may differ."""
 
-    def __init__(self, backend: QwenImageEditBackend):
+    def __init__(self, backend: QwenImageEditBackend, exact: bool = True):
         self.backend = backend
-        self.steps = SteppedEdits(backend.pipe)
+        self.steps = SteppedEdits(backend.pipe, exact)
 
     def key(self, params: EditParams) -> tuple:
         return ("qwen_image_edit", tuple(params.size))
