@@ -1,6 +1,7 @@
 """Dynamic batching against the step scheduler under Poisson load, back to back on one machine.
 
-    python load_tests/compare_schedulers.py --rates 0.5,2,4 --duration 60 [--steps 30] [--mlflow]
+    python load_tests/compare_schedulers.py [--rates 0.15,0.4,1.0] [--duration 90] [--steps 10] [--mlflow]
+    mlflow run . -e loadtest_schedulers
 
 Both schedulers (``batch``: TorchServe's dynamic batching, the shipped batchSize/maxBatchDelay;
 ``step``: ``g2u.scheduler`` under asyncCommunication) get a demo TorchServe here on free ports, warmed
@@ -116,7 +117,7 @@ def run_locust(srv, rate: float, duration: int, users: int, image_dir: Path, ste
 
 
 def measure(kinds: list[str], rates: list[float], duration: int, users: int, steps: str, image_dir: Path,
-            out: Path) -> dict[str, list[dict]]:
+            out: Path, env: dict[str, str] | None = None) -> dict[str, list[dict]]:
     """Both servers up at once (the idle one costs nothing), measured rate by rate, kind after kind: the
     pair at one rate is minutes apart, not the whole run, so load that drifts hits both alike."""
     from handler import tsctl
@@ -126,7 +127,8 @@ def measure(kinds: list[str], rates: list[float], duration: int, users: int, ste
         servers = {}
         try:
             for kind in kinds:
-                servers[kind] = tsctl.serve_demo(Path(tmp) / kind, overrides=KINDS[kind], ready_timeout=300)
+                servers[kind] = tsctl.serve_demo(Path(tmp) / kind, overrides=KINDS[kind], ready_timeout=300,
+                                                 extra_env=env)
                 warm_up(servers[kind], image_dir, steps)
             for rate in rates:
                 for kind in kinds:
@@ -143,22 +145,27 @@ def measure(kinds: list[str], rates: list[float], duration: int, users: int, ste
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rates", default="0.5,2,4", help="Poisson arrival rates (requests/s): light, near "
+    p.add_argument("--rates", default="0.15,0.4,1.0", help="Poisson arrival rates (requests/s): light, near "
                                                       "saturation, over")
-    p.add_argument("--duration", type=int, default=60, help="seconds of arrivals per rate")
-    p.add_argument("--users", type=int, default=32, help="locust users (more than the requests in flight)")
-    p.add_argument("--steps", default="30", help="denoising steps per request")
+    p.add_argument("--duration", type=lambda v: int(float(v)), default=90, help="seconds of arrivals per rate")
+    p.add_argument("--users", type=lambda v: int(float(v)), default=32, help="locust users (more than the requests in flight)")
+    p.add_argument("--steps", default="10", help="denoising steps per request")
     p.add_argument("--kinds", default="batch,step")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "scheduler_loadtest")
+    p.add_argument("--omp-wait-policy", default="PASSIVE",
+                   help="the workers' OMP_WAIT_POLICY ('' = the library's, active spinning): on a machine whose "
+                        "cores other tenants share, spinning OpenMP threads made a demo request 50x slower")
     p.add_argument("--mlflow", action="store_true")
     args = p.parse_args(argv)
+    env = {"OMP_WAIT_POLICY": args.omp_wait_policy} if args.omp_wait_policy else {}
     rates = [float(r) for r in args.rates.split(",") if r]
     image_dir = args.out / "images"
     sample_image(image_dir)
     results = {"machine": {"cpus": os.cpu_count(), "load_at_start": os.getloadavg()}, "rates": rates,
                "duration_s": args.duration, "users": args.users, "steps": args.steps, "runs": {}}
+    results["omp_wait_policy"] = args.omp_wait_policy or None
     results["runs"] = measure(args.kinds.split(","), rates, args.duration, args.users, args.steps, image_dir,
-                              args.out)
+                              args.out, env)
     if {"batch", "step"} <= set(results["runs"]):
         results["ratios"] = {f"{rate:g}": {k: b[k] and s[k] / b[k] for k in RATIOS}
                              for rate, b, s in zip(rates, results["runs"]["batch"], results["runs"]["step"])}
@@ -192,7 +199,7 @@ def log_to_mlflow(results: dict, args: argparse.Namespace) -> None:
 
     setup_tracking()
     with mlflow.start_run(run_name="loadtest_schedulers"):
-        log_params({"rates": args.rates, "duration_s": args.duration, "users": args.users, "steps": args.steps,
+        log_params({"omp_wait_policy": args.omp_wait_policy, "rates": args.rates, "duration_s": args.duration, "users": args.users, "steps": args.steps,
                     "kinds": args.kinds, "cpus": os.cpu_count()})
         metrics = {}
         for kind, rows in results["runs"].items():

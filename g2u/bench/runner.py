@@ -164,8 +164,9 @@ def decode_ms_per_token(model, inputs, tokens: int, device, reps: int,
     return out
 
 
-def run_bench(config: BenchConfig) -> dict[str, Any]:
-    """Build the model at the configured size, time stock and fast, measure drift; returns the report."""
+def run_bench(config: BenchConfig, parts: Any = None) -> dict[str, Any]:
+    """Build the model at the configured size (or use ``parts``, built by ``build_qwen_image_edit`` at that
+    size: scripts/gpu_check.py builds real size once), time stock and fast, measure drift; returns the report."""
     from g2u.answer_prompt import format_question
     from g2u.backends.base import BackendInfo
     from g2u.backends.qwen_image_edit import QwenImageEditBackend
@@ -187,7 +188,10 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         return report
 
     start = time.perf_counter()
-    parts = build_qwen_image_edit(cfg.size, cfg.seed, dtype=dtype)
+    # real size is built on the GPU directly, in its dtype (40 GB of transformer never passes the host)
+    if parts is None:
+        parts = build_qwen_image_edit(cfg.size, cfg.seed, device=device if cfg.size == "real" else "cpu",
+                                      dtype=dtype)
     pipe = qwen_image_edit_pipeline(parts).to(device)
     info = BackendInfo("qwen_image_edit", f"random:{cfg.size}", True, str(device), dtype_name(dtype))
     backend = QwenImageEditBackend(pipe, info, default_edit_area=width * height)
