@@ -13,6 +13,7 @@ Configured by environment variables (so the headless runner, CI and a person at 
                              taken every second, so they can miss the last requests of a run)
   G2U_ARRIVAL_RATE           requests/s over all users as Poisson arrivals (each user paces exponential gaps
                              between its request starts; unset: 0.2-1 s think time after each answer)
+  G2U_ARRIVAL_SEED           seed of those arrivals (default 0): runs with one seed offer the same gaps
   G2U_TIMINGS_CSV            write one row per answered request there at exit: client latency and the
                              server's own timings (queue = latency - the server's compute time)
 Run it through `make loadtest` / load_tests/run_loadtest.py, which adds thresholds and reports.
@@ -44,6 +45,8 @@ STEPS = os.environ.get("G2U_STEPS")
 MAX_REQUESTS = int(os.environ.get("G2U_MAX_REQUESTS") or 0)
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ARRIVAL_RATE = float(os.environ.get("G2U_ARRIVAL_RATE") or 0)
+ARRIVAL_SEED = int(os.environ.get("G2U_ARRIVAL_SEED") or 0)
+_USERS_SEEN = [0]
 TIMINGS: list[dict] = []
 
 
@@ -57,8 +60,11 @@ def poisson_arrivals(total_rate: float):
         runner = user.environment.runner
         users = max(1, runner.user_count if runner is not None else 1)
         now = time.monotonic()
+        if not hasattr(user, "_arrivals"):  # one seeded stream per user: two runs see the same arrivals
+            _USERS_SEEN[0] += 1
+            user._arrivals = random.Random(ARRIVAL_SEED * 100_003 + _USERS_SEEN[0])
         start = max(getattr(user, "_next_start", now), now - 60)  # never a catch-up burst after a stall
-        user._next_start = start + random.expovariate(total_rate / users)
+        user._next_start = start + user._arrivals.expovariate(total_rate / users)
         return max(0.0, user._next_start - now)
 
     return wait_time

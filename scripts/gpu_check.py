@@ -202,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def phase(name: str, fn):
         elapsed = time.perf_counter() - t_start
-        if elapsed > args.budget_s:
+        if elapsed >= args.budget_s:
             report["skipped"].append(f"{name}: {elapsed:.0f} s spent, over the {args.budget_s:.0f} s budget")
+            Path(args.out).write_text(json.dumps(report, indent=2, default=str))
             return None
         t0 = time.perf_counter()
         try:
