@@ -48,6 +48,8 @@ class RawItem:
     """Evaluation only: the known answer, so the leak guard can refuse prompts that contain it."""
     thought: Thought | None = None
     """A thought made earlier (evaluation resume); stage I is skipped for this item."""
+    arrived_at: float | None = None
+    """``g2u.deadline.clock()`` time the item arrived (None: when it is parsed); its deadline counts from it."""
 
 
 @dataclass
@@ -62,6 +64,8 @@ class Outcome:
     timings_ms: dict[str, float] = field(default_factory=dict)
     deadline_at: float | None = None
     """``g2u.deadline.clock()`` time after which the item is answered 504 instead of computed further."""
+    packed: int = 1
+    """The most requests that shared one of its batched calls (the batch, or ``g2u.scheduler``'s steps)."""
 
     @property
     def ok(self) -> bool:
@@ -90,7 +94,7 @@ class Batch:
     def parse(self, raws: Sequence[RawItem]) -> None:
         for raw in raws:
             start = time.perf_counter()
-            arrival = deadline_clock()
+            arrival = raw.arrived_at if raw.arrived_at is not None else deadline_clock()
             item = Outcome(deadline_at=arrival + self.deadline_s if self.deadline_s else None)
             try:
                 merged = dict(raw.fields)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -55,6 +55,22 @@ class ThoughtCacheSettings(BaseModel):
                                                  "membership signal)")
 
 
+class SchedulerSettings(BaseModel):
+    """How the worker schedules requests: TorchServe's dynamic batching, or the step scheduler
+    (``g2u.scheduler``: requests join a running denoise at step boundaries)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["auto", "batch", "step"] = Field(
+        "auto", description="batch: TorchServe's dynamic batching (batchSize, maxBatchDelay); step: the step "
+                            "scheduler, which needs asyncCommunication: true in the model-config; auto: step "
+                            "exactly when asyncCommunication is true")
+    max_rows: int = Field(8, ge=1, le=256, description="step: transformer rows one denoising step may batch (an "
+                                                       "item with true CFG takes 2); also the admission bound")
+    exact: bool = Field(True, description="step: a thought bit-identical to the one made alone (False: prompts of "
+                                          "different lengths share one forward, within fp32 rounding)")
+
+
 class HandlerSettings(LoaderOptions):
     """The ``handler:`` section of a TorchServe model-config (the loader options included)."""
 
@@ -68,6 +84,8 @@ class HandlerSettings(LoaderOptions):
                                                        "answered 504 (its batch-mates are answered); below "
                                                        "responseTimeout, past which TorchServe kills the worker")
     budget: BudgetSettings = Field(default_factory=BudgetSettings, description="per-request work budget")
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings,
+                                         description="batch or step (or {kind, max_rows, exact})")
     thought_cache: ThoughtCacheSettings | None = Field(
         None, description="a folder, or {dir, max_mb, report_hits} (default: $G2U_THOUGHT_CACHE; unset too: no cache)")
     defaults: dict[str, Any] = Field(default_factory=dict, description="request fields applied under every "
@@ -80,6 +98,13 @@ class HandlerSettings(LoaderOptions):
         if value in (None, "", False):
             return None
         return {"dir": str(value)} if isinstance(value, (str, Path)) else value
+
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _kind_or_mapping(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        return {"kind": value} if isinstance(value, str) else value
 
     @field_validator("budget", mode="before")
     @classmethod
@@ -116,6 +141,22 @@ class HandlerSettings(LoaderOptions):
             if isinstance(cause, SettingError):
                 key = f"{key}.{cause.key}"
             raise ValueError(f"model-config handler.{key}: {reason}") from None
+        asynchronous = bool(model_yaml.get("asyncCommunication", False))
+        if settings.scheduler.kind == "auto":
+            kind = "step" if asynchronous else "batch"
+            settings = settings.model_copy(update={"scheduler": settings.scheduler.model_copy(update={"kind": kind})})
+        if settings.scheduler.kind == "step" and not asynchronous:
+            raise ValueError("model-config handler.scheduler: 'step' needs asyncCommunication: true (the worker must "
+                             "receive requests while it denoises); set it, or scheduler: batch")
+        if asynchronous and int(model_yaml.get("batchSize") or 1) != 1:
+            # TorchServe 0.12's AsyncBatchAggregator.getRequest removes each polled job from the map it is
+            # iterating: a poll of two or more jobs throws ConcurrentModificationException and kills the worker
+            raise ValueError("model-config batchSize must be 1 with asyncCommunication: true (TorchServe 0.12's "
+                             "asynchronous aggregator fails on a batch of 2 or more; the step scheduler batches "
+                             "inside the worker)")
+        if settings.scheduler.kind == "batch" and asynchronous:
+            raise ValueError("model-config handler.scheduler: 'batch' is TorchServe's dynamic batching, which "
+                             "asyncCommunication: true turns off; remove it, or scheduler: step")
         timeout = float(model_yaml.get("responseTimeout") or 0)
         if timeout and settings.deadline_s >= timeout:
             raise ValueError(f"model-config handler.deadline_s ({settings.deadline_s}) must be below responseTimeout "
@@ -143,4 +184,4 @@ class HandlerSettings(LoaderOptions):
         return ThoughtCache(self.thought_cache.dir, self.thought_cache.max_mb)
 
 
-__all__ = ["BudgetSettings", "HandlerSettings", "SettingError", "ThoughtCacheSettings"]
+__all__ = ["BudgetSettings", "HandlerSettings", "SchedulerSettings", "SettingError", "ThoughtCacheSettings"]

@@ -26,12 +26,12 @@ from g2u.errors import InputError
 from g2u.gate import decide
 from g2u.measures import edit_measures
 from g2u.modes import MODES
-from g2u.plan import Planner, RequestPlan
+from g2u.plan import EditJob, Planner, RequestPlan
 from g2u.prompts import PromptLibrary, default_library
 from g2u.results import DEMO_NOTE, G2UResult
 from g2u.selection import Judge
 from g2u.thought_cache import CachedEditor, ThoughtCache
-from g2u.types import Answer, G2URequest, Thought
+from g2u.types import Answer, EditOutput, G2URequest, Thought
 
 
 class G2UPipeline:
@@ -101,6 +101,21 @@ class G2UPipeline:
     def edit(self, plans: Sequence[RequestPlan]) -> list[Thought | None]:
         """Stage I: a thought for each plan whose mode needs one (None for the others, and for those the
         confidence gate answered)."""
+        thoughts, jobs = self.prepare_edit(plans)
+        if not jobs:
+            return thoughts
+
+        # 4. Stage I, batched: every thought of every request in one call (the backend groups compatible
+        #    items; the thought cache answers what it has seen).
+        start = time.perf_counter()
+        with progress.rows([plans[j.plan] for j in jobs], "edit"):
+            outputs = self.editor.edit([j.image for j in jobs], [j.record.prompt for j in jobs],
+                                       [j.params for j in jobs])
+        return self.finish_edit(plans, thoughts, jobs, outputs, (time.perf_counter() - start) * 1000)
+
+    def prepare_edit(self, plans: Sequence[RequestPlan]) -> tuple[list[Thought | None], list[EditJob]]:
+        """Stage I before any denoising: the gate's pre-pass, brought thoughts measured, and one edit job
+        per thought to make (``g2u.scheduler`` runs the jobs step by step; ``edit`` in one call)."""
         thoughts: list[Thought | None] = [p.thought for p in plans]
 
         # 1. The gate (beyond the paper): a confident baseline answer skips stage I.
@@ -128,20 +143,14 @@ class G2UPipeline:
 
         # 3. What to imagine: one edit job per candidate thought (prompts written where a writer decides).
         jobs = self.planner.edit_jobs(plans, todo)
-        if not jobs:
-            return thoughts
         for job in jobs:  # streamed requests show the prompt chosen (``g2u.progress``; nothing otherwise)
             progress.emit(plans[job.plan], "prompt", prompt=job.record.prompt, prompt_name=job.record.prompt_name,
                           family=job.record.family, writer=job.record.writer, candidate=job.candidate)
+        return thoughts, jobs
 
-        # 4. Stage I, batched: every thought of every request in one call (the backend groups compatible
-        #    items; the thought cache answers what it has seen).
-        start = time.perf_counter()
-        with progress.rows([plans[j.plan] for j in jobs], "edit"):
-            outputs = self.editor.edit([j.image for j in jobs], [j.record.prompt for j in jobs],
-                                       [j.params for j in jobs])
-        edit_ms = (time.perf_counter() - start) * 1000
-
+    def finish_edit(self, plans: Sequence[RequestPlan], thoughts: list[Thought | None], jobs: Sequence[EditJob],
+                    outputs: Sequence[EditOutput], edit_ms: float) -> list[Thought | None]:
+        """Stage I after denoising: each job's output measured and gathered into its plan's thought."""
         # 5. Edit measures of each Î against its I (SSIM, PSNR: how much the pixels changed).
         made: dict[int, list[Thought]] = {}
         for job, out in zip(jobs, outputs):

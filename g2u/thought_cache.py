@@ -209,15 +209,24 @@ class CachedEditor:
     def __init__(self, backend: Any, cache: ThoughtCache, library_version: str = ""):
         self.backend, self.cache, self.library_version = backend, cache, library_version
 
+    def lookup(self, image: Image.Image, prompt: str, params: EditParams) -> tuple[str, EditOutput | None]:
+        """(key, the cached thought or None): ``g2u.scheduler`` looks up each job before denoising it."""
+        start = time.perf_counter()
+        key = self.cache.key(self.backend, image, prompt, params, self.library_version)
+        hit = self.cache.get(key)
+        return key, None if hit is None else EditOutput(hit.image, hit.meta.get("plan"), cached=True,
+                                                        cache_ms=(time.perf_counter() - start) * 1000)
+
+    def store(self, key: str, result: EditOutput) -> None:
+        self.cache.put(key, result.image, {"plan": result.plan})
+
     def edit(self, images: Sequence[Image.Image], prompts: Sequence[str],
              params: Sequence[EditParams]) -> list[EditOutput]:
         keys, out = [], []
         for image, prompt, p in zip(images, prompts, params):
-            start = time.perf_counter()
-            keys.append(self.cache.key(self.backend, image, prompt, p, self.library_version))
-            hit = self.cache.get(keys[-1])
-            out.append(None if hit is None else EditOutput(hit.image, hit.meta.get("plan"), cached=True,
-                                                            cache_ms=(time.perf_counter() - start) * 1000))
+            key, hit = self.lookup(image, prompt, p)
+            keys.append(key)
+            out.append(hit)
         missing = [i for i, o in enumerate(out) if o is None]
         if missing:
             with progress.subset(missing):  # the misses' rows (g2u.progress)
@@ -225,6 +234,5 @@ class CachedEditor:
                                          [params[i] for i in missing])
             for i, result in zip(missing, made):
                 out[i] = result
-                self.cache.put(keys[i], result.image, {"plan": result.plan})
+                self.store(keys[i], result)
         return out  # type: ignore[return-value]
-

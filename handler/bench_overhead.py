@@ -5,7 +5,8 @@
 
 In-process is what `g2u predict` does after loading the model (the batch path: parse, check, imagine,
 understand) on the same demo checkpoint; REST is one multipart POST at a time to a TorchServe started
-here on free loopback ports. The difference is the serving cost: HTTP, the frontend's queue and batch
+here on free loopback ports; the two alternate rep by rep and the overhead's 95% interval is a paired
+bootstrap over the reps (``g2u.bench.stats.paired_difference``). The difference is the serving cost: HTTP, the frontend's queue and batch
 wait (a lone request waits maxBatchDelay for batch-mates), the worker socket, preprocess and postprocess.
 With ``--concurrency``, each level keeps that many clients posting back to back and reports throughput
 (requests/min) and p50/p95 latency: batches form under load when requests queue while the worker is busy.
@@ -134,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default=",".join(MODES), help="modes for the overhead table")
     p.add_argument("--concurrency", default="", help="e.g. 1,2,4: throughput with that many clients")
     p.add_argument("--requests", type=int, default=12, help="requests per concurrency level")
+    p.add_argument("--scheduler", choices=["batch", "step"], default="batch",
+                   help="batch: dynamic batching; step: the step scheduler (asyncCommunication, batchSize 1)")
     args = p.parse_args(argv)
     image = sample_png()
     fields = {"question": "Which shape is red?", "steps": str(args.steps), "seed": "0"}
@@ -144,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     for delay in delays:
         with tempfile.TemporaryDirectory(prefix="g2u-bench-") as tmp:
             home = Path(tmp)
-            srv = tsctl.serve_demo(home, overrides={"maxBatchDelay": delay}, ready_timeout=300)
+            kind = ({"asyncCommunication": True, "batchSize": 1} if args.scheduler == "step"
+                    else {"asyncCommunication": False})
+            srv = tsctl.serve_demo(home, overrides={"maxBatchDelay": delay, **kind}, ready_timeout=300)
             checkpoint = home / "demo" / archive.DEFAULT_DEMO
             try:
                 desc = srv.wait_ready(10)
@@ -159,10 +164,15 @@ def main(argv: list[str] | None = None) -> int:
               f"batchSize {desc['batchSize']}, maxBatchDelay {desc['maxBatchDelay']} ms, {os.cpu_count()} CPUs, "
               f"load average {os.getloadavg()[0]:.1f}")
         if results:
-            print(f"{'mode':<12} {'in-process p50 ms':>18} {'REST p50 ms':>12} {'overhead ms':>12}")
+            from g2u.bench.stats import paired_difference
+
+            print(f"{'mode':<12} {'in-process p50 ms':>18} {'REST p50 ms':>12} {'overhead ms':>12} "
+                  f"{'95% interval':>18} {'pairs':>6}")
             for mode in modes:
                 a, b = p50(results[mode][0]), p50(results[mode][1])
-                print(f"{mode:<12} {a:>18.1f} {b:>12.1f} {b - a:>12.1f}")
+                d = paired_difference(*results[mode])
+                span = f"[{d['low']:.1f}, {d['high']:.1f}]"
+                print(f"{mode:<12} {a:>18.1f} {b:>12.1f} {b - a:>12.1f} {span:>18} {d['pairs']:>6}")
         if loads:
             print(f"{'clients':>8} {'requests':>9} {'req/min':>9} {'p50 ms':>9} {'p95 ms':>9}")
             for row in loads:

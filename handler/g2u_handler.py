@@ -7,13 +7,16 @@
 
 The handler holds no G→U logic: it adapts TorchServe's batch format to the core's one batch path
 (``g2u.batch``: per-item errors kept apart, a failing batched stage retried item by item), times each
-stage and reports custom metrics.
+stage and reports custom metrics. With ``handler.scheduler: step`` (and ``asyncCommunication: true``) the
+worker instead receives requests while it computes and each item goes to the step scheduler
+(``g2u.scheduler``): it joins the running denoise at the next step boundary and is answered when done.
 It is packed into the .mar on its own, so it imports nothing from this repository but ``g2u``.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import http
 import json
 import logging
@@ -33,6 +36,7 @@ from g2u.handler_settings import HandlerSettings
 from g2u.images import png_bytes
 from g2u.pipeline import G2UPipeline
 from g2u.routes import Exchange, Reply, listening, open_exchange, thoughts_made
+from g2u.scheduler import StepScheduler
 from g2u.safe_text import install_log_guard
 from g2u.serving import (
     DUPLICATES,
@@ -106,6 +110,8 @@ class G2UHandler(BaseHandler):
         self.deadline_s: float | None = None
         self.privacy = CachePrivacy()
         self._index: list[int] = []
+        self.scheduler: StepScheduler | None = None
+        """The step scheduler (``handler.scheduler: step``); None under dynamic batching."""
         """Position of each item of the batch being processed in TorchServe's batch (describe/explain and
         refused items are answered apart, so the model's items may be fewer)."""
         self._exchanges: dict[int, Exchange] = {}
@@ -146,6 +152,13 @@ class G2UHandler(BaseHandler):
         self.pipeline.budget = WorkBudget.for_backend(self.pipeline.backend.default_edit_area,
                                                       backend=self.pipeline.backend, **settings.budget.model_dump())
         self.deadline_s = settings.deadline_s
+        # scheduler: step (asyncCommunication: true) — requests join the running denoise at step boundaries
+        # (g2u.scheduler); batch — TorchServe's dynamic batching hands us whole batches.
+        if settings.scheduler.kind == "step":
+            self.scheduler = StepScheduler(self.pipeline, max_rows=settings.scheduler.max_rows,
+                                           defaults=self.defaults, max_pixels=self.max_pixels,
+                                           deadline_s=self.deadline_s, on_error=self._count_error,
+                                           exact=settings.scheduler.exact).start()
         self._init_metrics(context)
         self.initialized = True
         logger.info("G2U handler ready: %s", json.dumps(self.pipeline.model_info))
@@ -185,6 +198,8 @@ class G2UHandler(BaseHandler):
           (``g2u.serving.send_early``), each item's answer leaves as soon as it exists;
         - whatever fails unexpectedly fails only the items still unanswered, each with its own 500.
         """
+        if self.scheduler is not None:
+            return self._handle_stepped(data, context)
         start = time.time()
         self.context = context
         out: list[str | None] = [None] * len(data)
@@ -239,6 +254,53 @@ class G2UHandler(BaseHandler):
         if metrics is not None:
             metrics.add_time("HandlerTime", round((time.time() - start) * 1000, 2), None, "ms")
         return [body if body is not None else "" for body in out]
+
+    async def _handle_stepped(self, data: list[dict[str, Any]], context: Any) -> list[str]:
+        """``asyncCommunication``: TorchServe's worker awaits this per message and keeps receiving others
+        meanwhile (``ts.async_service``), so each item goes to the step scheduler and is answered when its
+        outcome exists. Describe/explain/repeated fields and unreadable bodies are answered at once."""
+        import asyncio
+
+        start = time.time()
+        out: list[str | None] = [None] * len(data)
+        futures = {}
+        with self._bound(context, len(data)):
+            for i, row in enumerate(data):
+                special = self._special(i, row)
+                if special is not None:
+                    out[i] = self._answer(i, *special)
+                    continue
+                exchange = open_exchange(context, i, row, split_fields, self.model_name, self.defaults)
+                if exchange.reply is not None:  # v1/models, an unknown path: answered without the model
+                    out[i] = self._reply(i, exchange.reply)
+                    continue
+                try:
+                    if exchange.kind != "rest":  # streams and the OpenAI route run on the batch path only
+                        field = "stream" if exchange.kind == "rest_stream" else "url_path"
+                        raise InputError(field, f"{exchange.kind} requests are served with handler.scheduler: "
+                                                "batch; the step scheduler answers plain REST requests")
+                    fields, image = split_fields(row)
+                except Exception as exc:  # noqa: BLE001 - a body that cannot be read is this item's 4xx
+                    rejected = Batch(self.pipeline, on_error=self._count_error)
+                    rejected.reject(exc)
+                    out[i] = self._item_body(i, rejected.items[0])
+                    continue
+                futures[i] = self.scheduler.submit(RawItem(fields, image))
+        for i, future in futures.items():
+            outcome = await asyncio.wrap_future(future)
+            with self._bound(context, len(data), outcome.packed):  # no await inside: no other request interleaves
+                out[i] = self._item_body(i, outcome)
+        metrics = getattr(context, "metrics", None)
+        if metrics is not None:
+            metrics.add_time("HandlerTime", round((time.time() - start) * 1000, 2), None, "ms")
+        return [body if body is not None else "" for body in out]
+
+    @contextlib.contextmanager
+    def _bound(self, context: Any, n: int, packed: int | None = None):
+        """The per-message state the item helpers read (context, indices, batch size), for one request's
+        synchronous stretch: under asyncCommunication several messages are in flight on one handler."""
+        self.context, self._index, self._batch_size = context, list(range(n)), packed or n
+        yield
 
     def _special(self, idx: int, row: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
         """The answer of an item that must not reach the model (describe, explain, a repeated field)."""

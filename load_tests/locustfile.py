@@ -16,6 +16,11 @@ Configured by environment variables (so the headless runner, CI and a person at 
                              tests use it so a run is bounded by work done, not by the clock
   G2U_FINAL_STATS_CSV        write the final request stats there at exit (locust's --csv files are a snapshot
                              taken every second, so they can miss the last requests of a run)
+  G2U_ARRIVAL_RATE           requests/s over all users as Poisson arrivals (each user paces exponential gaps
+                             between its request starts; unset: 0.2-1 s think time after each answer)
+  G2U_ARRIVAL_SEED           seed of those arrivals (default 0): runs with one seed offer the same gaps
+  G2U_TIMINGS_CSV            write one row per answered request there at exit: client latency and the
+                             server's own timings (queue = latency - the server's compute time)
 Run it through `make loadtest` / load_tests/run_loadtest.py, which adds thresholds and reports.
 """
 
@@ -46,6 +51,36 @@ MAX_REQUESTS = int(os.environ.get("G2U_MAX_REQUESTS") or 0)
 SLOW_READ_S = float(os.environ.get("G2U_SLOW_READ_S") or 0)
 ROUTES = ("rest", "rest_stream", "chat", "chat_stream")
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+ARRIVAL_RATE = float(os.environ.get("G2U_ARRIVAL_RATE") or 0)
+ARRIVAL_SEED = int(os.environ.get("G2U_ARRIVAL_SEED") or 0)
+_USERS_SEEN = [0]
+TIMINGS: list[dict] = []
+
+
+def poisson_arrivals(total_rate: float):
+    """A locust ``wait_time`` making the users' request starts one Poisson stream of ``total_rate``/s:
+    each of the N users paces exponential gaps of mean N/``total_rate`` between its own starts (counted
+    from its previous scheduled start, not from the answer), so arrivals stay open-loop while the users
+    outnumber the requests in flight; a user behind its schedule starts at once."""
+
+    def wait_time(user) -> float:
+        runner = user.environment.runner
+        users = max(1, runner.user_count if runner is not None else 1)
+        now = time.monotonic()
+        if not hasattr(user, "_arrivals"):  # one seeded stream per user: two runs see the same arrivals
+            _USERS_SEEN[0] += 1
+            user._arrivals = random.Random(ARRIVAL_SEED * 100_003 + _USERS_SEEN[0])
+        start = max(getattr(user, "_next_start", now), now - 60)  # never a catch-up burst after a stall
+        user._next_start = start + user._arrivals.expovariate(total_rate / users)
+        return max(0.0, user._next_start - now)
+
+    return wait_time
+
+
+def server_ms(body: dict) -> float:
+    """The server's compute time of one answer: parsing, the request's stages, the response."""
+    t = body.get("timings_ms") or {}
+    return float(t.get("preprocess", 0)) + float(t.get("total", 0)) + float(t.get("postprocess", 0))
 
 
 def _mode_mix() -> tuple[list[str], list[float]]:
@@ -140,6 +175,22 @@ def _write_final_stats_at_exit(environment, **_kwargs) -> None:
 
 
 @events.init.add_listener
+def _write_timings_at_exit(environment, **_kwargs) -> None:
+    path = os.environ.get("G2U_TIMINGS_CSV")
+    if not path:
+        return
+
+    def on_quit(**_quit) -> None:
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["start", "latency_ms", "server_ms", "queue_ms", "in_worker_queue_ms",
+                                                   "batch_size"])
+            writer.writeheader()
+            writer.writerows(TIMINGS)
+
+    environment.events.quit.add_listener(on_quit)
+
+
+@events.init.add_listener
 def _stop_after_max_requests(environment, **_kwargs) -> None:
     """With G2U_MAX_REQUESTS set, quit the run (as --run-time would) once that many requests completed."""
     if not MAX_REQUESTS:
@@ -155,11 +206,13 @@ def _stop_after_max_requests(environment, **_kwargs) -> None:
 
 
 class G2UUser(HttpUser):
-    wait_time = between(0.2, 1.0)
+    wait_time = poisson_arrivals(ARRIVAL_RATE) if ARRIVAL_RATE > 0 else between(0.2, 1.0)
 
     def on_start(self) -> None:
         self._reload_token()
         self._route = random.randrange(len(ROUTE_CYCLE))  # each user starts the round robin somewhere else
+        if ARRIVAL_RATE > 0:  # the first start too is a Poisson arrival, not a burst at spawn
+            gevent.sleep(self.wait_time())
 
     def _reload_token(self) -> bool:
         """(Re)read the key: at start, and when TorchServe refuses it (expired or rotated). True if it changed."""
@@ -311,3 +364,9 @@ class G2UUser(HttpUser):
             resp.failure(f"response lacks answer/timings_ms: {sorted(body)[:8]}")
         else:
             resp.success()
+            latency = resp.request_meta["response_time"] if hasattr(resp, "request_meta") else resp.elapsed.total_seconds() * 1000
+            served = server_ms(body)
+            TIMINGS.append({"start": round(time.time(), 3), "latency_ms": round(latency, 2),
+                            "server_ms": round(served, 2), "queue_ms": round(latency - served, 2),
+                            "in_worker_queue_ms": body["timings_ms"].get("queue", ""),
+                            "batch_size": body.get("batch_size", "")})

@@ -120,6 +120,30 @@ class Backend(Protocol):
         ...
 
 
+@runtime_checkable
+class EditStepper(Protocol):
+    """Stage I one denoising step at a time (``g2u.scheduler``): edit jobs join and leave a running denoise
+    at step boundaries. ``begin`` makes one item's state (its own prompt encoding, noise, timesteps and
+    CFG rows), ``step`` advances states that share a ``key`` in one batched forward, ``finish`` decodes
+    one. An item's thought must not depend on which others shared its steps."""
+
+    def key(self, params: EditParams) -> tuple:
+        """States whose keys match may share a step (working size, and whatever else one forward needs)."""
+        ...
+
+    def begin(self, image: Image.Image, prompt: str, params: EditParams) -> Any: ...
+
+    def step(self, states: Sequence[Any]) -> None: ...
+
+    def rows(self, state: Any) -> int:
+        """Rows one step of ``state`` adds to the batched forward (its CFG branches)."""
+        ...
+
+    def done(self, state: Any) -> bool: ...
+
+    def finish(self, state: Any) -> EditOutput: ...
+
+
 def with_stage2(answers: Sequence[Answer], sizing: Sequence[dict | None]) -> list[Answer]:
     """Answers carrying how stage II sized each request's images (``g2u.sizing.prepare_contents``)."""
     for ans, record in zip(answers, sizing):
@@ -185,6 +209,12 @@ class BackendBase:
         """One batched edit of items that share size, steps, CFG and options (``params[0]`` holds them)."""
         raise NotImplementedError
 
+    def stepper(self, exact: bool = True) -> EditStepper | None:
+        """Stage I step by step (``EditStepper``), or None where this backend edits whole items only
+        (``g2u.scheduler`` then runs each edit as one unit between other items' steps). ``exact``: a
+        thought bit-identical to the one made alone (False: packed further, within fp32 rounding)."""
+        return None
+
     def plan_edit_size(self, image_size: tuple[int, int], size: tuple[int, int] | None = None,
                        area: int | None = None) -> SizePlan:
         """The working size of an input (``g2u.sizing.SizePlan``): ``size`` if given, else ``area``, else the
@@ -224,5 +254,6 @@ class BackendBase:
         return [torch.Generator(device=device).manual_seed(int(p.seed)) for p in params]
 
 
-__all__ = ["MODES", "Backend", "BackendBase", "BackendInfo", "Component", "DEMO_MARKER", "read_demo_marker",
+__all__ = ["MODES", "Backend", "BackendBase", "BackendInfo", "Component", "DEMO_MARKER", "EditStepper",
+           "read_demo_marker",
            "with_stage2"]

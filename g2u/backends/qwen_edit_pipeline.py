@@ -11,7 +11,12 @@ parent's code.
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -253,3 +258,187 @@ class QwenImageEditG2UPipeline(QwenImageEditPipeline):
         if not return_dict:
             return (result,)
         return QwenImagePipelineOutput(images=result)
+
+
+# ---------------------------------------------------------------------------------------------- stepping
+@dataclass
+class EditState:
+    """One item's denoising between steps (``g2u.scheduler`` packs several into one transformer forward).
+
+    Everything that decides the item's thought is its own: its prompt embeddings (encoded alone, so batch
+    padding never touches them), its noise (its own generator), its scheduler copy and timesteps, its CFG
+    scale. Only the transformer forward is shared, row-independent up to the attention's key padding."""
+
+    latents: torch.Tensor
+    """``[1, seq, C]`` packed noisy latents."""
+    image_latents: torch.Tensor
+    """``[1, seq, C]`` packed latents of the input at the working size."""
+    embeds: list[torch.Tensor]
+    """``[1, L, D]`` text embeddings per CFG row: the prompt's, then (true CFG) the negative prompt's."""
+    scheduler: Any
+    timesteps: torch.Tensor
+    cfg: float
+    width: int
+    height: int
+    index: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.index >= len(self.timesteps)
+
+    @property
+    def rows(self) -> int:
+        """Transformer rows one step of this item takes (2 with true CFG)."""
+        return len(self.embeds)
+
+    @property
+    def steps_left(self) -> int:
+        return len(self.timesteps) - self.index
+
+
+def _stack_text(embeds: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Right-pad ``[1, L_i, D]`` embeddings to one ``[R, L, D]`` batch with a 0/1 mask (None: no padding),
+    exactly as the one-item call pads its cond and uncond rows."""
+    length = max(e.shape[1] for e in embeds)
+    padded = [_pad_text(e, None, length) for e in embeds]
+    mask = torch.cat([m for _, m in padded])
+    return torch.cat([e for e, _ in padded]), None if bool(mask.all()) else mask
+
+
+@contextlib.contextmanager
+def _per_item_vectors(transformer: torch.nn.Module, chunks: Sequence[int]):
+    """Inside the block, a Linear fed one vector per row (the timestep embedding, every block's
+    modulation) computes each item's rows as their own matmul, as the item's call alone does. A GEMM
+    with 1, 2-3 or >= 4 rows rounds differently on CPU (measured: up to 6e-7 apart), and these vectors
+    scale every token, so without this a thought would depend on how many rows shared its step. Token
+    matmuls (rows × tokens) are unaffected and stay batched; the vectors are tiny, recomputing them is free."""
+    if len(chunks) < 2:
+        yield
+        return
+    total = sum(chunks)
+
+    def hook(module, args, out):
+        x = args[0]
+        if x.dim() != 2 or x.shape[0] != total:
+            return None
+        return torch.cat([torch.nn.functional.linear(part, module.weight, module.bias) for part in x.split(chunks)])
+
+    handles = [m.register_forward_hook(hook, prepend=True) for m in transformer.modules()
+               if type(m) is torch.nn.Linear]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class SteppedEdits:
+    """The per-step interface of ``QwenImageEditG2UPipeline``: ``begin`` (encode, noise, timesteps) →
+    ``step`` (one transformer forward for every row of the given states) → ``finish`` (decode). The same
+    computation as ``__call__`` for one item; items at different steps share a forward because the
+    transformer takes a timestep per row."""
+
+    def __init__(self, pipe: QwenImageEditG2UPipeline, exact: bool = True):
+        self.pipe = pipe
+        self.exact = exact
+        """Items share a forward only with items whose text pads to the same length as alone: each thought
+        is bit-identical to its own call's on CPU (one forward per distinct prompt length in a step).
+        False: one forward per step, shorter prompts padded further (the attention then sums over more,
+        masked, keys: measured 1e-6 on the latents, at most 1/255 on the thought's pixels)."""
+
+    @torch.no_grad()
+    def begin(self, image: Image.Image, prompt: str, *, width: int, height: int, true_cfg_scale: float,
+              num_inference_steps: int, negative_prompt: str, generator: torch.Generator) -> EditState:
+        pipe = self.pipe
+        multiple_of = pipe.vae_scale_factor * 2
+        if width % multiple_of or height % multiple_of or width <= 0 or height <= 0:
+            raise ValueError(f"width and height must be positive multiples of {multiple_of}, got {width}x{height}")
+        device = pipe._execution_device
+        prompt_image = pipe.image_processor.resize(image.convert("RGB"), height, width)
+        image_tensor = pipe.image_processor.preprocess([prompt_image], height, width).unsqueeze(2)
+        cond, cond_mask = pipe.encode_prompt(prompt=[prompt], image=[prompt_image], device=device)
+        embeds = [cond if cond_mask is None else cond[:, : int(cond_mask.sum())]]
+        if true_cfg_scale > 1:
+            neg, neg_mask = pipe.encode_prompt(prompt=[negative_prompt], image=[prompt_image], device=device)
+            embeds.append(neg if neg_mask is None else neg[:, : int(neg_mask.sum())])
+        latents, image_latents = pipe.prepare_latents(image_tensor, 1, pipe.transformer.config.in_channels // 4,
+                                                      height, width, cond.dtype, device, [generator])
+        scheduler = copy.deepcopy(pipe.scheduler)
+        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+        mu = calculate_shift(
+            latents.shape[1],
+            scheduler.config.get("base_image_seq_len", 256),
+            scheduler.config.get("max_image_seq_len", 4096),
+            scheduler.config.get("base_shift", 0.5),
+            scheduler.config.get("max_shift", 1.15),
+        )
+        timesteps, _ = retrieve_timesteps(scheduler, num_inference_steps, device, sigmas=sigmas, mu=mu)
+        scheduler.set_begin_index(0)
+        return EditState(latents, image_latents, embeds, scheduler, timesteps, true_cfg_scale, width, height)
+
+    @torch.no_grad()
+    def step(self, states: Sequence[EditState]) -> None:
+        """Advance every state one step. All must share the working size; their rows are packed into one
+        forward per text length (``exact``; without a mask-honouring attention, per row length), else one."""
+        if not states:
+            return
+        if len({(s.width, s.height) for s in states}) > 1:
+            raise ValueError("states of different working sizes cannot share a step")
+        rows = [(s, r) for s in states for r in range(s.rows)]
+        if not self.pipe._attention_takes_mask():  # rows of one text length per forward: no padding at all
+            length = {(id(s), r): s.embeds[r].shape[1] for s, r in rows}
+        elif self.exact:  # each item padded only as far as alone (its longest CFG row)
+            length = {(id(s), r): max(e.shape[1] for e in s.embeds) for s, r in rows}
+        else:
+            length = {(id(s), r): 0 for s, r in rows}
+        by_len: dict[int, list] = {}
+        for s, r in rows:
+            by_len.setdefault(length[(id(s), r)], []).append((s, r))
+        parts = list(by_len.values())
+        preds: dict[tuple[int, int], torch.Tensor] = {}
+        for part in parts:
+            for (s, r), pred in zip(part, self._forward(part)):
+                preds[(id(s), r)] = pred
+        stepped = []  # every state's next latents first: a failure leaves all states as they were
+        for s in states:
+            t = s.timesteps[s.index]
+            noise_pred = preds[(id(s), 0)]
+            if s.rows > 1:  # true CFG with the stock norm rescale, as __call__
+                neg = preds[(id(s), 1)]
+                comb = neg + s.cfg * (noise_pred - neg)
+                noise_pred = comb * (torch.norm(noise_pred, dim=-1, keepdim=True) / torch.norm(comb, dim=-1, keepdim=True))
+            scheduler = copy.copy(s.scheduler)  # its step index advances on the copy, kept only on success
+            latents = scheduler.step(noise_pred, t, s.latents, return_dict=False)[0]
+            if s.index + 1 == len(s.timesteps) and not torch.isfinite(latents).all():
+                raise ModelError(f"stage I produced non-finite latents ({len(s.timesteps)} steps)")
+            stepped.append((scheduler, latents))
+        for s, (scheduler, latents) in zip(states, stepped):
+            s.scheduler, s.latents = scheduler, latents
+            s.index += 1
+
+    def _forward(self, rows: Sequence[tuple[EditState, int]]) -> list[torch.Tensor]:
+        pipe = self.pipe
+        first = rows[0][0]
+        embeds, mask = _stack_text([s.embeds[r] for s, r in rows])
+        hidden = torch.cat([torch.cat([s.latents, s.image_latents], dim=1) for s, _ in rows])
+        timestep = torch.cat([s.timesteps[s.index].expand(1).to(s.latents.dtype) / 1000 for s, _ in rows])
+        latent_hw = (1, first.height // pipe.vae_scale_factor // 2, first.width // pipe.vae_scale_factor // 2)
+        chunks = [sum(1 for _ in group) for _, group in itertools.groupby(rows, key=lambda row: id(row[0]))]
+        with pipe.transformer.cache_context("cond_uncond"), _per_item_vectors(pipe.transformer, chunks):
+            out = pipe.transformer(hidden_states=hidden, timestep=timestep, encoder_hidden_states=embeds,
+                                   encoder_hidden_states_mask=mask, img_shapes=[[latent_hw, latent_hw]] * len(rows),
+                                   attention_kwargs={}, return_dict=False)[0]
+        seq = first.latents.shape[1]
+        return [out[i: i + 1, :seq] for i in range(len(rows))]
+
+    @torch.no_grad()
+    def finish(self, state: EditState) -> Image.Image:
+        """Decode a finished state at its working size (one item: the same numbers as alone)."""
+        pipe = self.pipe
+        latents = pipe._unpack_latents(state.latents, state.height, state.width, pipe.vae_scale_factor)
+        latents = latents.to(pipe.vae.dtype)
+        z_dim = pipe.vae.config.z_dim
+        mean = torch.tensor(pipe.vae.config.latents_mean).view(1, z_dim, 1, 1, 1).to(latents)
+        std = torch.tensor(pipe.vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(latents)
+        decoded = pipe.vae.decode(latents * std + mean, return_dict=False)[0][:, :, 0]
+        return pipe.image_processor.postprocess(decoded, output_type="pil")[0]

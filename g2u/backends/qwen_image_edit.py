@@ -25,7 +25,7 @@ from PIL import Image
 
 from g2u import progress
 from g2u.backends.base import BackendBase, BackendInfo, read_demo_marker, with_stage2
-from g2u.backends.qwen_edit_pipeline import QwenImageEditG2UPipeline
+from g2u.backends.qwen_edit_pipeline import EditState, QwenImageEditG2UPipeline, SteppedEdits
 from g2u.backends.qwen_vl import (
     QWEN2_5_VL_CHAT_TEMPLATE,
     QwenVLImageProcessor,
@@ -43,7 +43,7 @@ from g2u.sizing import (
     scaled_rule,
     stage2_cap,
 )
-from g2u.types import Answer, AnswerParams, ContentPart, EditParams
+from g2u.types import Answer, AnswerParams, ContentPart, EditOutput, EditParams
 
 STOCK_EDIT_AREA = 1024 * 1024
 """The stock pipelines' working area: ``calculate_dimensions(1024 * 1024, width / height)``."""
@@ -243,11 +243,52 @@ class QwenImageEditBackend(BackendBase):
         ).images[0]
         return result.convert("RGB")
 
+    def stepper(self, exact: bool = True) -> QwenEditStepper | None:
+        """Step-wise stage I (``g2u.scheduler``), except for the Plus pipelines (stock, batch 1) and while
+        a step cache (First-Block-Cache) is on: its reuse decision is per forward, not per item."""
+        if self.plus or getattr(self.pipe.transformer, "is_cache_enabled", False):
+            return None
+        return QwenEditStepper(self, exact)
+
     def answer(self, contents: Sequence[Sequence[ContentPart]], params: AnswerParams) -> list[Answer]:
         """Stage II with the pipeline's own text encoder and processor (no second copy of the weights).
         Each request's images are first brought to their stage-II sizes (each answer's ``stage2`` says how)."""
         contents, sizing = prepare_contents(contents, self.stage2_sizing(stage2_cap(params)), params)
         return with_stage2(generate_answers(self.pipe.text_encoder, self.pipe.processor, contents, params), sizing)
+
+
+class QwenEditStepper:
+    """``EditStepper`` of the Qwen-Image-Edit backend: the input placed at its working size as
+    ``edit_group`` places it, then ``SteppedEdits`` (the pipeline's own computation, one step at a time).
+    States share a step when their working sizes match; CFG scales and step counts may differ."""
+
+    def __init__(self, backend: QwenImageEditBackend, exact: bool = True):
+        self.backend = backend
+        self.steps = SteppedEdits(backend.pipe, exact)
+
+    def key(self, params: EditParams) -> tuple:
+        return ("qwen_image_edit", tuple(params.size))
+
+    def begin(self, image: Image.Image, prompt: str, params: EditParams) -> EditState:
+        backend = self.backend
+        width, height = backend._check_params(params, 0)
+        resample = PIL_INTERPOLATION[backend.pipe.image_processor.config.resample]
+        placed = place(image.size, (width, height), backend.size_multiple).apply(image, resample)
+        return self.steps.begin(placed, prompt, width=width, height=height, true_cfg_scale=params.text_cfg,
+                                num_inference_steps=params.steps, negative_prompt=params.negative_prompt,
+                                generator=backend.generators([params])[0])
+
+    def step(self, states: Sequence[EditState]) -> None:
+        self.steps.step(states)
+
+    def rows(self, state: EditState) -> int:
+        return state.rows
+
+    def done(self, state: EditState) -> bool:
+        return state.done
+
+    def finish(self, state: EditState) -> EditOutput:
+        return EditOutput(self.steps.finish(state).convert("RGB"))
 
 
 def _plus_class() -> type:

@@ -112,6 +112,9 @@ def _machine(device: torch.device) -> dict[str, Any]:
     else:
         info["cpu"] = platform.processor() or platform.machine()
         info["load_avg"] = os.getloadavg()
+        # Spinning OpenMP threads on cores other tenants hold made one demo request 30-70x slower here
+        # (docs/perf-notes.md); PASSIVE is what a shared machine's numbers should be taken under.
+        info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
     return info
 
 
@@ -164,8 +167,9 @@ def decode_ms_per_token(model, inputs, tokens: int, device, reps: int,
     return out
 
 
-def run_bench(config: BenchConfig) -> dict[str, Any]:
-    """Build the model at the configured size, time stock and fast, measure drift; returns the report."""
+def run_bench(config: BenchConfig, parts: Any = None) -> dict[str, Any]:
+    """Build the model at the configured size (or use ``parts``, built by ``build_qwen_image_edit`` at that
+    size: scripts/gpu_check.py builds real size once), time stock and fast, measure drift; returns the report."""
     from g2u.answer_prompt import format_question
     from g2u.backends.base import BackendInfo
     from g2u.backends.qwen_image_edit import QwenImageEditBackend
@@ -187,7 +191,10 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
         return report
 
     start = time.perf_counter()
-    parts = build_qwen_image_edit(cfg.size, cfg.seed, dtype=dtype)
+    # real size is built on the GPU directly, in its dtype (40 GB of transformer never passes the host)
+    if parts is None:
+        parts = build_qwen_image_edit(cfg.size, cfg.seed, device=device if cfg.size == "real" else "cpu",
+                                      dtype=dtype)
     pipe = qwen_image_edit_pipeline(parts).to(device)
     info = BackendInfo("qwen_image_edit", f"random:{cfg.size}", True, str(device), dtype_name(dtype))
     backend = QwenImageEditBackend(pipe, info, default_edit_area=width * height)
@@ -247,12 +254,31 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             stock_samples.append(sample)
         return thought, answer
 
+    vision_seen: dict[str, int] = {}
+
     def fast_rep(rep: int):
         sample, result = fast_once()
+        live = model.model.__dict__.get("get_image_features")  # read now: a later stock run removes it
+        if isinstance(live, VisionEncodingCache):
+            vision_seen.update(hits=live.hits, misses=live.misses)
         log.info("fast round %d: %s", rep, {k: round(v, 1) for k, v in sample.items()})
         if rep >= cfg.warmup:
             fast_samples.append(sample)
         return result
+
+    control_samples: list[dict[str, float]] = []
+    loads: list[float] = []
+
+    def control_rep(rep: int) -> None:
+        """Stock again in the same round: the A/A control (an identical setting's ratio is pure noise)."""
+        sample, _, _ = stock_once()
+        log.info("stock (A/A control) round %d: %s", rep, {k: round(v, 1) for k, v in sample.items()})
+        if rep >= cfg.warmup:
+            control_samples.append(sample)
+
+    def note_load(rep: int) -> None:
+        if rep >= cfg.warmup and device.type != "cuda":
+            loads.append(os.getloadavg()[0])
 
     reset_peak(device)
     rounds = range(cfg.warmup + cfg.reps)
@@ -261,22 +287,32 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     interleave = not resolved_fast.compile_blocks
     if not interleave:
         for rep in rounds:
+            note_load(rep)
             stock_thought, stock_answer = stock_rep(rep)
+            control_rep(rep)
     if resolved_fast.compile_blocks or resolved_fast.compile_decode:
         # Compilation happens on first use: one untimed request pays it, reported once.
         _, first_ms = timed(fast_once, device)
         compile_s["first_request_s"] = round(first_ms / 1000, 2)
     for rep in rounds:
-        if interleave:
-            stock_thought, stock_answer = stock_rep(rep)
-        fast_result = fast_rep(rep)
+        if interleave:  # the order within a round rotates, so no side always runs first
+            note_load(rep)
+            order = ["stock", "fast", "control"]
+            for name in order[rep % 3:] + order[: rep % 3]:
+                if name == "stock":
+                    stock_thought, stock_answer = stock_rep(rep)
+                elif name == "fast":
+                    fast_result = fast_rep(rep)
+                else:
+                    control_rep(rep)
+        else:
+            fast_result = fast_rep(rep)
     stock = {k: statistics.median(s[k] for s in stock_samples) for k in stock_samples[0]}
     fast = {k: statistics.median(s[k] for s in fast_samples) for k in fast_samples[0]}
     memory = peak_memory_mb(device)
     fast_thought = fast_result.thought.image
     contents = [[image, question, stock_thought]]
-    cache = model.model.__dict__.get("get_image_features")
-    vision = {"hits": cache.hits, "misses": cache.misses} if isinstance(cache, VisionEncodingCache) else None
+    vision = dict(vision_seen) or None
 
     log.info("timing done; measuring drift and per-token decode")
     # ---- drift of the fast path against stock
@@ -294,9 +330,16 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
                                      {"stock": lambda: apply_fast_path(backend, STOCK),
                                       "fast": lambda: apply_fast_path(backend, resolved_fast)})
 
+    from g2u.bench.stats import ratio_row
+
+    paired = {k: ratio_row([s[k] for s in stock_samples], [f[k] for f in fast_samples],
+                           control=[a[k] / b[k] if b[k] else float("nan")
+                                    for a, b in zip(stock_samples, control_samples)]) for k in stock}
     report.update({
         "stages_ms": {k: {"stock": stock[k], "fast": fast[k],
                           "speedup": (stock[k] / fast[k]) if fast[k] else None} for k in stock},
+        "paired": paired,
+        "load_avg_rounds": loads,
         "end_to_end_speedup": stock["total"] / fast["total"],
         "decode_ms_per_token": decode,
         "drift": drift,
@@ -345,6 +388,18 @@ def format_report(report: dict[str, Any]) -> str:
         for stage, row in report["stages_ms"].items():
             sp = f"{row['speedup']:.2f}x" if row["speedup"] else "-"
             lines.append(f"{stage:<14} {row['stock']:>10.1f} {row['fast']:>10.1f} {sp:>8}")
+        if report.get("paired"):
+            lines.append(f"paired per-round ratios stock/fast (median, 95% bootstrap interval) against the same "
+                         f"rounds' A/A control stock/stock:")
+            for stage, row in report["paired"].items():
+                if row.get("ratio") is None:
+                    continue
+                verdict = "inside the noise" if row.get("inside_noise") else "beyond the noise"
+                lines.append(f"  {stage:<12} {row['ratio']:.2f}x [{row['low']:.2f}, {row['high']:.2f}]  A/A "
+                             f"{row['aa_ratio']:.2f} [{row['aa_low']:.2f}, {row['aa_high']:.2f}]  {verdict}")
+            if report.get("load_avg_rounds"):
+                la = report["load_avg_rounds"]
+                lines.append(f"  load average over the rounds: {min(la):.1f}-{max(la):.1f} on {m['cpus']} CPUs")
         d = report["decode_ms_per_token"]
         if d:
             lines.append(f"decode ms/token: stock {d['stock']:.2f}, fast {d['fast']:.2f} ({d['speedup']:.2f}x)")

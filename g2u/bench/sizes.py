@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import copy
 from dataclasses import dataclass
 from typing import Any
@@ -163,14 +165,26 @@ def build_qwen_image_edit(size: str, seed: int = 0, device: str | torch.device =
     else:
         tcfg, vcfg = REAL_QWEN_IMAGE_TRANSFORMER, REAL_QWEN_IMAGE_VAE
 
+    direct = size == "real" and torch.device(device).type != "meta"  # 20 B parameters: never in fp32 first
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
-        transformer = QwenImageTransformer2DModel(**tcfg).to(dtype).eval()
+        with _default_dtype(dtype) if direct else contextlib.nullcontext():
+            transformer = QwenImageTransformer2DModel(**tcfg).to(dtype).eval()
         torch.manual_seed(seed + 1)
         vae = AutoencoderKLQwenImage(**vcfg).to(dtype).eval()
         torch.manual_seed(seed + 2)
         text_encoder, tokenizer, processor = _build_text_encoder(size, seed + 2, dtype)
     return QwenImageEditParts(transformer, vae, text_encoder, tokenizer, processor, scheduler)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def _build_text_encoder(size: str, seed: int, dtype: torch.dtype):
@@ -180,8 +194,26 @@ def _build_text_encoder(size: str, seed: int, dtype: torch.dtype):
     from g2u.demo.qwen import TEXT_HIDDEN_SIZE
 
     if size == "real":
-        model = Qwen2_5_VLForConditionalGeneration(real_qwen2_5_vl_config()).to(dtype).eval()
-        return model, None, None
+        config = real_qwen2_5_vl_config()
+        if torch.empty(0).device.type == "meta":  # the ledger: shapes only, no text to tokenize
+            return Qwen2_5_VLForConditionalGeneration(config).to(dtype).eval(), None, None
+        # Timed at real size (a GPU): the demo's tiny BPE and an image processor with the real pixel bounds
+        # stand in for the hub's tokenizer (random weights read any ids below the real vocabulary); the
+        # config's special-token ids follow that tokenizer. Built in ``dtype`` directly: 8.3 B parameters
+        # in fp32 first would need twice the memory.
+        _, tok, proc = build_tiny_qwen2_5_vl(None, seed, min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
+        ids = {name: tok.convert_tokens_to_ids(t) for name, t in (
+            ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+            ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+        for name, value in ids.items():
+            setattr(config, name, value)
+            if hasattr(config.text_config, name):
+                setattr(config.text_config, name, value)
+        config.text_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
+        config.text_config.pad_token_id = config.text_config.bos_token_id = tok.convert_tokens_to_ids("<|endoftext|>")
+        with _default_dtype(dtype):
+            model = Qwen2_5_VLForConditionalGeneration(config).eval()
+        return model, tok, proc
     if size == "tiny":
         model, tok, proc = build_tiny_qwen2_5_vl(None, seed, hidden_size=TEXT_HIDDEN_SIZE)
         return model.to(dtype), tok, proc
