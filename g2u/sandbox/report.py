@@ -146,8 +146,9 @@ def evaluate_conditions(pipe, samples: Sequence[Sample], sandbox: Path, config: 
                 thoughts = [_oracle_thought(c, s.extra["expected_family"]) for s, c in zip(chunk, clean)]
             elif condition in BLENDS:
                 a = blend_strength(condition)
-                thoughts = [_oracle_thought(Image.blend(aligned_degraded(d, s.extra["degradation_params"], c.size), c, a),
-                                            s.extra["expected_family"], f"oracle blended at {a}")
+                thoughts = [_oracle_thought(
+                    Image.blend(aligned_degraded(d, s.extra["degradation_params"], c.size), c, a),
+                    s.extra["expected_family"], f"oracle blended at {a}")
                             for s, d, c in zip(chunk, degraded, clean)]
             else:  # g2u_own: stage I runs in the batch path; baseline conditions need no thought
                 thoughts = [None] * len(chunk)
@@ -256,8 +257,8 @@ def summarise(records: Sequence[dict], conditions: Sequence[str] = CONDITIONS) -
             if pairs:
                 transfer.setdefault(cond.removeprefix("own_"), {})[name] = paired_gain(
                     [v[cond] for v in pairs], [v["degraded"] for v in pairs])
-    return {"transfer": transfer, "table": table, "gains": gains, "oracle_gain": gains.get("g2u_oracle"), "dose_response": dose,
-            "fidelity_gain": fidelity}
+    return {"transfer": transfer, "table": table, "gains": gains, "oracle_gain": gains.get("g2u_oracle"),
+            "dose_response": dose, "fidelity_gain": fidelity}
 
 
 def _row_order(table: dict) -> list[str]:
@@ -295,7 +296,8 @@ def format_table(summary: dict, conditions: Sequence[str] = CONDITIONS) -> str:
     dose = summary.get("dose_response") or []
     if len(dose) > 2:
         lines.append("dose-response (thought blended degraded→oracle; gain over degraded, points): " + ", ".join(
-            f"{d['strength']:.2f}: {100 * d['gain']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]" for d in dose))
+            f"{d['strength']:.2f}: {100 * d['gain']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+            for d in dose))
     for measure, fit in (summary.get("fidelity_gain") or {}).items():
         if fit["n"]:
             lines.append(f"fidelity→gain ({measure} of each thought vs the clean scene, n={fit['n']}): slope "

@@ -181,7 +181,8 @@ def calibrate_vision_output(model, processor, images: Sequence[Image.Image]) -> 
     last.weight.mul_(target / spread)
 
 
-ATTRIBUTES = (("shape", ("none", "circle", "square", "triangle")), ("color", ("none", "red", "green", "blue", "yellow")),
+ATTRIBUTES = (("shape", ("none", "circle", "square", "triangle")),
+              ("color", ("none", "red", "green", "blue", "yellow")),
               ("size", ("none", "small", "large")))
 """What the vision pre-training teaches each image token to say about the grid cell it lies in."""
 
@@ -205,7 +206,7 @@ def _vision_tokens(model, inputs) -> torch.Tensor:
     return tokens if torch.is_tensor(tokens) else out[0]
 
 
-def pretrain_vision(model, processor, config: "TrainConfig", log: Callable[[str], None] = print) -> dict:
+def pretrain_vision(model, processor, config: TrainConfig, log: Callable[[str], None] = print) -> dict:
     """Teach the vision tower (patch embedding, blocks, merger) what is in each grid cell, before the
     language model ever sees an image: a linear head per attribute on every merged image token, trained
     with cross-entropy on clean scenes, then thrown away (the architecture is unchanged).
