@@ -35,8 +35,8 @@ from g2u.errors import InputError
 from g2u.handler_settings import HandlerSettings
 from g2u.images import png_bytes
 from g2u.pipeline import G2UPipeline
-from g2u.scheduler import StepScheduler
 from g2u.safe_text import install_log_guard
+from g2u.scheduler import StepScheduler
 from g2u.serving import (
     DUPLICATES,
     CachePrivacy,

@@ -5,7 +5,8 @@
 
 Both schedulers (``batch``: TorchServe's dynamic batching, the shipped batchSize/maxBatchDelay;
 ``step``: ``g2u.scheduler`` under asyncCommunication) get a demo TorchServe here on free ports, warmed
-up; then, rate by rate and one scheduler after the other, locust (its own process: gevent never shares one with mlflow) offers Poisson arrivals at
+up; then, rate by rate and one scheduler after the other, locust (its own process: gevent never shares one
+with mlflow) offers Poisson arrivals at
 each rate for ``--duration`` seconds (load_tests/locustfile.py, ``G2U_ARRIVAL_RATE``; g2u mode, good
 requests only, one picture so every request has the same working size). Per scheduler and rate: answers/s,
 p50/p95 latency, p50/p95 queue time (latency − the server's compute time: time spent waiting, for a batch
@@ -148,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rates", default="0.15,0.4,1.0", help="Poisson arrival rates (requests/s): light, near "
                                                       "saturation, over")
     p.add_argument("--duration", type=lambda v: int(float(v)), default=90, help="seconds of arrivals per rate")
-    p.add_argument("--users", type=lambda v: int(float(v)), default=32, help="locust users (more than the requests in flight)")
+    p.add_argument("--users", type=lambda v: int(float(v)), default=32,
+                   help="locust users (more than the requests in flight)")
     p.add_argument("--steps", default="10", help="denoising steps per request")
     p.add_argument("--kinds", default="batch,step")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "scheduler_loadtest")
@@ -199,7 +201,8 @@ def log_to_mlflow(results: dict, args: argparse.Namespace) -> None:
 
     setup_tracking()
     with mlflow.start_run(run_name="loadtest_schedulers"):
-        log_params({"omp_wait_policy": args.omp_wait_policy, "rates": args.rates, "duration_s": args.duration, "users": args.users, "steps": args.steps,
+        log_params({"omp_wait_policy": args.omp_wait_policy, "rates": args.rates, "duration_s": args.duration,
+                    "users": args.users, "steps": args.steps,
                     "kinds": args.kinds, "cpus": os.cpu_count()})
         metrics = {}
         for kind, rows in results["runs"].items():

@@ -389,8 +389,8 @@ def format_report(report: dict[str, Any]) -> str:
             sp = f"{row['speedup']:.2f}x" if row["speedup"] else "-"
             lines.append(f"{stage:<14} {row['stock']:>10.1f} {row['fast']:>10.1f} {sp:>8}")
         if report.get("paired"):
-            lines.append(f"paired per-round ratios stock/fast (median, 95% bootstrap interval) against the same "
-                         f"rounds' A/A control stock/stock:")
+            lines.append("paired per-round ratios stock/fast (median, 95% bootstrap interval) against the same "
+                         "rounds' A/A control stock/stock:")
             for stage, row in report["paired"].items():
                 if row.get("ratio") is None:
                     continue

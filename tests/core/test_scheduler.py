@@ -4,8 +4,8 @@ thought and answer they get alone; an error or a passed deadline answers only it
 from __future__ import annotations
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from g2u import deadline as _deadline
 from g2u.backends import load_backend
