@@ -7,8 +7,8 @@ In-process is what `g2u predict` does after loading the model (the batch path: p
 understand) on the same demo checkpoint; REST is one multipart POST at a time to a TorchServe started
 here on free loopback ports; the two alternate rep by rep and the overhead's 95% interval is a paired
 bootstrap over the reps (``g2u.bench.stats.paired_difference``). The difference is the serving cost:
-HTTP, the frontend's queue and batch wait (a lone request waits maxBatchDelay for batch-mates), the worker socket,
-preprocess and postprocess.
+HTTP, the frontend's queue and batch wait (a lone request waits maxBatchDelay for batch-mates), the worker
+socket, preprocess and postprocess.
 With ``--concurrency``, each level keeps that many clients posting back to back and reports throughput
 (requests/min) and p50/p95 latency: batches form under load when requests queue while the worker is busy.
 Several ``--max-batch-delay`` values are each measured on a fresh server. Prints numbers; not a test.

@@ -5,9 +5,9 @@
 
 Both schedulers (``batch``: TorchServe's dynamic batching, the shipped batchSize/maxBatchDelay;
 ``step``: ``g2u.scheduler`` under asyncCommunication) get a demo TorchServe here on free ports, warmed
-up; then, rate by rate and one scheduler after the other, locust (its own process: gevent never shares
-one with mlflow) offers Poisson arrivals at each rate for ``--duration`` seconds (load_tests/locustfile.py,
-``G2U_ARRIVAL_RATE``; g2u mode, good
+up; then, rate by rate and one scheduler after the other, locust (its own process: gevent never shares one
+with mlflow) offers Poisson arrivals at
+each rate for ``--duration`` seconds (load_tests/locustfile.py, ``G2U_ARRIVAL_RATE``; g2u mode, good
 requests only, one picture so every request has the same working size). Per scheduler and rate: answers/s,
 p50/p95 latency, p50/p95 queue time (latency − the server's compute time: time spent waiting, for a batch
 or in the worker's admission queue, plus HTTP), and the step/batch ratios of each, with the machine's load

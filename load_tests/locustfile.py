@@ -364,8 +364,8 @@ class G2UUser(HttpUser):
             resp.failure(f"response lacks answer/timings_ms: {sorted(body)[:8]}")
         else:
             resp.success()
-            latency = (resp.request_meta["response_time"] if hasattr(resp, "request_meta")
-                       else resp.elapsed.total_seconds() * 1000)
+            meta = getattr(resp, "request_meta", None)
+            latency = meta["response_time"] if meta else resp.elapsed.total_seconds() * 1000
             served = server_ms(body)
             TIMINGS.append({"start": round(time.time(), 3), "latency_ms": round(latency, 2),
                             "server_ms": round(served, 2), "queue_ms": round(latency - served, 2),

@@ -406,8 +406,8 @@ class SteppedEdits:
             if s.rows > 1:  # true CFG with the stock norm rescale, as __call__
                 neg = preds[(id(s), 1)]
                 comb = neg + s.cfg * (noise_pred - neg)
-                noise_pred = comb * (torch.norm(noise_pred, dim=-1, keepdim=True)
-                                     / torch.norm(comb, dim=-1, keepdim=True))
+                cond_norm = torch.norm(noise_pred, dim=-1, keepdim=True)
+                noise_pred = comb * (cond_norm / torch.norm(comb, dim=-1, keepdim=True))
             scheduler = copy.copy(s.scheduler)  # its step index advances on the copy, kept only on success
             latents = scheduler.step(noise_pred, t, s.latents, return_dict=False)[0]
             if s.index + 1 == len(s.timesteps) and not torch.isfinite(latents).all():

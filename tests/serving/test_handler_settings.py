@@ -74,3 +74,16 @@ def test_the_checkpoint_inside_the_archive_on_the_machine_or_a_hub_id(tmp_path, 
 
     monkeypatch.setattr(g2u.checkpoints, "resolve_checkpoint", lambda c, b=None: f"demo:{b}")
     assert HandlerSettings(backend="bagel").checkpoint_in(tmp_path) == "demo:bagel"  # none: the demo's
+
+
+def test_the_scheduler_follows_async_communication_and_refuses_what_torchserve_cannot_run():
+    assert HandlerSettings.from_model_config({}).scheduler.kind == "batch"
+    step = HandlerSettings.from_model_config({"asyncCommunication": True, "batchSize": 1,
+                                              "handler": {"scheduler": {"max_rows": 4}}})
+    assert step.scheduler.kind == "step" and step.scheduler.max_rows == 4
+    with pytest.raises(ValueError, match="needs asyncCommunication"):
+        HandlerSettings.from_model_config({"handler": {"scheduler": "step"}})
+    with pytest.raises(ValueError, match="batchSize must be 1"):
+        HandlerSettings.from_model_config({"asyncCommunication": True, "batchSize": 4})
+    with pytest.raises(ValueError, match="scheduler.max_rows"):
+        HandlerSettings.from_model_config({"asyncCommunication": True, "handler": {"scheduler": {"max_rows": 0}}})
