@@ -209,15 +209,10 @@ class G2UHandler(BaseHandler):
             self._metric(BATCHES, 1, str(len(data)))
             model_rows = []
             for i, row in enumerate(data):
-                answer = self._special(i, row)
-                if answer is not None:
-                    out[i] = self._answer(i, *answer)
-                    continue
-                exchange = open_exchange(context, i, row, split_fields, self.model_name, self.defaults)
-                self._exchanges[i] = exchange
-                if exchange.reply is not None:  # v1/models, an unknown path: answered without the model
-                    out[i] = self._reply(i, exchange.reply)
-                else:
+                out[i], exchange = self._without_model(i, row, context)
+                if exchange is not None:
+                    self._exchanges[i] = exchange
+                if out[i] is None:
                     model_rows.append(i)
             self._index = model_rows
             batch = self.preprocess([data[i] for i in model_rows])
@@ -266,13 +261,8 @@ class G2UHandler(BaseHandler):
         futures = {}
         with self._bound(context, len(data)):
             for i, row in enumerate(data):
-                special = self._special(i, row)
-                if special is not None:
-                    out[i] = self._answer(i, *special)
-                    continue
-                exchange = open_exchange(context, i, row, split_fields, self.model_name, self.defaults)
-                if exchange.reply is not None:  # v1/models, an unknown path: answered without the model
-                    out[i] = self._reply(i, exchange.reply)
+                out[i], exchange = self._without_model(i, row, context)
+                if out[i] is not None:
                     continue
                 try:
                     if exchange.kind != "rest":  # streams and the OpenAI route run on the batch path only
@@ -301,6 +291,17 @@ class G2UHandler(BaseHandler):
         synchronous stretch: under asyncCommunication several messages are in flight on one handler."""
         self.context, self._index, self._batch_size = context, list(range(n)), packed or n
         yield
+
+    def _without_model(self, idx: int, row: dict[str, Any], context: Any) -> tuple[str | None, Exchange | None]:
+        """(the answer of an item that never reaches the model, or None; its exchange, None for a special
+        item): describe, explain, a repeated field; ``v1/models`` and unknown paths (``g2u.routes``)."""
+        special = self._special(idx, row)
+        if special is not None:
+            return self._answer(idx, *special), None
+        exchange = open_exchange(context, idx, row, split_fields, self.model_name, self.defaults)
+        if exchange.reply is not None:
+            return self._reply(idx, exchange.reply), exchange
+        return None, exchange
 
     def _special(self, idx: int, row: dict[str, Any]) -> tuple[int, dict[str, Any]] | None:
         """The answer of an item that must not reach the model (describe, explain, a repeated field)."""

@@ -369,3 +369,47 @@ def test_each_backend_reports_its_steps_and_tokens(demo_root, rgb_image, demo):
     [usage] = [e.data for e in heard if e.kind == "usage"]
     assert usage["phase"] == "answer" and 0 < usage["completion_tokens"] <= 4 and usage["prompt_tokens"] > 0
     assert [e.data["candidate"] for e in heard if e.kind == "prompt"] == [0]
+
+
+def test_under_the_step_scheduler_plain_rest_is_answered_and_streams_and_chat_are_refused_by_name(demo_root):
+    """``handler.scheduler: step`` (asyncCommunication) answers plain REST through the step scheduler;
+    streams and the OpenAI route run on the batch path only, so there they get a 400 naming the field,
+    and ``v1/models`` is still answered without the model."""
+    import asyncio
+
+    import yaml
+    from ts.context import Context, RequestProcessor
+    from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+    sys.path.insert(0, str(ROOT / "handler"))
+    try:
+        from g2u_handler import G2UHandler
+    finally:
+        sys.path.remove(str(ROOT / "handler"))
+    cfg = yaml.safe_load((ROOT / "handler" / "model-config.yaml").read_text())
+    cfg.update(asyncCommunication=True, batchSize=1)
+    cfg["handler"]["checkpoint"] = str(demo_root / "qwen_image_edit")
+    metrics = MetricsCacheYamlImpl(str(ROOT / "handler" / "metrics.yaml"))
+    metrics.initialize_cache()
+    context = Context("g2u", str(ROOT), {}, 1, None, "0.12.0", metrics=metrics, model_yaml_config=cfg)
+    h = G2UHandler()
+    h.initialize(context)
+    assert h.scheduler is not None
+    rest = {"image": data_url(), "question": "What is in the picture?", "steps": 2, "max_new_tokens": 6}
+    try:
+        answers = []
+        for path, row in [("", {"body": rest}), ("", {"body": {**rest, "stream": True}}),
+                          (CHAT, {"body": chat_body(url=data_url(), **FAST)}), ("v1/models", {"body": b""})]:
+            context.request_processor = [RequestProcessor({"url_path": path, "explain": "False"})]
+            context.request_ids = {0: "req-0"}
+            context.metrics.set_request_ids(context.request_ids)
+            context.cl_socket = FakeSocket()
+            [body] = asyncio.run(h.handle([row], context))
+            answers.append((context.get_response_status(0)[0], json.loads(body)))
+    finally:
+        h.scheduler.close()
+    (ok, plain), (stream_code, stream), (chat_code, chat), (models_code, models) = answers
+    assert ok == 200 and plain["answer"] and plain["edit"]["steps"] == 2
+    assert (stream_code, stream["field"]) == (400, "stream") and "scheduler" in stream["reason"]
+    assert (chat_code, chat["field"]) == (400, "url_path")
+    assert models_code == 200 and models["data"][0]["id"]
