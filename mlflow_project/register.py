@@ -21,6 +21,32 @@ def _folder_gb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e9
 
 
+def _pip_requirements() -> list[str] | None:
+    """The project's runtime dependencies and mlflow, pinned to the versions this environment runs.
+
+    Declared rather than left to mlflow's inference, which loads the model in a subprocess and runs the input
+    example on it (minutes on real weights) and lists only the modules that one example imported. None (mlflow
+    infers) where the project is not installed as a distribution."""
+    from importlib.metadata import PackageNotFoundError, requires, version
+
+    from packaging.requirements import Requirement
+
+    try:
+        specs = requires("g2u-serve") or []
+    except PackageNotFoundError:
+        return None
+    pinned = {"mlflow": f"mlflow=={version('mlflow')}"}
+    for spec in specs:
+        req = Requirement(spec)
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue  # an optional extra (serve, eval, ...): the pyfunc model does not need it
+        try:
+            pinned[req.name] = f"{req.name}=={version(req.name)}"
+        except PackageNotFoundError:
+            pinned[req.name] = str(req)
+    return sorted(pinned.values())
+
+
 def _sample_image_b64() -> str:
     from PIL import Image
 
@@ -65,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             code_paths=[str(PROJECT_DIR / "g2u"), str(PROJECT_DIR / "mlflow_project")],
             signature=pyfunc_signature(),
             input_example=example,
+            pip_requirements=_pip_requirements(),
             registered_model_name=args.name,
         )
         version = info.registered_model_version

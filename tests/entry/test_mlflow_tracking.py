@@ -51,6 +51,14 @@ def test_register_then_load_by_alias_and_predict(project_env):
     assert isinstance(out.loc[0, "answer"], str) and out.loc[0, "demo"] and out.loc[0, "edit_prompt"]
     assert json.loads(out.loc[1, "error"])["field"] == "question"
 
+    # Its requirements are the project's runtime dependencies pinned to what ran here (declared, not inferred).
+    from importlib.metadata import version as installed
+
+    reqs = Path(mlflow.pyfunc.get_model_dependencies("models:/g2u@candidate")).read_text().split()
+    for dist in ("mlflow", "torch", "transformers", "diffusers"):
+        assert f"{dist}=={installed(dist)}" in reqs, reqs
+    assert not [r for r in reqs if r.split("==")[0] in ("torchserve", "locust", "ray")], reqs
+
 
 def test_evaluate_against_a_running_torchserve_endpoint(project_env, tmp_path):
     bench = make_benchmark(tmp_path / "bench", n=3)
