@@ -25,23 +25,28 @@ def _pip_requirements() -> list[str] | None:
     """The project's runtime dependencies and mlflow, pinned to the versions this environment runs.
 
     Declared rather than left to mlflow's inference, which loads the model in a subprocess and runs the input
-    example on it (minutes on real weights) and lists only the modules that one example imported. None (mlflow
-    infers) where the project is not installed as a distribution."""
+    example on it (minutes on real weights), lists only the modules that one example imported, and lists
+    g2u-serve itself, which no index serves (its code travels in the model's code paths). None (mlflow infers)
+    where the project is not installed as a distribution."""
     from importlib.metadata import PackageNotFoundError, requires, version
 
     from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    def pin(name: str) -> str:  # the public version: a local label (+cpu, +cu128) is on no package index
+        return f"{name}=={Version(version(name)).public}"
 
     try:
         specs = requires("g2u-serve") or []
     except PackageNotFoundError:
         return None
-    pinned = {"mlflow": f"mlflow=={version('mlflow')}"}
+    pinned = {"mlflow": pin("mlflow")}
     for spec in specs:
         req = Requirement(spec)
         if req.marker is not None and not req.marker.evaluate({"extra": ""}):
             continue  # an optional extra (serve, eval, ...): the pyfunc model does not need it
         try:
-            pinned[req.name] = f"{req.name}=={version(req.name)}"
+            pinned[req.name] = pin(req.name)
         except PackageNotFoundError:
             pinned[req.name] = str(req)
     return sorted(pinned.values())

@@ -111,8 +111,8 @@ def test_pyfunc_error_rows_echo_their_id(demo_root):
 def test_make_model_serve_scores_from_the_project_environment(demo_root, tmp_path):
     """`make model-serve` = `mlflow models serve -m models:/g2u@champion --env-manager local` with the
     venv's bin on PATH, run from a shell whose PATH lacks the venv (what failed with `uvicorn: not found`).
-    The model is the registered one's flavor saved to a folder (MODEL_URI=path): registering it costs
-    minutes here and is covered by test_mlflow_project's alias round trip."""
+    The model is the registered one's flavor saved to a folder (MODEL_URI=path): registering it is covered
+    by test_mlflow_tracking's alias round trip."""
     import mlflow.pyfunc
 
     from g2u.doctor import _port_busy

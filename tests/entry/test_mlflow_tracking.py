@@ -52,12 +52,16 @@ def test_register_then_load_by_alias_and_predict(project_env):
     assert json.loads(out.loc[1, "error"])["field"] == "question"
 
     # Its requirements are the project's runtime dependencies pinned to what ran here (declared, not inferred).
+    # The project's own code travels in the model's code paths: g2u-serve is on no index, so listing it would
+    # make `mlflow models serve --env-manager virtualenv` fail to build the environment.
     from importlib.metadata import version as installed
+
+    from packaging.version import Version
 
     reqs = Path(mlflow.pyfunc.get_model_dependencies("models:/g2u@candidate")).read_text().split()
     for dist in ("mlflow", "torch", "transformers", "diffusers"):
-        assert f"{dist}=={installed(dist)}" in reqs, reqs
-    assert not [r for r in reqs if r.split("==")[0] in ("torchserve", "locust", "ray")], reqs
+        assert f"{dist}=={Version(installed(dist)).public}" in reqs, reqs
+    assert not [r for r in reqs if r.split("==")[0] in ("g2u-serve", "torchserve", "locust", "ray")], reqs
 
 
 def test_evaluate_against_a_running_torchserve_endpoint(project_env, tmp_path):
